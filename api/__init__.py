@@ -1,0 +1,33 @@
+"""Flask API: ``create_app`` is the only place an app is built."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Flask
+
+from api.state import AppState
+from pipeline.settings import Settings
+
+
+def create_app(settings: Settings | None = None, test_config: dict[str, Any] | None = None) -> Flask:
+    """Build the API from settings (default: ``HEMATOVISION_*`` environment variables)."""
+    from api.errors import register_error_handlers
+    from api.health import bp as health_bp
+    from api.jobs import bp as jobs_bp
+    from api.openapi import bp as openapi_bp
+
+    settings = settings or Settings.from_env()
+    app = Flask(__name__)
+    app.config.update(MAX_CONTENT_LENGTH=settings.max_upload_bytes, JSON_SORT_KEYS=False)
+    if test_config:
+        app.config.update(test_config)
+    app.extensions["hematovision"] = AppState.create(settings)
+    register_error_handlers(app)
+    app.register_blueprint(health_bp)
+    app.register_blueprint(jobs_bp)
+    app.register_blueprint(openapi_bp)
+    return app
+
+
+__all__ = ["create_app"]

@@ -1,0 +1,96 @@
+"""The embedded one-shot path: ``hematovision analyze FOLDER``.
+
+Runs the real system on one machine with nothing to start by hand: migrates
+the SQLite database, stores the folder as a job through the same intake as
+the API, starts a real Celery worker process on the embedded (SQLite) broker,
+waits for the job, and writes the report files.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from api.state import AppState
+from api.submission import accept_job
+from db import repository as repo
+from db.migrate import upgrade
+from db.models import JobStatus
+from pipeline.intake import Limits, iter_folder
+from pipeline.report import DifferentialReport
+from pipeline.settings import Settings
+
+
+def start_worker(settings: Settings, concurrency: int = 1) -> subprocess.Popen:
+    """A real Celery worker process with the same settings (passed via the environment)."""
+    env = dict(os.environ)
+    env.update({"HEMATOVISION_VAR_DIR": str(Path(settings.var_dir).resolve()),
+                "HEMATOVISION_DATABASE_URL": settings.resolved_database_url,
+                "HEMATOVISION_BROKER_URL": settings.resolved_broker_url,
+                "HEMATOVISION_STORAGE_ROOT": str(settings.resolved_storage_root),
+                "HEMATOVISION_MODEL_DIR": str(Path(settings.model_dir).resolve()),
+                "HEMATOVISION_BACKEND": settings.backend,
+                "HEMATOVISION_BATCH_SIZE": str(settings.batch_size)})
+    cmd = [sys.executable, "-m", "celery", "-A", "worker.make_celery", "worker", "--loglevel=WARNING",
+           f"--concurrency={concurrency}", "--without-gossip", "--without-mingle", "--without-heartbeat"]
+    return subprocess.Popen(cmd, env=env, cwd=Path(__file__).resolve().parent.parent)
+
+
+def analyze(folder: str, out_dir: str, settings: Settings, progress: bool = True) -> DifferentialReport:
+    """Classify every image under ``folder`` and write report.json, report.csv, results.csv."""
+    target = Path(folder).resolve()
+    if not target.is_dir():
+        raise SystemExit(f"error: {folder} is not a directory")
+    upgrade(settings.resolved_database_url)
+    st = AppState.create(settings)
+    limits = Limits(settings.max_upload_bytes, settings.max_image_bytes, settings.max_images_per_job)
+    job_id = accept_job(st, iter_folder(target, limits), "folder", target.name, None)
+    print(f"job {job_id}: {target} queued", flush=True)
+    worker = start_worker(settings)
+    try:
+        status = _wait(st, job_id, worker, progress)
+    finally:
+        worker.terminate()
+        worker.wait(timeout=30)
+    if status != JobStatus.SUCCEEDED:
+        with st.db.session() as session:
+            raise SystemExit(f"error: job {job_id} ended {status}: {repo.get_job(session, job_id).error}")
+    with st.db.session() as session:
+        summary = repo.get_summary(session, job_id)
+        rows = repo.results_page(session, job_id, 10**9, 0)
+        results = [(img.path, pred.label if pred else "", f"{pred.confidence:.4f}" if pred else "", img.error or "") for img, pred in rows]
+    report = DifferentialReport.from_dict(summary)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.json").write_text(json.dumps(summary, indent=2))
+    (out / "report.csv").write_text(report.to_csv())
+    with open(out / "results.csv", "w") as fh:
+        fh.write("path,label,confidence,error\n")
+        for row in results:
+            fh.write(",".join('"' + str(v).replace('"', '""') + '"' for v in row) + "\n")
+    st.db.dispose()
+    return report
+
+
+def _wait(st: AppState, job_id: str, worker: subprocess.Popen, progress: bool) -> str:
+    from tqdm import tqdm
+
+    with st.db.session() as session:
+        total = repo.progress(session, job_id).total
+    bar = tqdm(total=total, unit="img", disable=not progress, desc="classifying")
+    while True:
+        with st.db.session() as session:
+            status = repo.job_status(session, job_id)
+            prog = repo.progress(session, job_id)
+        bar.update(prog.done + prog.failed - bar.n)
+        if status in JobStatus.FINISHED:
+            bar.close()
+            return status
+        if worker.poll() is not None:
+            bar.close()
+            raise SystemExit(f"error: the worker exited with code {worker.returncode} before job {job_id} finished")
+        time.sleep(0.3)

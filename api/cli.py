@@ -1,0 +1,142 @@
+"""The ``hematovision`` command: talk to the API, run servers, or analyze locally."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from pipeline.settings import Settings
+
+
+def _client(args):
+    from api.client import ApiClient
+
+    return ApiClient(args.api or Settings.from_env().api_url)
+
+
+def cmd_submit(args) -> int:
+    from tqdm import tqdm
+
+    client = _client(args)
+    job = client.submit_folder(args.folder, name=args.name, batch_size=args.batch_size)
+    print(f"job {job['id']} {job['status']} ({job['images']['total']} images)", flush=True)
+    if not args.wait:
+        return 0
+    bar = tqdm(total=job["images"]["total"], unit="img")
+
+    def show(j: dict) -> None:
+        bar.update(j["images"]["done"] + j["images"]["failed"] - bar.n)
+
+    final = client.wait(job["id"], show)
+    bar.close()
+    print(f"job {final['id']} {final['status']}")
+    if final["status"] == "succeeded":
+        print(json.dumps(json.loads(client.report(final["id"])), indent=2))
+    return 0 if final["status"] == "succeeded" else 1
+
+
+def cmd_status(args) -> int:
+    print(json.dumps(_client(args).job(args.job_id), indent=2))
+    return 0
+
+
+def cmd_report(args) -> int:
+    text = _client(args).report(args.job_id, args.format)
+    if args.output:
+        with open(args.output, "w") as fh:
+            fh.write(text)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def cmd_serve(args) -> int:
+    from api import create_app
+    from db.migrate import upgrade
+
+    settings = Settings.from_env()
+    upgrade(settings.resolved_database_url)
+    create_app(settings).run(host=args.host, port=args.port, threaded=True)
+    return 0
+
+
+def cmd_worker(args) -> int:
+    from worker.make_celery import celery_app
+
+    argv = ["worker", f"--loglevel={args.loglevel}"]
+    if args.concurrency:
+        argv.append(f"--concurrency={args.concurrency}")
+    celery_app.worker_main(argv)
+    return 0
+
+
+def cmd_db(args) -> int:
+    from db.migrate import upgrade
+
+    upgrade(Settings.from_env().resolved_database_url)
+    print("database is at the latest migration")
+    return 0
+
+
+def cmd_analyze(args) -> int:
+    from api.analyze import analyze
+
+    overrides = {"batch_size": args.batch_size} if args.batch_size else {}
+    report = analyze(args.folder, args.output, Settings.from_env(**overrides), progress=not args.quiet)
+    print(report.to_table())
+    print(f"\nreport written to {args.output}/report.json, report.csv and results.csv")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hematovision", description="White-blood-cell differential counts from cell images.")
+    parser.add_argument("--api", help="API base URL (default HEMATOVISION_API_URL or http://127.0.0.1:5000)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("submit", help="upload a folder of cell images as a job")
+    p.add_argument("folder")
+    p.add_argument("--wait", action="store_true", help="show progress and print the report when done")
+    p.add_argument("--name")
+    p.add_argument("--batch-size", type=int)
+    p.set_defaults(func=cmd_submit)
+    p = sub.add_parser("status", help="show a job")
+    p.add_argument("job_id")
+    p.set_defaults(func=cmd_status)
+    p = sub.add_parser("report", help="download a finished job's report")
+    p.add_argument("job_id")
+    p.add_argument("--format", choices=("json", "csv"), default="json")
+    p.add_argument("-o", "--output")
+    p.set_defaults(func=cmd_report)
+    p = sub.add_parser("serve", help="run the API (development server; use gunicorn api.wsgi:app in production)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=5000)
+    p.set_defaults(func=cmd_serve)
+    p = sub.add_parser("worker", help="run a Celery worker")
+    p.add_argument("--concurrency", type=int)
+    p.add_argument("--loglevel", default="INFO")
+    p.set_defaults(func=cmd_worker)
+    p = sub.add_parser("db", help="apply database migrations")
+    p.add_argument("action", choices=("upgrade",))
+    p.set_defaults(func=cmd_db)
+    p = sub.add_parser("analyze", help="classify a local folder end to end on this machine (embedded setup)")
+    p.add_argument("folder")
+    p.add_argument("-o", "--output", default="report")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_analyze)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from api.client import ApiClientError
+
+    try:
+        return args.func(args)
+    except ApiClientError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

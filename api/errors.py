@@ -1,0 +1,40 @@
+"""Every error leaves the API as JSON: ``{"error": {"code", "message", ...}}``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Flask, jsonify
+from werkzeug.exceptions import HTTPException
+
+
+class ApiError(Exception):
+    """An error with an HTTP status and a message the client can act on."""
+
+    def __init__(self, status: int, message: str, **details: Any) -> None:
+        super().__init__(message)
+        self.status, self.message, self.details = status, message, details
+
+
+def error_response(status: int, code: str, message: str, **details: Any):
+    response = jsonify({"error": {"code": code, "message": message, **details}})
+    response.status_code = status
+    return response
+
+
+def register_error_handlers(app: Flask) -> None:
+    @app.errorhandler(ApiError)
+    def _api_error(exc: ApiError):
+        return error_response(exc.status, _code(exc.status), exc.message, **exc.details)
+
+    @app.errorhandler(HTTPException)
+    def _http_error(exc: HTTPException):
+        message = exc.description or exc.name
+        if exc.code == 413:
+            message = f"upload is larger than the limit of {app.config['MAX_CONTENT_LENGTH']} bytes"
+        return error_response(exc.code or 500, _code(exc.code or 500), message)
+
+
+def _code(status: int) -> str:
+    return {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 409: "conflict", 413: "too_large",
+            422: "unprocessable", 503: "unavailable"}.get(status, "error")

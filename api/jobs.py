@@ -1,0 +1,153 @@
+"""Job routes under ``/api/v1``: submit, list, status, results, report, cancel."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from flask import Blueprint, Response, jsonify, request, url_for
+
+from api.errors import ApiError
+from api.state import state
+from api.submission import accept_job
+from api.views import job_json, result_json
+from db import repository as repo
+from db.models import JobStatus
+from pipeline.intake import IntakeError, Limits, clean_relative_path, iter_folder, iter_zip, resolve_allowed_folder
+from pipeline.report import DifferentialReport
+
+bp = Blueprint("jobs", __name__, url_prefix="/api/v1")
+ZIP_MAGIC = b"PK\x03\x04"
+
+
+def _limits() -> Limits:
+    s = state().settings
+    return Limits(max_total_bytes=s.max_upload_bytes, max_file_bytes=s.max_image_bytes, max_files=s.max_images_per_job)
+
+
+def _int_arg(name: str, default: int, low: int, high: int) -> int:
+    raw = request.args.get(name, default)
+    try:
+        value = int(raw)
+    except (TypeError, ValueError):
+        raise ApiError(400, f"query parameter {name!r} must be an integer") from None
+    if not low <= value <= high:
+        raise ApiError(400, f"query parameter {name!r} must be between {low} and {high}")
+    return value
+
+
+def _uploaded_items() -> Iterator[tuple[str, bytes]]:
+    """Files from a multipart upload; a lone .zip is expanded safely."""
+    files = request.files.getlist("files") + request.files.getlist("file")
+    limits = _limits()
+    if len(files) == 1 and (files[0].filename or "").lower().endswith(".zip"):
+        yield from iter_zip(files[0].stream, limits)
+        return
+    for storage in files:
+        relpath = clean_relative_path(storage.filename or "")
+        data = storage.stream.read(limits.max_file_bytes + 1)
+        if len(data) > limits.max_file_bytes:
+            raise IntakeError(f"{relpath} is over the per-image limit of {limits.max_file_bytes} bytes")
+        yield relpath, data
+
+
+def _batch_size(raw) -> int | None:
+    if raw in (None, ""):
+        return None
+    try:
+        value = int(raw)
+    except (TypeError, ValueError):
+        raise ApiError(400, "batch_size must be an integer") from None
+    if not 1 <= value <= 4096:
+        raise ApiError(400, "batch_size must be between 1 and 4096")
+    return value
+
+
+@bp.post("/jobs")
+def submit_job():
+    st = state()
+    if request.is_json:
+        body = request.get_json(silent=True)
+        if not isinstance(body, dict) or not isinstance(body.get("folder"), str):
+            raise ApiError(400, 'JSON submissions must look like {"folder": "relative/or/absolute/path"}')
+        try:
+            folder = resolve_allowed_folder(body["folder"], st.settings.allowed_folder_root)
+        except IntakeError as exc:
+            raise ApiError(403 if "outside" in str(exc) or "disabled" in str(exc) else 400, str(exc)) from None
+        items, source, name, batch = iter_folder(folder, _limits()), "folder", body.get("name"), body.get("batch_size")
+    elif request.files:
+        items, source, name, batch = _uploaded_items(), "upload", request.form.get("name"), request.form.get("batch_size")
+    else:
+        raise ApiError(400, "send files as multipart 'files' (or one .zip), or JSON {\"folder\": ...}")
+    job_id = accept_job(st, items, source, name, _batch_size(batch))
+    with st.db.session() as session:
+        body = job_json(repo.get_job(session, job_id), repo.progress(session, job_id))
+    response = jsonify(body)
+    response.status_code = 202
+    response.headers["Location"] = url_for("jobs.get_job", job_id=job_id)
+    return response
+
+
+def _job_or_404(session, job_id: str):
+    job = repo.get_job(session, job_id)
+    if job is None:
+        raise ApiError(404, f"no job with id {job_id!r}")
+    return job
+
+
+@bp.get("/jobs")
+def list_jobs():
+    limit = _int_arg("limit", 20, 1, 200)
+    offset = _int_arg("offset", 0, 0, 10**9)
+    with state().db.session() as session:
+        jobs, total = repo.list_jobs(session, limit, offset)
+        items = [job_json(j, repo.progress(session, j.id)) for j in jobs]
+    return jsonify({"items": items, "total": total, "limit": limit, "offset": offset})
+
+
+@bp.get("/jobs/<job_id>")
+def get_job(job_id: str):
+    with state().db.session() as session:
+        job = _job_or_404(session, job_id)
+        return jsonify(job_json(job, repo.progress(session, job_id)))
+
+
+@bp.get("/jobs/<job_id>/results")
+def get_results(job_id: str):
+    limit = _int_arg("limit", state().settings.page_size, 1, 1000)
+    offset = _int_arg("offset", 0, 0, 10**9)
+    with state().db.session() as session:
+        job = _job_or_404(session, job_id)
+        rows = repo.results_page(session, job_id, limit, offset)
+        items = [result_json(img, pred) for img, pred in rows]
+        total = job.images_total
+    return jsonify({"items": items, "total": total, "limit": limit, "offset": offset})
+
+
+@bp.get("/jobs/<job_id>/report")
+def get_report(job_id: str):
+    fmt = request.args.get("format", "json")
+    if fmt not in ("json", "csv"):
+        raise ApiError(400, "format must be 'json' or 'csv'")
+    with state().db.session() as session:
+        job = _job_or_404(session, job_id)
+        if job.status != JobStatus.SUCCEEDED:
+            raise ApiError(409, f"job is {job.status}; the report exists once it has succeeded", status=job.status)
+        summary = repo.get_summary(session, job_id)
+    if summary is None:
+        raise ApiError(409, "job has no stored summary", status=job.status)
+    if fmt == "json":
+        return jsonify(summary)
+    report = DifferentialReport.from_dict(summary)
+    return Response(report.to_csv(), mimetype="text/csv",
+                    headers={"Content-Disposition": f'attachment; filename="hematovision-{job_id}.csv"'})
+
+
+@bp.post("/jobs/<job_id>/cancel")
+def cancel(job_id: str):
+    with state().db.session() as session, session.begin():
+        job = _job_or_404(session, job_id)
+        if not repo.cancel_job(session, job_id):
+            raise ApiError(409, f"job is already {job.status}", status=job.status)
+    with state().db.session() as session:
+        return jsonify(job_json(repo.get_job(session, job_id), repo.progress(session, job_id)))
+

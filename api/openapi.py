@@ -1,0 +1,74 @@
+"""The OpenAPI 3.1 document served at ``/api/v1/openapi.json``.
+
+A test compares its paths and methods with the app's URL map, so the two
+cannot drift apart silently.
+"""
+
+from __future__ import annotations
+
+from flask import Blueprint, jsonify
+
+bp = Blueprint("openapi", __name__)
+
+_ERROR = {"description": "error", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+_JOB = {"description": "the job", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Job"}}}}
+_JOB_ID = {"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}}
+_PAGE = [
+    {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1}},
+    {"name": "offset", "in": "query", "schema": {"type": "integer", "minimum": 0}},
+]
+
+SPEC: dict = {
+    "openapi": "3.1.0",
+    "info": {"title": "HematoVision API", "version": "1.0.0",
+             "description": "Submit folders of blood-cell images, poll jobs, download white-cell differential reports."},
+    "paths": {
+        "/healthz": {"get": {"summary": "Liveness", "responses": {"200": {"description": "alive"}}}},
+        "/readyz": {"get": {"summary": "Readiness: database and broker reachable",
+                            "responses": {"200": {"description": "ready"}, "503": {"description": "not ready"}}}},
+        "/api/v1/openapi.json": {"get": {"summary": "This document", "responses": {"200": {"description": "OpenAPI"}}}},
+        "/api/v1/jobs": {
+            "post": {
+                "summary": "Submit a job: multipart files (relative paths kept), one .zip, or a server-side folder",
+                "requestBody": {"required": True, "content": {
+                    "multipart/form-data": {"schema": {"type": "object", "properties": {
+                        "files": {"type": "array", "items": {"type": "string", "format": "binary"}},
+                        "name": {"type": "string"}, "batch_size": {"type": "integer"}}}},
+                    "application/json": {"schema": {"type": "object", "required": ["folder"], "properties": {
+                        "folder": {"type": "string"}, "name": {"type": "string"}, "batch_size": {"type": "integer"}}}},
+                }},
+                "responses": {"202": {**_JOB, "headers": {"Location": {"schema": {"type": "string"}}}},
+                              "400": _ERROR, "403": _ERROR, "413": _ERROR, "422": _ERROR, "503": _ERROR},
+            },
+            "get": {"summary": "List jobs, newest first", "parameters": _PAGE,
+                    "responses": {"200": {"description": "a page of jobs"}, "400": _ERROR}},
+        },
+        "/api/v1/jobs/{job_id}": {"get": {"summary": "Job status and progress", "parameters": [_JOB_ID],
+                                          "responses": {"200": _JOB, "404": _ERROR}}},
+        "/api/v1/jobs/{job_id}/results": {"get": {
+            "summary": "Per-image predictions, paged", "parameters": [_JOB_ID, *_PAGE],
+            "responses": {"200": {"description": "a page of results"}, "404": _ERROR}}},
+        "/api/v1/jobs/{job_id}/report": {"get": {
+            "summary": "Differential-count report (JSON or CSV)",
+            "parameters": [_JOB_ID, {"name": "format", "in": "query", "schema": {"enum": ["json", "csv"]}}],
+            "responses": {"200": {"description": "the report", "content": {"application/json": {}, "text/csv": {}}},
+                          "404": _ERROR, "409": _ERROR}}},
+        "/api/v1/jobs/{job_id}/cancel": {"post": {"summary": "Cancel a queued or running job", "parameters": [_JOB_ID],
+                                                  "responses": {"200": _JOB, "404": _ERROR, "409": _ERROR}}},
+    },
+    "components": {"schemas": {
+        "Error": {"type": "object", "required": ["error"], "properties": {"error": {
+            "type": "object", "required": ["code", "message"],
+            "properties": {"code": {"type": "string"}, "message": {"type": "string"}}}}},
+        "Job": {"type": "object", "required": ["id", "status", "images"], "properties": {
+            "id": {"type": "string"},
+            "status": {"enum": ["queued", "running", "succeeded", "failed", "canceled"]},
+            "images": {"type": "object", "properties": {k: {"type": "integer"} for k in ("total", "done", "failed", "pending")}},
+            "model": {"type": "object"}, "timings": {"type": "object"}, "links": {"type": "object"}}},
+    }},
+}
+
+
+@bp.get("/api/v1/openapi.json")
+def openapi():
+    return jsonify(SPEC)

@@ -1,0 +1,35 @@
+"""What a running API holds: settings, database, image store, task producer."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from celery import Celery
+from flask import current_app
+
+from db.engine import Database
+from pipeline.settings import Settings, celery_config
+from pipeline.storage import ImageStore
+
+START_JOB = "hematovision.start_job"  # the worker's task name; the API sends by name only
+
+
+@dataclass
+class AppState:
+    settings: Settings
+    db: Database
+    store: ImageStore
+    celery: Celery
+
+    @classmethod
+    def create(cls, settings: Settings) -> "AppState":
+        celery = Celery("hematovision-api", set_as_current=False)
+        celery.conf.update(celery_config(settings))
+        return cls(settings, Database(settings.resolved_database_url), ImageStore(settings.resolved_storage_root), celery)
+
+    def enqueue_job(self, job_id: str) -> None:
+        self.celery.send_task(START_JOB, args=[job_id])
+
+
+def state() -> AppState:
+    return current_app.extensions["hematovision"]

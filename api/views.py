@@ -1,0 +1,60 @@
+"""JSON shapes of jobs and results (no business logic, no SQL)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from flask import url_for
+
+from db.models import Image, Job, Prediction
+from db.repository import Progress
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value else None
+
+
+def _seconds(a: datetime | None, b: datetime | None) -> float | None:
+    if a is None or b is None:
+        return None
+    if (a.tzinfo is None) != (b.tzinfo is None):  # SQLite returns naive datetimes
+        a, b = a.replace(tzinfo=None), b.replace(tzinfo=None)
+    return round((b - a).total_seconds(), 3)
+
+
+def job_json(job: Job, progress: Progress) -> dict:
+    return {
+        "id": job.id,
+        "status": job.status,
+        "kind": job.kind,
+        "source": job.source,
+        "name": job.name,
+        "batch_size": job.batch_size,
+        "images": {"total": progress.total, "done": progress.done, "failed": progress.failed, "pending": progress.pending},
+        "model": {"name": job.model_name, "version": job.model_version},
+        "error": job.error,
+        "timings": {
+            "created_at": _iso(job.created_at),
+            "started_at": _iso(job.started_at),
+            "finished_at": _iso(job.finished_at),
+            "queued_seconds": _seconds(job.created_at, job.started_at),
+            "running_seconds": _seconds(job.started_at, job.finished_at),
+        },
+        "links": {
+            "self": url_for("jobs.get_job", job_id=job.id),
+            "results": url_for("jobs.get_results", job_id=job.id),
+            "report": url_for("jobs.get_report", job_id=job.id),
+        },
+    }
+
+
+def result_json(image: Image, prediction: Prediction | None) -> dict:
+    return {
+        "seq": image.seq,
+        "path": image.path,
+        "status": image.status,
+        "label": prediction.label if prediction else None,
+        "confidence": prediction.confidence if prediction else None,
+        "probabilities": prediction.probabilities if prediction else None,
+        "error": image.error,
+    }

@@ -1,0 +1,144 @@
+"""The differential-count report of one job, as analysers present it.
+
+The differential (percentages) is over white cells only. Erythroblasts
+(nucleated red cells) are given per 100 white cells and platelets apart, when
+the model knows those classes. Intervals are exact Clopper-Pearson 95 %
+intervals from the raw counts, so small counts get honest, wide intervals.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections import Counter
+from dataclasses import asdict, dataclass, field, fields
+
+from scipy.stats import beta
+
+ERYTHROBLAST = "erythroblast"
+PLATELET = "platelet"
+
+
+def clopper_pearson(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
+    """Exact binomial confidence interval for k successes in n trials."""
+    if n == 0:
+        return (0.0, 1.0)
+    alpha = 1.0 - level
+    low = 0.0 if k == 0 else float(beta.ppf(alpha / 2, k, n - k + 1))
+    high = 1.0 if k == n else float(beta.ppf(1 - alpha / 2, k + 1, n - k))
+    return (low, high)
+
+
+@dataclass(frozen=True)
+class CellPrediction:
+    """What the report needs of one image's result."""
+
+    path: str
+    label: str | None
+    confidence: float | None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class ClassCount:
+    cell_type: str
+    count: int
+    percent: float
+    ci95_low: float
+    ci95_high: float
+
+
+@dataclass
+class DifferentialReport:
+    """Counts, percentages with 95 % CIs, and the cells a reviewer should look at."""
+
+    model: str
+    n_images: int
+    n_classified: int
+    n_failed: int
+    white_cell_total: int
+    differential: list[ClassCount]
+    erythroblasts: dict | None
+    platelets: dict | None
+    low_confidence_threshold: float
+    n_low_confidence: int
+    low_confidence_cells: list[dict] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "DifferentialReport":
+        """Rebuild from :meth:`to_dict` output (extra keys such as ``job_id`` ignored)."""
+        names = {f.name for f in fields(cls)}
+        values = {k: v for k, v in data.items() if k in names}
+        values["differential"] = [ClassCount(**row) for row in values["differential"]]
+        return cls(**values)
+
+    def to_csv(self) -> str:
+        out = io.StringIO()
+        writer = csv.writer(out)
+        writer.writerow(["section", "cell_type", "count", "percent", "ci95_low_percent", "ci95_high_percent"])
+        for row in self.differential:
+            writer.writerow(["differential", row.cell_type, row.count, f"{row.percent:.2f}", f"{row.ci95_low:.2f}", f"{row.ci95_high:.2f}"])
+        if self.erythroblasts is not None:
+            writer.writerow(["per_100_wbc", ERYTHROBLAST, self.erythroblasts["count"], f"{self.erythroblasts['per_100_wbc']:.2f}", "", ""])
+        if self.platelets is not None:
+            writer.writerow(["separate", PLATELET, self.platelets["count"], "", "", ""])
+        writer.writerow(["summary", "white_cell_total", self.white_cell_total, "", "", ""])
+        writer.writerow(["summary", "images_total", self.n_images, "", "", ""])
+        writer.writerow(["summary", "images_failed", self.n_failed, "", "", ""])
+        writer.writerow(["summary", f"low_confidence_below_{self.low_confidence_threshold:g}", self.n_low_confidence, "", "", ""])
+        return out.getvalue()
+
+    def to_table(self) -> str:
+        """Fixed-width text table for terminals."""
+        lines = [f"{'cell type':<14}{'count':>7}{'%':>8}   95% CI", "-" * 44]
+        for row in self.differential:
+            lines.append(f"{row.cell_type:<14}{row.count:>7}{row.percent:>8.1f}   {row.ci95_low:5.1f} - {row.ci95_high:5.1f}")
+        lines.append("-" * 44)
+        lines.append(f"{'white cells':<14}{self.white_cell_total:>7}")
+        if self.erythroblasts is not None:
+            lines.append(f"erythroblasts  {self.erythroblasts['count']:>6}  ({self.erythroblasts['per_100_wbc']:.1f} per 100 WBC)")
+        if self.platelets is not None:
+            lines.append(f"platelets      {self.platelets['count']:>6}")
+        lines.append(f"images {self.n_images}, failed {self.n_failed}, low confidence (<{self.low_confidence_threshold:g}) {self.n_low_confidence}")
+        return "\n".join(lines)
+
+
+def build_report(
+    predictions: list[CellPrediction],
+    classes: tuple[str, ...],
+    white_cells: tuple[str, ...],
+    model: str,
+    low_confidence: float,
+    max_listed: int = 1000,
+) -> DifferentialReport:
+    """Aggregate per-image predictions into a :class:`DifferentialReport`."""
+    classified = [p for p in predictions if p.error is None and p.label is not None]
+    counts = Counter(p.label for p in classified)
+    wbc_total = sum(counts[c] for c in white_cells)
+    differential = []
+    for cell_type in white_cells:
+        k = counts[cell_type]
+        low, high = clopper_pearson(k, wbc_total)
+        pct = 100.0 * k / wbc_total if wbc_total else 0.0
+        differential.append(ClassCount(cell_type, k, pct, 100.0 * low, 100.0 * high))
+    ery = None
+    if ERYTHROBLAST in classes:
+        ery = {"count": counts[ERYTHROBLAST], "per_100_wbc": 100.0 * counts[ERYTHROBLAST] / wbc_total if wbc_total else 0.0}
+    plt = {"count": counts[PLATELET]} if PLATELET in classes else None
+    low = sorted((p for p in classified if (p.confidence or 0.0) < low_confidence), key=lambda p: p.confidence or 0.0)
+    return DifferentialReport(
+        model=model,
+        n_images=len(predictions),
+        n_classified=len(classified),
+        n_failed=len(predictions) - len(classified),
+        white_cell_total=wbc_total,
+        differential=differential,
+        erythroblasts=ery,
+        platelets=plt,
+        low_confidence_threshold=low_confidence,
+        n_low_confidence=len(low),
+        low_confidence_cells=[{"path": p.path, "label": p.label, "confidence": round(p.confidence or 0.0, 4)} for p in low[:max_listed]],
+    )

@@ -1,0 +1,103 @@
+"""The one settings object, read from ``HEMATOVISION_*`` environment variables.
+
+Defaults give the embedded setup: a SQLite file and a SQLite-backed Celery
+broker under ``./var``, so nothing has to be started. Production sets
+``HEMATOVISION_DATABASE_URL`` (Postgres) and ``HEMATOVISION_BROKER_URL`` (Redis)
+and points ``HEMATOVISION_STORAGE_ROOT`` at storage shared by API and workers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+PREFIX = "HEMATOVISION_"
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _default_model_dir() -> str:
+    models = REPO_ROOT / "models"
+    found = sorted(p for p in models.glob("*/manifest.json")) if models.is_dir() else []
+    return str(found[0].parent) if found else str(models / "missing")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Runtime configuration shared by the API, the workers and the CLI."""
+
+    var_dir: str = "var"
+    database_url: str = ""  # default: sqlite file in var_dir
+    broker_url: str = ""  # default: kombu SQLAlchemy transport on a sqlite file in var_dir
+    storage_root: str = ""  # default: var_dir/storage; must be shared by API and workers
+    allowed_folder_root: str = ""  # server-side folders must lie under this; empty = feature off
+    model_dir: str = field(default_factory=_default_model_dir)
+    backend: str = "litert"  # litert | keras
+    batch_size: int = 64
+    low_confidence: float = 0.6
+    max_upload_bytes: int = 512 * 1024 * 1024
+    max_image_bytes: int = 50 * 1024 * 1024
+    max_image_pixels: int = 40_000_000  # decompression-bomb guard, checked from the header
+    max_images_per_job: int = 100_000
+    task_time_limit: int = 600
+    api_url: str = "http://127.0.0.1:5000"
+    page_size: int = 100
+
+    def __post_init__(self) -> None:
+        if self.backend not in ("litert", "keras"):
+            raise ValueError(f"{PREFIX}BACKEND must be 'litert' or 'keras', not {self.backend!r}")
+        if not 1 <= self.batch_size <= 4096:
+            raise ValueError(f"{PREFIX}BATCH_SIZE must be between 1 and 4096, not {self.batch_size}")
+        if not 0.0 < self.low_confidence < 1.0:
+            raise ValueError(f"{PREFIX}LOW_CONFIDENCE must be between 0 and 1, not {self.low_confidence}")
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{Path(self.var_dir).resolve() / 'hematovision.sqlite'}"
+
+    @property
+    def resolved_broker_url(self) -> str:
+        return self.broker_url or f"sqla+sqlite:///{Path(self.var_dir).resolve() / 'broker.sqlite'}"
+
+    @property
+    def resolved_storage_root(self) -> Path:
+        return Path(self.storage_root or Path(self.var_dir) / "storage").resolve()
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None, **overrides: object) -> "Settings":
+        """Build settings from ``HEMATOVISION_<FIELD>`` variables, then ``overrides``."""
+        env = os.environ if environ is None else environ
+        values: dict[str, object] = {}
+        for f in dataclasses.fields(cls):
+            raw = env.get(PREFIX + f.name.upper())
+            if raw is None or raw == "":
+                continue
+            kind = type(getattr(cls, f.name, "")) if f.default is not dataclasses.MISSING else str
+            try:
+                values[f.name] = kind(raw) if kind in (int, float) else raw
+            except ValueError as exc:
+                raise ValueError(f"{PREFIX}{f.name.upper()}={raw!r} is not a valid {kind.__name__}") from exc
+        values.update(overrides)
+        return cls(**values)  # type: ignore[arg-type]
+
+
+def celery_config(settings: Settings) -> dict[str, object]:
+    """Celery options derived from settings, shared by the API (producer) and the workers.
+
+    Plain data (no Celery import) so the API can build a light producer and the
+    worker its app from the very same values.
+    """
+    return {
+        "broker_url": settings.resolved_broker_url,
+        "task_ignore_result": True,
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "task_default_queue": "hematovision",
+        "task_serializer": "json",
+        "accept_content": ["json"],
+        "broker_connection_retry_on_startup": True,
+        "broker_transport_options": {"visibility_timeout": 3 * settings.task_time_limit},
+        "worker_hijack_root_logger": False,
+    }

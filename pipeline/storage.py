@@ -1,0 +1,54 @@
+"""Job image storage shared by the API (writer) and the workers (readers).
+
+Keys are built from job id and image sequence number only, never from user
+file names. Writes go through a temporary file and an atomic rename, so a
+reader never sees half a file.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+_KEY = re.compile(r"^jobs/[0-9a-f]{32}/[0-9]{7}\.[a-z]{3,4}$")
+
+
+class ImageStore:
+    """Files under one root directory, addressed by keys like ``jobs/<job>/0000001.jpg``."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+
+    @staticmethod
+    def key_for(job_id: str, seq: int, suffix: str) -> str:
+        return f"jobs/{job_id}/{seq:07d}{suffix}"
+
+    def _path(self, key: str) -> Path:
+        if not _KEY.match(key):
+            raise ValueError(f"invalid storage key {key!r}")
+        return self.root / key
+
+    def put(self, key: str, data: bytes) -> None:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def get(self, key: str) -> bytes:
+        return self._path(key).read_bytes()
+
+    def delete_job(self, job_id: str) -> None:
+        if not re.fullmatch(r"[0-9a-f]{32}", job_id):
+            raise ValueError(f"invalid job id {job_id!r}")
+        shutil.rmtree(self.root / "jobs" / job_id, ignore_errors=True)

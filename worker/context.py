@@ -1,0 +1,59 @@
+"""Per-process resources of a worker: settings, database, image store, model.
+
+Everything is created lazily on first use inside the worker process (never at
+import, never in the prefork parent), so each child has its own DB connection
+pool and loads the model exactly once.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from functools import cached_property
+
+from db.engine import Database
+from pipeline.classifier import Classifier, load_classifier
+from pipeline.manifest import ModelManifest
+from pipeline.settings import Settings
+from pipeline.storage import ImageStore
+
+
+@dataclass
+class WorkerContext:
+    settings: Settings
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @cached_property
+    def db(self) -> Database:
+        return Database(self.settings.resolved_database_url)
+
+    @cached_property
+    def store(self) -> ImageStore:
+        return ImageStore(self.settings.resolved_storage_root)
+
+    @cached_property
+    def classifier(self) -> Classifier:
+        with self._lock:
+            return load_classifier(self.settings.model_dir, self.settings.backend)
+
+    @property
+    def manifest(self) -> ModelManifest:
+        return self.classifier.manifest
+
+
+_context: WorkerContext | None = None
+
+
+def get_context() -> WorkerContext:
+    global _context
+    if _context is None:
+        _context = WorkerContext(Settings.from_env())
+    return _context
+
+
+def reset_context() -> None:
+    """Forget per-process resources (called after fork and in tests)."""
+    global _context
+    if _context is not None and "db" in _context.__dict__:
+        _context.db.dispose()
+    _context = None

@@ -1,0 +1,85 @@
+"""What the tasks do: fan a job out into batches, classify a batch, finalize.
+
+Kept free of Celery so it can be tested and reused directly; the tasks in
+``worker.tasks`` only pass ids in and call these functions.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from sqlalchemy import update
+
+from db import repository as repo
+from db.models import Job, JobStatus
+from pipeline.batch import classify_batch
+from pipeline.report import CellPrediction, build_report
+from worker.context import WorkerContext
+
+log = logging.getLogger(__name__)
+
+
+def start_job(ctx: WorkerContext, job_id: str, enqueue: Callable[[list[int]], None]) -> int:
+    """Mark the job running and enqueue one batch task per ``batch_size`` pending images."""
+    manifest = ctx.manifest
+    with ctx.db.session() as session, session.begin():
+        job = repo.get_job(session, job_id)
+        if job is None or job.status not in JobStatus.ACTIVE:
+            return 0
+        repo.mark_running(session, job_id)
+        session.execute(update(Job).where(Job.id == job_id).values(model_name=manifest.name, model_version=manifest.version))
+        pending = repo.pending_image_ids(session, job_id)
+        batch_size = job.batch_size
+    batches = [pending[i : i + batch_size] for i in range(0, len(pending), batch_size)]
+    for ids in batches:
+        enqueue(ids)
+    if not batches:  # every image was refused at intake
+        finalize(ctx, job_id)
+    return len(batches)
+
+
+def run_batch(ctx: WorkerContext, job_id: str, image_ids: list[int]) -> int:
+    """Classify the still-pending images of one batch in one model call; returns how many."""
+    with ctx.db.session() as session:
+        if repo.job_status(session, job_id) not in JobStatus.ACTIVE:
+            return 0
+        images = [(img.id, img.storage_key) for img in repo.images_for_batch(session, job_id, image_ids)]
+    if not images:
+        finalize(ctx, job_id)
+        return 0
+    items: list[tuple[int, bytes]] = []
+    missing: list[repo.ResultRow] = []
+    for image_id, key in images:
+        try:
+            items.append((image_id, ctx.store.get(key)))
+        except (OSError, ValueError) as exc:
+            missing.append(repo.ResultRow(image_id, None, None, None, f"stored file unreadable: {exc.__class__.__name__}"))
+    results = classify_batch(ctx.classifier, items, ctx.settings.max_image_pixels)
+    rows = missing + [repo.ResultRow(r.key, r.label, r.confidence, r.probabilities, r.error) for r in results]
+    with ctx.db.session() as session, session.begin():
+        if repo.job_status(session, job_id) in JobStatus.ACTIVE:
+            repo.record_results(session, job_id, rows, ctx.manifest.version)
+    finalize(ctx, job_id)
+    return len(rows)
+
+
+def summarize(ctx: WorkerContext, session, job_id: str) -> dict:
+    manifest = ctx.manifest
+    outcomes = [CellPrediction(path, label, conf, err) for path, label, conf, err in repo.all_outcomes(session, job_id)]
+    report = build_report(outcomes, manifest.classes, manifest.white_cells, manifest.label, ctx.settings.low_confidence)
+    return {"job_id": job_id, **report.to_dict()}
+
+
+def finalize(ctx: WorkerContext, job_id: str) -> bool:
+    """Store the summary and mark the job succeeded once nothing is pending (one winner)."""
+    with ctx.db.session() as session, session.begin():
+        won = repo.finalize_if_complete(session, job_id, lambda: summarize(ctx, session, job_id))
+    if won:
+        log.info("job %s finalized", job_id)
+    return won
+
+
+def fail(ctx: WorkerContext, job_id: str, error: str) -> None:
+    with ctx.db.session() as session, session.begin():
+        repo.fail_job(session, job_id, error)
