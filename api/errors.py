@@ -11,21 +11,21 @@ from werkzeug.exceptions import HTTPException
 class ApiError(Exception):
     """An error with an HTTP status and a message the client can act on."""
 
-    def __init__(self, status: int, message: str, **details: Any) -> None:
+    def __init__(self, http_status: int, message: str, **details: Any) -> None:
         super().__init__(message)
-        self.status, self.message, self.details = status, message, details
+        self.http_status, self.message, self.details = http_status, message, details
 
 
-def error_response(status: int, code: str, message: str, **details: Any):
+def error_response(http_status: int, code: str, message: str, **details: Any):
     response = jsonify({"error": {"code": code, "message": message, **details}})
-    response.status_code = status
+    response.status_code = http_status
     return response
 
 
 def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(ApiError)
     def _api_error(exc: ApiError):
-        return error_response(exc.status, _code(exc.status), exc.message, **exc.details)
+        return error_response(exc.http_status, _code(exc.http_status), exc.message, **exc.details)
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException):

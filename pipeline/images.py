@@ -33,7 +33,7 @@ def sniff_format(data: bytes, max_pixels: int) -> tuple[str, int, int]:
             with Image.open(io.BytesIO(data)) as img:
                 fmt, (width, height) = img.format, img.size
     except Image.DecompressionBombError as exc:
-        raise ImageRejected(f"image dimensions are too large: {exc}") from None
+        raise ImageRejected(f"image dimensions are over the limit ({exc})") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
         raise ImageRejected("not a recognised image (JPEG, PNG, BMP or TIFF expected)") from None
     if fmt not in ACCEPTED_FORMATS:

@@ -34,6 +34,7 @@ class Settings:
     allowed_folder_root: str = ""  # server-side folders must lie under this; empty = feature off
     model_dir: str = field(default_factory=_default_model_dir)
     backend: str = "litert"  # litert | keras
+    queue: str = "hematovision"  # Celery queue shared by the API and its workers
     batch_size: int = 64
     low_confidence: float = 0.6
     max_upload_bytes: int = 512 * 1024 * 1024
@@ -88,16 +89,19 @@ def celery_config(settings: Settings) -> dict[str, object]:
     Plain data (no Celery import) so the API can build a light producer and the
     worker its app from the very same values.
     """
+    broker = settings.resolved_broker_url
+    # Redis redelivers unacked tasks after the visibility timeout: keep it above the task time limit.
+    transport = {"visibility_timeout": 3 * settings.task_time_limit} if broker.startswith(("redis", "rediss")) else {}
     return {
-        "broker_url": settings.resolved_broker_url,
+        "broker_url": broker,
         "task_ignore_result": True,
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": 1,
-        "task_default_queue": "hematovision",
+        "task_default_queue": settings.queue,
         "task_serializer": "json",
         "accept_content": ["json"],
         "broker_connection_retry_on_startup": True,
-        "broker_transport_options": {"visibility_timeout": 3 * settings.task_time_limit},
+        "broker_transport_options": transport,
         "worker_hijack_root_logger": False,
     }

@@ -1,0 +1,112 @@
+"""Shared fixtures: databases (SQLite and the real Postgres), models, images.
+
+Every database-backed test runs twice, once per backend. Postgres tests get a
+fresh database of their own on 127.0.0.1:5432 (``HEMATOVISION_TEST_PG_URL``
+overrides the server), so runs never see each other's rows.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import uuid
+import zipfile
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED = REPO.parent / "shared" / "data"
+PG_ADMIN_URL = os.environ.get("HEMATOVISION_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
+REDIS_URL = os.environ.get("HEMATOVISION_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+
+
+def shipped_model_dir() -> Path:
+    found = sorted(REPO.glob("models/*/manifest.json"))
+    assert len(found) == 1, f"expected exactly one shipped model under models/, found {found}"
+    return found[0].parent
+
+
+@pytest.fixture(scope="session")
+def model_dir() -> Path:
+    override = os.environ.get("HEMATOVISION_TEST_MODEL_DIR")
+    return Path(override) if override else shipped_model_dir()
+
+
+def _pg_create() -> tuple[str, str]:
+    import psycopg
+
+    name = "hv_test_" + uuid.uuid4().hex[:12]
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return name, PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + name
+
+
+def _pg_drop(name: str) -> None:
+    import psycopg
+
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def database_url(request, tmp_path) -> str:
+    """An empty database URL, SQLite file or a fresh Postgres database."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'hv.sqlite'}"
+        return
+    name, url = _pg_create()
+    try:
+        yield url
+    finally:
+        _pg_drop(name)
+
+
+@pytest.fixture
+def migrated_url(database_url) -> str:
+    from db.migrate import upgrade
+
+    upgrade(database_url)
+    return database_url
+
+
+def jpeg_bytes(seed: int = 0, size: tuple[int, int] = (240, 320)) -> bytes:
+    """A real JPEG of a synthetic stained-cell-like blob."""
+    rng = np.random.default_rng(seed)
+    img = np.full((*size, 3), (200, 170, 220), np.uint8)
+    center = (size[1] // 2 + int(rng.integers(-20, 20)), size[0] // 2 + int(rng.integers(-20, 20)))
+    cv2.circle(img, center, int(rng.integers(25, 45)), (140, 40, 90), -1)
+    ok, buf = cv2.imencode(".jpg", img)
+    assert ok
+    return buf.tobytes()
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG whose header claims ``width x height`` (a decompression-bomb stand-in)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b"")
+
+
+def make_zip(members: dict[str, bytes], symlinks: dict[str, str] | None = None) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+        for name, target in (symlinks or {}).items():
+            info = zipfile.ZipInfo(name)
+            info.external_attr = (0o120777 << 16)
+            zf.writestr(info, target)
+    return buf.getvalue()
+
+
+@pytest.fixture
+def sample_folder() -> Path:
+    return REPO / "samples" / "cells"

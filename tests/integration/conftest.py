@@ -1,0 +1,88 @@
+"""A real stack: Celery worker processes, a broker, a database, the HTTP API.
+
+``stack`` is parametrized over the production shape (Redis + Postgres) and the
+embedded default (SQLite database + kombu's SQLAlchemy transport on SQLite).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from werkzeug.serving import make_server
+
+from api import create_app
+from db.engine import Database
+from db.migrate import upgrade
+from pipeline.settings import Settings
+from tests.conftest import REDIS_URL, REPO, _pg_create, _pg_drop
+
+
+@dataclass
+class Stack:
+    base_url: str
+    settings: Settings
+    db: Database
+    workers: list[subprocess.Popen]
+
+
+def start_worker(settings: Settings, concurrency: int, log_path: Path) -> subprocess.Popen:
+    env = dict(os.environ)
+    env.update({
+        "HEMATOVISION_VAR_DIR": settings.var_dir,
+        "HEMATOVISION_DATABASE_URL": settings.resolved_database_url,
+        "HEMATOVISION_BROKER_URL": settings.resolved_broker_url,
+        "HEMATOVISION_STORAGE_ROOT": str(settings.resolved_storage_root),
+        "HEMATOVISION_MODEL_DIR": settings.model_dir,
+        "HEMATOVISION_QUEUE": settings.queue,
+        "HEMATOVISION_BATCH_SIZE": str(settings.batch_size),
+    })
+    cmd = [sys.executable, "-m", "celery", "-A", "worker.make_celery", "worker", "--loglevel=INFO",
+           f"--concurrency={concurrency}", "--without-gossip", "--without-mingle", f"--hostname={uuid.uuid4().hex[:8]}@%h"]
+    with open(log_path, "wb") as log:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen(cmd, env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+
+
+@pytest.fixture(params=["redis+postgres", "embedded-sqlite"])
+def stack(request, tmp_path, model_dir):
+    pg_name = None
+    if request.param == "redis+postgres":
+        pg_name, db_url = _pg_create()
+        broker = REDIS_URL
+    else:
+        db_url = f"sqlite:///{tmp_path / 'hv.sqlite'}"
+        broker = f"sqla+sqlite:///{tmp_path / 'broker.sqlite'}"
+    settings = Settings(var_dir=str(tmp_path), database_url=db_url, broker_url=broker, storage_root=str(tmp_path / "shared-storage"),
+                        model_dir=str(model_dir), batch_size=8, queue=f"hv-test-{uuid.uuid4().hex[:8]}")
+    upgrade(db_url)
+    app = create_app(settings)
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    workers = [start_worker(settings, 2, tmp_path / "worker-0.log")]
+    db = Database(db_url)
+    try:
+        yield Stack(f"http://127.0.0.1:{server.server_port}", settings, db, workers)
+    finally:
+        for w in workers:
+            w.terminate()
+        for w in workers:
+            try:
+                w.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                w.kill()
+        server.shutdown()
+        db.dispose()
+        app.extensions["hematovision"].db.dispose()
+        if pg_name:
+            _pg_drop(pg_name)
+        for log in sorted(tmp_path.glob("worker-*.log")):
+            text = log.read_text(errors="replace")
+            if "Traceback" in text:
+                print(f"--- {log.name} ---\n{text[-4000:]}")

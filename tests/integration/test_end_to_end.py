@@ -1,0 +1,77 @@
+"""Submit a folder through the HTTP API to real Celery workers and check every result."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+
+from api.client import ApiClient
+from db.models import Image, Prediction
+from tests.conftest import REPO, jpeg_bytes
+
+pytestmark = pytest.mark.integration
+
+
+def test_folder_job_through_http_and_real_workers(stack, sample_folder, tmp_path):
+    folder = tmp_path / "upload"
+    for path in sample_folder.rglob("*.jp*g"):
+        dest = folder / path.relative_to(sample_folder)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_bytes(path.read_bytes())
+    (folder / "bad").mkdir()
+    (folder / "bad" / "truncated.jpg").write_bytes(jpeg_bytes()[:1500])
+    n_images = sum(1 for _ in folder.rglob("*.*"))
+
+    client = ApiClient(stack.base_url, timeout=60)
+    job = client.submit_folder(folder, name="integration")
+    assert job["status"] == "queued" and job["images"]["total"] == n_images
+    final = client.wait(job["id"], timeout=240)
+    assert final["status"] == "succeeded", final
+    assert final["images"] == {"total": n_images, "done": n_images - 1, "failed": 1, "pending": 0}
+    assert final["model"]["version"]
+
+    with stack.db.session() as s:
+        per_image = s.execute(select(Image.id, func.count(Prediction.id)).outerjoin(Prediction, Prediction.image_id == Image.id)
+                              .where(Image.job_id == job["id"]).group_by(Image.id)).all()
+    counts = sorted(c for _, c in per_image)
+    assert len(per_image) == n_images
+    assert counts == [0] + [1] * (n_images - 1)  # exactly one prediction per good image, none for the bad one
+
+    report = json.loads(client.report(job["id"]))
+    classified = sum(r["count"] for r in report["differential"]) + report["erythroblasts"]["count"] + report["platelets"]["count"]
+    assert classified == report["n_classified"] == n_images - 1
+    assert report["n_failed"] == 1
+    assert abs(sum(r["percent"] for r in report["differential"]) - 100.0) < 1e-6
+    csv_text = client.report(job["id"], "csv")
+    assert f"summary,images_total,{n_images}" in csv_text
+
+
+def test_two_jobs_share_the_workers(stack, sample_folder):
+    client = ApiClient(stack.base_url, timeout=60)
+    ids = [client.submit_folder(sample_folder / sub)["id"] for sub in ("pbc", "kaggle")]
+    finals = [client.wait(i, timeout=240) for i in ids]
+    assert [f["status"] for f in finals] == ["succeeded", "succeeded"]
+    assert all(f["images"]["done"] == f["images"]["total"] > 0 for f in finals)
+
+
+def test_cli_analyze_runs_the_embedded_default(tmp_path, sample_folder, model_dir):
+    """README command 1's path: `hematovision analyze` with nothing but the defaults."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HEMATOVISION_")}
+    env.update({"HEMATOVISION_VAR_DIR": str(tmp_path / "var"), "HEMATOVISION_MODEL_DIR": str(model_dir)})
+    out = tmp_path / "report"
+    proc = subprocess.run([sys.executable, "-m", "api.cli", "analyze", str(sample_folder), "-o", str(out), "--quiet"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "white cells" in proc.stdout
+    report = json.loads((out / "report.json").read_text())
+    n = sum(1 for _ in Path(sample_folder).rglob("*.jp*g"))
+    assert report["n_images"] == n and report["n_failed"] == 0
+    rows = (out / "results.csv").read_text().strip().splitlines()
+    assert len(rows) == n + 1
+    assert (out / "report.csv").read_text().startswith("section,")

@@ -1,0 +1,195 @@
+"""API tests with Flask's test client; jobs are run by the worker's own code in-process.
+
+The broker is kombu's in-memory transport here; the integration tests run the
+same flow through real Celery workers, Redis and Postgres.
+"""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+
+from api import create_app
+from db.models import JobStatus
+from pipeline.settings import Settings
+from tests.conftest import jpeg_bytes, make_zip, png_header_only
+from worker import jobs
+from worker.context import WorkerContext
+
+
+@pytest.fixture
+def env(migrated_url, tmp_path, model_dir):
+    allowed = tmp_path / "allowed"
+    allowed.mkdir()
+    settings = Settings(var_dir=str(tmp_path), database_url=migrated_url, broker_url="memory://",
+                        storage_root=str(tmp_path / "storage"), allowed_folder_root=str(allowed),
+                        model_dir=str(model_dir), batch_size=4, max_upload_bytes=5_000_000)
+    app = create_app(settings)
+    ctx = WorkerContext(settings)
+    yield app.test_client(), settings, ctx
+    ctx.db.dispose()
+    app.extensions["hematovision"].db.dispose()
+
+
+def run_queued(ctx: WorkerContext, job_id: str) -> None:
+    """Do what the Celery tasks do, in-process: fan out, then run every batch."""
+    batches: list[list[int]] = []
+    jobs.start_job(ctx, job_id, batches.append)
+    for ids in batches:
+        jobs.run_batch(ctx, job_id, ids)
+
+
+def upload(client, files: dict[str, bytes], **form):
+    data = {"files": [(io.BytesIO(b), name) for name, b in files.items()], **form}
+    return client.post("/api/v1/jobs", data=data, content_type="multipart/form-data")
+
+
+def test_submit_poll_results_report(env, sample_folder):
+    client, settings, ctx = env
+    files = {p.relative_to(sample_folder).as_posix(): p.read_bytes() for p in sorted(sample_folder.rglob("*.jp*g"))[:10]}
+    files["notes/readme.txt"] = b"not an image"
+    files["broken/truncated.jpg"] = jpeg_bytes()[:2000]
+    r = upload(client, files, name="smear 1")
+    assert r.status_code == 202, r.get_json()
+    job = r.get_json()
+    assert r.headers["Location"] == f"/api/v1/jobs/{job['id']}"
+    assert job["status"] == "queued" and job["images"] == {"total": 12, "done": 0, "failed": 1, "pending": 11}
+
+    r = client.get(f"/api/v1/jobs/{job['id']}/report")
+    assert r.status_code == 409 and r.get_json()["error"]["status"] == "queued"
+
+    run_queued(ctx, job["id"])
+    status = client.get(job["links"]["self"]).get_json()
+    assert status["status"] == "succeeded"
+    assert status["images"] == {"total": 12, "done": 10, "failed": 2, "pending": 0}
+    assert status["model"]["name"] and status["timings"]["running_seconds"] is not None
+
+    results = client.get(f"/api/v1/jobs/{job['id']}/results?limit=5&offset=10").get_json()
+    assert results["total"] == 12 and len(results["items"]) == 2
+    errors = {i["path"]: i["error"] for i in results["items"]}
+    assert "truncated" in errors["broken/truncated.jpg"] and "not a recognised image" in errors["notes/readme.txt"]
+    first = client.get(f"/api/v1/jobs/{job['id']}/results?limit=1").get_json()["items"][0]
+    assert first["label"] in first["probabilities"]
+    assert sum(first["probabilities"].values()) == pytest.approx(1.0, abs=1e-4)
+
+    report = client.get(f"/api/v1/jobs/{job['id']}/report").get_json()
+    assert report["n_images"] == 12 and report["n_failed"] == 2
+    counted = sum(r["count"] for r in report["differential"]) + report["erythroblasts"]["count"] + report["platelets"]["count"]
+    assert counted == report["n_classified"] == 10
+    csv_text = client.get(f"/api/v1/jobs/{job['id']}/report?format=csv").get_data(as_text=True)
+    assert csv_text.startswith("section,cell_type") and "images_failed,2" in csv_text
+
+
+def test_zip_submission_keeps_relative_paths(env):
+    client, _, ctx = env
+    body = make_zip({"slide_a/1.jpg": jpeg_bytes(1), "slide_b/2.jpg": jpeg_bytes(2)})
+    r = client.post("/api/v1/jobs", data={"files": [(io.BytesIO(body), "batch.zip")]}, content_type="multipart/form-data")
+    assert r.status_code == 202, r.get_json()
+    run_queued(ctx, r.get_json()["id"])
+    items = client.get(f"/api/v1/jobs/{r.get_json()['id']}/results").get_json()["items"]
+    assert [i["path"] for i in items] == ["slide_a/1.jpg", "slide_b/2.jpg"]
+    assert all(i["status"] == "done" for i in items)
+
+
+def test_server_side_folder(env):
+    client, settings, ctx = env
+    folder = settings.allowed_folder_root + "/slide7"
+    import os
+
+    os.makedirs(folder)
+    for i in range(3):
+        with open(f"{folder}/c{i}.jpg", "wb") as fh:
+            fh.write(jpeg_bytes(i))
+    r = client.post("/api/v1/jobs", json={"folder": "slide7"})
+    assert r.status_code == 202, r.get_json()
+    run_queued(ctx, r.get_json()["id"])
+    assert client.get(f"/api/v1/jobs/{r.get_json()['id']}").get_json()["images"]["done"] == 3
+
+
+def _files(name: str, data: bytes, **form) -> dict:
+    return {"data": {"files": [(io.BytesIO(data), name)], **form}, "content_type": "multipart/form-data"}
+
+
+BAD_SUBMISSIONS = {
+    "no files": (lambda: {"data": {}, "content_type": "multipart/form-data"}, 400, "multipart"),
+    "folder outside root": (lambda: {"json": {"folder": "/etc"}}, 403, "outside the allowed root"),
+    "folder escaping root": (lambda: {"json": {"folder": "../.."}}, 403, "outside the allowed root"),
+    "json without folder": (lambda: {"json": {"nofolder": 1}}, 400, "folder"),
+    "zero-byte file": (lambda: _files("empty.jpg", b""), 422, "none of the submitted"),
+    "decompression bomb": (lambda: _files("bomb.png", png_header_only(50_000, 50_000)), 422, "none of the submitted"),
+    "zip with ../": (lambda: _files("evil.zip", make_zip({"../x.jpg": jpeg_bytes()})), 400, "escapes"),
+    "zip with absolute path": (lambda: _files("abs.zip", make_zip({"/tmp/x.jpg": jpeg_bytes()})), 400, "absolute"),
+    "zip with symlink": (lambda: _files("link.zip", make_zip({"a.jpg": jpeg_bytes()}, {"l.jpg": "/etc/passwd"})), 400, "symlink"),
+    "corrupt zip": (lambda: _files("bad.zip", b"PK\x03\x04garbage"), 400, "not a valid zip"),
+    "over the size limit": (lambda: {"data": b"\x00" * 6_000_000, "content_type": "multipart/form-data; boundary=x"},
+                            413, "larger than"),
+    "bad batch size": (lambda: _files("a.jpg", jpeg_bytes(), batch_size="lots"), 400, "batch_size"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_SUBMISSIONS))
+def test_bad_submissions_get_json_errors_and_store_nothing(env, case):
+    client, settings, _ = env
+    make_kwargs, status, message = BAD_SUBMISSIONS[case]
+    r = client.post("/api/v1/jobs", **make_kwargs())
+    assert r.status_code == status, r.get_data(as_text=True)
+    assert message in r.get_json()["error"]["message"]
+    assert client.get("/api/v1/jobs").get_json()["total"] == 0
+    jobs_dir = settings.resolved_storage_root / "jobs"
+    assert not jobs_dir.exists() or not any(jobs_dir.rglob("*.*"))
+
+
+def test_stored_files_never_use_client_names(env):
+    client, settings, _ = env
+    r = upload(client, {"../../etc/x.jpg": jpeg_bytes()})
+    assert r.status_code == 400
+    r = upload(client, {"weird name; rm -rf.jpg": jpeg_bytes()})
+    assert r.status_code == 202
+    stored = [p.name for p in (settings.resolved_storage_root / "jobs").rglob("*") if p.is_file()]
+    assert stored == ["0000001.jpg"]
+
+
+def test_unknown_job_and_pagination_and_cancel(env):
+    client, _, ctx = env
+    assert client.get("/api/v1/jobs/nope").status_code == 404
+    assert client.get("/api/v1/jobs/nope/report").get_json()["error"]["code"] == "not_found"
+    assert client.get("/api/v1/jobs?limit=0").status_code == 400
+    ids = [upload(client, {"a.jpg": jpeg_bytes(i)}).get_json()["id"] for i in range(3)]
+    page = client.get("/api/v1/jobs?limit=2").get_json()
+    assert page["total"] == 3 and len(page["items"]) == 2
+    r = client.post(f"/api/v1/jobs/{ids[0]}/cancel")
+    assert r.status_code == 200 and r.get_json()["status"] == JobStatus.CANCELED
+    run_queued(ctx, ids[0])  # a canceled job's tasks do nothing
+    assert client.get(f"/api/v1/jobs/{ids[0]}").get_json()["images"]["done"] == 0
+    assert client.post(f"/api/v1/jobs/{ids[0]}/cancel").status_code == 409
+    assert client.get(f"/api/v1/jobs/{ids[0]}/report").status_code == 409
+
+
+def test_health_and_readiness(env):
+    client, _, _ = env
+    assert client.get("/healthz").get_json() == {"status": "ok"}
+    ready = client.get("/readyz")
+    assert ready.status_code == 200 and ready.get_json()["checks"] == {"database": "ok", "broker": "ok"}
+
+
+def test_readiness_reports_an_unreachable_database(tmp_path, model_dir):
+    settings = Settings(var_dir=str(tmp_path), database_url="postgresql://nobody@127.0.0.1:1/none", broker_url="memory://",
+                        model_dir=str(model_dir))
+    r = create_app(settings).test_client().get("/readyz")
+    assert r.status_code == 503 and r.get_json()["checks"]["database"].startswith("error")
+
+
+def test_openapi_matches_routes(env):
+    client, _, _ = env
+    spec = client.get("/api/v1/openapi.json").get_json()
+    app = client.application
+    routes = set()
+    for rule in app.url_map.iter_rules():
+        if rule.endpoint == "static":
+            continue
+        path = rule.rule.replace("<job_id>", "{job_id}")
+        for method in rule.methods - {"HEAD", "OPTIONS"}:
+            routes.add((path, method.lower()))
+    documented = {(p, m) for p, ops in spec["paths"].items() for m in ops}
+    assert routes == documented

@@ -1,0 +1,172 @@
+"""Evaluate an exported model on a folder of class subfolders.
+
+``python -m training.evaluate --model MODEL_DIR --data DATA_DIR [--json OUT.json] [--backend litert|keras]``
+
+Folder names map to the model's classes case-insensitively (EOSINOPHIL =
+eosinophil); folders of classes the model does not know are listed
+separately and not counted. Images are preprocessed by the serving code
+(``pipeline``), so this measures exactly what a job would return.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.classifier import load_classifier, prepare_batch
+from pipeline.images import decode_image
+from training.data import IMAGE_SUFFIXES, kaggle_source
+from training.metrics import confusion_matrix, macro_f1, per_class_prf, reliability
+
+BATCH = 64
+_PBC_PREFIX = re.compile(r"^([A-Z]+)_")
+
+
+def discover(data_dir: Path, classes: tuple[str, ...]) -> tuple[list[tuple[Path, int]], dict[str, int]]:
+    index = {c.lower(): i for i, c in enumerate(classes)}
+    known, unknown = [], {}
+    for folder in sorted(p for p in data_dir.iterdir() if p.is_dir()):
+        files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        label = index.get(folder.name.lower())
+        if label is None:
+            unknown[folder.name] = len(files)
+        else:
+            known.extend((f, label) for f in files)
+    return known, unknown
+
+
+def evaluate(model_dir: str, data_dir: str, backend: str = "litert") -> dict:
+    classifier = load_classifier(model_dir, backend)
+    manifest = classifier.manifest
+    samples, unknown = discover(Path(data_dir), manifest.classes)
+    if not samples:
+        raise SystemExit(f"error: no images of known classes under {data_dir} (known: {', '.join(manifest.classes)})")
+    probs, t0 = [], time.perf_counter()
+    for start in range(0, len(samples), BATCH):
+        chunk = samples[start : start + BATCH]
+        images = [decode_image(p.read_bytes(), 10**9) for p, _ in chunk]
+        probs.append(classifier.predict(prepare_batch(images, manifest.input_size)))
+    seconds = time.perf_counter() - t0
+    probs_all = np.concatenate(probs)
+    y_true = np.array([y for _, y in samples])
+    y_pred = probs_all.argmax(axis=1)
+    k = len(manifest.classes)
+    cm = confusion_matrix(y_true, y_pred, k)
+    precision, recall, f1, support = per_class_prf(cm)
+    ece, bins = reliability(probs_all, y_true)
+    result = {
+        "model": manifest.label,
+        "backend": backend,
+        "data": str(data_dir),
+        "n_images": int(len(y_true)),
+        "accuracy": float((y_true == y_pred).mean()),
+        "macro_f1": macro_f1(cm),
+        "ece": ece,
+        "per_class": {c: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]), "support": int(support[i])}
+                      for i, c in enumerate(manifest.classes) if support[i] > 0 or cm[:, i].sum() > 0},
+        "classes": list(manifest.classes),
+        "confusion_matrix": cm.tolist(),
+        "reliability": bins,
+        "unknown_class_folders": unknown,
+        "images_per_second": len(y_true) / seconds,
+    }
+    per_source = source_accuracy([p for p, _ in samples], y_true == y_pred)
+    if per_source:
+        result["per_source_cell"] = per_source
+    return result
+
+
+def source_accuracy(paths: list[Path], correct: np.ndarray) -> dict | None:
+    """Accuracy per source photograph where Kaggle names (``_A_B.jpeg``) give it."""
+    groups: dict[str, list[bool]] = defaultdict(list)
+    for path, ok in zip(paths, correct, strict=True):
+        source = kaggle_source(path)
+        if source:
+            groups[source].append(bool(ok))
+    if not groups:
+        return None
+    accs = {g: float(np.mean(v)) for g, v in sorted(groups.items())}
+    return {"n_sources": len(accs), "mean_accuracy_over_sources": float(np.mean(list(accs.values()))),
+            "sources_majority_correct": int(sum(a > 0.5 for a in accs.values())), "accuracy_by_source": accs}
+
+
+def write_plots(result: dict, stem: Path) -> list[Path]:
+    """Confusion-matrix and reliability-diagram PNGs next to the JSON."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cm = np.array(result["confusion_matrix"])
+    keep = [i for i in range(len(cm)) if cm[i].sum() or cm[:, i].sum()]
+    names = [result["classes"][i] for i in keep]
+    cm = cm[np.ix_(keep, keep)]
+    fig, ax = plt.subplots(figsize=(6, 5))
+    ax.imshow(cm, cmap="Blues")
+    ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
+    ax.set_yticks(range(len(names)), names)
+    for i in range(len(names)):
+        for j in range(len(names)):
+            ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=8, color="white" if cm[i, j] > cm.max() / 2 else "black")
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(f"accuracy {result['accuracy']:.3f}, n={result['n_images']}")
+    fig.tight_layout()
+    cm_path = stem.with_name(stem.name + "_confusion.png")
+    fig.savefig(cm_path, dpi=110)
+    plt.close(fig)
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    bins = result["reliability"]
+    ax.plot([0, 1], [0, 1], "k--", lw=1)
+    ax.bar([b["confidence"] for b in bins], [b["accuracy"] for b in bins], width=1 / 15, alpha=0.6, edgecolor="k")
+    ax.set_xlabel("confidence")
+    ax.set_ylabel("accuracy")
+    ax.set_title(f"reliability, ECE {result['ece']:.3f}")
+    fig.tight_layout()
+    rel_path = stem.with_name(stem.name + "_reliability.png")
+    fig.savefig(rel_path, dpi=110)
+    plt.close(fig)
+    return [cm_path, rel_path]
+
+
+def print_summary(result: dict) -> None:
+    print(f"{result['model']} on {result['data']} ({result['backend']}): n={result['n_images']}")
+    print(f"accuracy {result['accuracy']:.4f}  macro-F1 {result['macro_f1']:.4f}  ECE {result['ece']:.4f}")
+    print(f"{'class':<14}{'precision':>10}{'recall':>8}{'f1':>8}{'n':>6}")
+    for name, m in result["per_class"].items():
+        print(f"{name:<14}{m['precision']:>10.3f}{m['recall']:>8.3f}{m['f1']:>8.3f}{m['support']:>6}")
+    if result["unknown_class_folders"]:
+        print(f"not counted (classes the model does not know): {result['unknown_class_folders']}")
+    if "per_source_cell" in result:
+        ps = result["per_source_cell"]
+        print(f"source cells: {ps['n_sources']}, mean accuracy over sources {ps['mean_accuracy_over_sources']:.4f}, "
+              f"majority-correct {ps['sources_majority_correct']}/{ps['n_sources']}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m training.evaluate", description=__doc__)
+    parser.add_argument("--model", required=True, help="exported model directory (models/<name>)")
+    parser.add_argument("--data", required=True, help="folder with one subfolder per class")
+    parser.add_argument("--json", help="write metrics here (plots beside it)")
+    parser.add_argument("--backend", choices=("litert", "keras"), default="litert")
+    args = parser.parse_args(argv)
+    result = evaluate(args.model, args.data, args.backend)
+    print_summary(result)
+    if args.json:
+        out = Path(args.json)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=2))
+        for path in write_plots(result, out.with_suffix("")):
+            print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
