@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 from api.state import AppState
@@ -25,8 +26,8 @@ from pipeline.report import DifferentialReport
 from pipeline.settings import Settings
 
 
-def start_worker(settings: Settings, concurrency: int = 1) -> subprocess.Popen:
-    """A real Celery worker process with the same settings (passed via the environment)."""
+def worker_environment(settings: Settings) -> dict[str, str]:
+    """The environment that gives a worker process exactly these settings."""
     env = dict(os.environ)
     env.update({"HEMATOVISION_VAR_DIR": str(Path(settings.var_dir).resolve()),
                 "HEMATOVISION_DATABASE_URL": settings.resolved_database_url,
@@ -34,10 +35,21 @@ def start_worker(settings: Settings, concurrency: int = 1) -> subprocess.Popen:
                 "HEMATOVISION_STORAGE_ROOT": str(settings.resolved_storage_root),
                 "HEMATOVISION_MODEL_DIR": str(Path(settings.model_dir).resolve()),
                 "HEMATOVISION_BACKEND": settings.backend,
+                "HEMATOVISION_QUEUE": settings.queue,
                 "HEMATOVISION_BATCH_SIZE": str(settings.batch_size)})
-    cmd = [sys.executable, "-m", "celery", "-A", "worker.make_celery", "worker", "--loglevel=WARNING",
-           f"--concurrency={concurrency}", "--without-gossip", "--without-mingle", "--without-heartbeat"]
-    return subprocess.Popen(cmd, env=env, cwd=Path(__file__).resolve().parent.parent)
+    return env
+
+
+def start_worker(settings: Settings, concurrency: int = 1, log_path: Path | None = None) -> subprocess.Popen:
+    """A real Celery worker process with the same settings (passed via the environment)."""
+    cmd = [sys.executable, "-m", "celery", "-A", "worker.make_celery", "worker", "--loglevel=INFO" if log_path else "--loglevel=WARNING",
+           f"--concurrency={concurrency}", "--without-gossip", "--without-mingle", "--without-heartbeat",
+           f"--hostname=hv-{uuid.uuid4().hex[:8]}@%h"]
+    cwd = Path(__file__).resolve().parent.parent
+    if log_path is None:
+        return subprocess.Popen(cmd, env=worker_environment(settings), cwd=cwd, stdout=subprocess.DEVNULL)
+    with open(log_path, "wb") as log:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen(cmd, env=worker_environment(settings), cwd=cwd, stdout=log, stderr=subprocess.STDOUT)
 
 
 def analyze(folder: str, out_dir: str, settings: Settings, progress: bool = True) -> DifferentialReport:

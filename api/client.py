@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from pathlib import Path
 
 import requests
@@ -37,14 +38,11 @@ class ApiClient:
                        and not any(part.startswith(".") or part in IGNORED_PARTS for part in p.relative_to(folder).parts))
         if not paths:
             raise ApiClientError(f"no files under {folder}")
-        handles = [(p.relative_to(folder).as_posix(), open(p, "rb")) for p in paths]
-        try:
-            files = [("files", (rel, fh, "application/octet-stream")) for rel, fh in handles]
+        with ExitStack() as stack:
+            files = [("files", (p.relative_to(folder).as_posix(), stack.enter_context(open(p, "rb")), "application/octet-stream"))
+                     for p in paths]
             data = {k: str(v) for k, v in (("name", name), ("batch_size", batch_size)) if v is not None}
             return self._check(self.http.post(f"{self.base}/api/v1/jobs", files=files, data=data, timeout=self.timeout)).json()
-        finally:
-            for _, fh in handles:
-                fh.close()
 
     def submit_server_folder(self, folder: str) -> dict:
         return self._check(self.http.post(f"{self.base}/api/v1/jobs", json={"folder": folder}, timeout=self.timeout)).json()

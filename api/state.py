@@ -22,7 +22,7 @@ class AppState:
     celery: Celery
 
     @classmethod
-    def create(cls, settings: Settings) -> "AppState":
+    def create(cls, settings: Settings) -> AppState:
         celery = Celery("hematovision-api", set_as_current=False)
         celery.conf.update(celery_config(settings))
         return cls(settings, Database(settings.resolved_database_url), ImageStore(settings.resolved_storage_root), celery)

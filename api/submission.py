@@ -11,12 +11,11 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterable
 
+from api.errors import ApiError
+from api.state import AppState
 from db import repository as repo
 from pipeline.images import ACCEPTED_FORMATS, ImageRejected, sniff_format
 from pipeline.intake import IntakeError
-
-from api.errors import ApiError
-from api.state import AppState
 
 
 def accept_job(st: AppState, items: Iterable[tuple[str, bytes]], source: str, name: str | None, batch_size: int | None) -> str:

@@ -41,7 +41,7 @@ class ModelManifest:
         return f"{self.name}@{self.version}"
 
     @classmethod
-    def load(cls, model_dir: str | Path, verify: bool = True) -> "ModelManifest":
+    def load(cls, model_dir: str | Path, verify: bool = True) -> ModelManifest:
         """Read ``manifest.json``; with ``verify`` check every file's sha256."""
         model_dir = Path(model_dir)
         path = model_dir / "manifest.json"

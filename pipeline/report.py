@@ -68,7 +68,7 @@ class DifferentialReport:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "DifferentialReport":
+    def from_dict(cls, data: dict) -> DifferentialReport:
         """Rebuild from :meth:`to_dict` output (extra keys such as ``job_id`` ignored)."""
         names = {f.name for f in fields(cls)}
         values = {k: v for k, v in data.items() if k in names}

@@ -66,7 +66,7 @@ class Settings:
         return Path(self.storage_root or Path(self.var_dir) / "storage").resolve()
 
     @classmethod
-    def from_env(cls, environ: dict[str, str] | None = None, **overrides: object) -> "Settings":
+    def from_env(cls, environ: dict[str, str] | None = None, **overrides: object) -> Settings:
         """Build settings from ``HEMATOVISION_<FIELD>`` variables, then ``overrides``."""
         env = os.environ if environ is None else environ
         values: dict[str, object] = {}

@@ -60,7 +60,7 @@ class TrainConfig:
     extra: dict = field(default_factory=dict)
 
     @classmethod
-    def from_file(cls, path: str | Path) -> "TrainConfig":
+    def from_file(cls, path: str | Path) -> TrainConfig:
         data = json.loads(Path(path).read_text())
         unknown = set(data) - {f.name for f in dataclasses.fields(cls)}
         if unknown:

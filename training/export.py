@@ -52,6 +52,12 @@ def export_model(model, config: TrainConfig, val_x: np.ndarray, val_y: np.ndarra
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
+    import keras
+
+    # a fresh, uncompiled copy: the shipped file carries weights, not optimizer state
+    shipped = keras.models.clone_model(model)
+    shipped.set_weights(model.get_weights())
+    model = shipped
     model.save(str(tmp / "model.keras"))
     (tmp / "model.tflite").write_bytes(to_tflite(model))
 

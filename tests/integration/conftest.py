@@ -6,22 +6,20 @@ embedded default (SQLite database + kombu's SQLAlchemy transport on SQLite).
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 import threading
 import uuid
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 from werkzeug.serving import make_server
 
 from api import create_app
+from api.analyze import start_worker
 from db.engine import Database
 from db.migrate import upgrade
 from pipeline.settings import Settings
-from tests.conftest import REDIS_URL, REPO, _pg_create, _pg_drop
+from tests.conftest import REDIS_URL, _pg_create, _pg_drop
 
 
 @dataclass
@@ -30,23 +28,6 @@ class Stack:
     settings: Settings
     db: Database
     workers: list[subprocess.Popen]
-
-
-def start_worker(settings: Settings, concurrency: int, log_path: Path) -> subprocess.Popen:
-    env = dict(os.environ)
-    env.update({
-        "HEMATOVISION_VAR_DIR": settings.var_dir,
-        "HEMATOVISION_DATABASE_URL": settings.resolved_database_url,
-        "HEMATOVISION_BROKER_URL": settings.resolved_broker_url,
-        "HEMATOVISION_STORAGE_ROOT": str(settings.resolved_storage_root),
-        "HEMATOVISION_MODEL_DIR": settings.model_dir,
-        "HEMATOVISION_QUEUE": settings.queue,
-        "HEMATOVISION_BATCH_SIZE": str(settings.batch_size),
-    })
-    cmd = [sys.executable, "-m", "celery", "-A", "worker.make_celery", "worker", "--loglevel=INFO",
-           f"--concurrency={concurrency}", "--without-gossip", "--without-mingle", f"--hostname={uuid.uuid4().hex[:8]}@%h"]
-    with open(log_path, "wb") as log:  # the child keeps its own copy of the descriptor
-        return subprocess.Popen(cmd, env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
 
 
 @pytest.fixture(params=["redis+postgres", "embedded-sqlite"])

@@ -1,0 +1,79 @@
+"""Classifier backends over a model directory: parity, calibration, manifest checks."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from pipeline.batch import classify_batch
+from pipeline.classifier import calibrated_softmax, load_classifier, prepare_batch
+from pipeline.images import decode_image
+from pipeline.manifest import ModelManifest
+from tests.conftest import jpeg_bytes
+
+pytestmark = pytest.mark.tensorflow
+
+
+def _sample_batch(sample_folder, size: int, n: int = 16) -> np.ndarray:
+    paths = sorted(sample_folder.rglob("*.jp*g"))[:n]
+    return prepare_batch([decode_image(p.read_bytes(), 10**8) for p in paths], size)
+
+
+def test_litert_and_keras_agree_on_sample_images(model_dir, sample_folder):
+    lite = load_classifier(model_dir, "litert")
+    keras_backend = load_classifier(model_dir, "keras")
+    batch = _sample_batch(sample_folder, lite.manifest.input_size)
+    p_lite, p_keras = lite.predict(batch), keras_backend.predict(batch)
+    assert p_lite.shape == (len(batch), len(lite.manifest.classes))
+    assert float(np.max(np.abs(p_lite - p_keras))) <= 1e-4
+    np.testing.assert_allclose(p_lite.sum(axis=1), 1.0, atol=1e-5)
+
+
+def test_shipped_model_reads_its_own_sample_labels(model_dir, sample_folder):
+    """Sanity, not an accuracy claim: the bundled samples come from the held-out test split."""
+    clf = load_classifier(model_dir, "litert")
+    paths = sorted(sample_folder.rglob("*.jp*g"))
+    results = classify_batch(clf, [(i, p.read_bytes()) for i, p in enumerate(paths)], 10**8)
+    truth = [p.parent.name.lower() for p in paths]
+    accuracy = np.mean([r.label == t for r, t in zip(results, truth, strict=True)])
+    assert accuracy >= 0.8
+
+
+def test_batch_keeps_going_past_bad_images(model_dir):
+    clf = load_classifier(model_dir, "litert")
+    results = classify_batch(clf, [(1, jpeg_bytes()), (2, b"junk"), (3, jpeg_bytes(3)[:900])], 10**8)
+    assert results[0].label in clf.manifest.classes and results[0].error is None
+    assert "not a recognised image" in results[1].error and "truncated" in results[2].error
+
+
+def test_temperature_changes_confidence_not_ranking():
+    logits = np.array([[2.0, 1.0, 0.0]])
+    sharp, soft = calibrated_softmax(logits, 0.5), calibrated_softmax(logits, 2.0)
+    assert sharp.argmax() == soft.argmax() == 0 and sharp.max() > soft.max()
+
+
+def test_damaged_model_file_is_refused(model_dir, tmp_path):
+    copy = tmp_path / "model"
+    shutil.copytree(model_dir, copy)
+    with open(copy / "model.tflite", "r+b") as fh:
+        fh.seek(1000)
+        fh.write(b"\x00\x01\x02\x03")
+    with pytest.raises(ValueError, match="damaged"):
+        ModelManifest.load(copy)
+
+
+def test_unknown_preprocessing_or_backend_is_refused(model_dir, tmp_path):
+    copy = tmp_path / "model"
+    shutil.copytree(model_dir, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["preprocessing"] = "something-else"
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match="preprocessing"):
+        ModelManifest.load(copy)
+    with pytest.raises(ValueError, match="unknown backend"):
+        load_classifier(model_dir, "onnx")
+    with pytest.raises(FileNotFoundError, match="HEMATOVISION_MODEL_DIR"):
+        ModelManifest.load(tmp_path / "nothing")

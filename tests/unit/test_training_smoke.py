@@ -1,0 +1,61 @@
+"""The real training CLI end to end on a handful of images: train -> export -> evaluate."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from tests.conftest import REPO, SHARED
+
+pytestmark = pytest.mark.tensorflow
+WEIGHTS = SHARED / "weights" / "mobilenet_v2_1.0_224_no_top_imagenet_dequant_tf2ptq.h5"
+
+
+def test_train_export_evaluate_cli(tmp_path):
+    if not WEIGHTS.exists():
+        pytest.fail(f"training data not found at {SHARED}: ../shared must sit beside the repository")
+    work, export, report = tmp_path / "run", tmp_path / "model", tmp_path / "eval" / "metrics.json"
+    train = [sys.executable, "-m", "training.train", "--work-dir", str(work), "--export-dir", str(export),
+             "--kaggle-dir", str(SHARED / "kaggle" / "TRAIN"), "--pbc-dir", str(SHARED / "pbc"), "--weights", str(WEIGHTS),
+             "--input-size", "64", "--kaggle-cap-train", "6", "--kaggle-cap-eval", "3", "--pbc-limit-per-class", "8",
+             "--head-epochs", "1", "--finetune-epochs", "1", "--steps-per-epoch", "2", "--batch-size", "8"]
+    proc = subprocess.run(train, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "BN parity gap" in proc.stdout
+    for name in ("splits.json", "history_head.csv", "history_finetune.csv", "best.keras", "final.keras"):
+        assert (work / name).exists(), name
+    manifest = json.loads((export / "manifest.json").read_text())
+    assert manifest["input_size"] == 64 and len(manifest["classes"]) == 8
+    assert manifest["temperature"] > 0 and manifest["litert_keras_max_abs_diff"] <= 1e-4
+    assert set(manifest["files"]) == {"model.keras", "model.tflite"}
+
+    evaluate = [sys.executable, "-m", "training.evaluate", "--model", str(export), "--data", str(work / "splits" / "kaggle_val"),
+                "--json", str(report)]
+    proc = subprocess.run(evaluate, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads(report.read_text())
+    for key in ("accuracy", "macro_f1", "per_class", "confusion_matrix", "ece", "n_images"):
+        assert key in metrics
+    assert metrics["n_images"] == int(np.sum(metrics["confusion_matrix"])) > 0
+    assert 0.0 <= metrics["accuracy"] <= 1.0 and 0.0 <= metrics["ece"] <= 1.0
+    assert metrics["per_source_cell"]["n_sources"] >= 4  # Kaggle names give the source cell
+    assert (report.parent / "metrics_confusion.png").exists() and (report.parent / "metrics_reliability.png").exists()
+
+
+def test_evaluate_reports_unknown_class_folders(tmp_path, model_dir, sample_folder):
+    data = tmp_path / "data"
+    for sub in ("EOSINOPHIL", "blast"):
+        (data / sub).mkdir(parents=True)
+    src = sorted((sample_folder / "kaggle" / "EOSINOPHIL").glob("*.jp*g"))[:2]
+    for p in src:
+        (data / "EOSINOPHIL" / p.name).write_bytes(p.read_bytes())
+        (data / "blast" / p.name).write_bytes(p.read_bytes())
+    from training.evaluate import evaluate
+
+    result = evaluate(str(model_dir), str(data))
+    assert result["n_images"] == 2 and result["unknown_class_folders"] == {"blast": 2}
+    assert list(result["per_class"]) and "eosinophil" in result["per_class"]
