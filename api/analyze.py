@@ -8,6 +8,7 @@ waits for the job, and writes the report files.
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import subprocess
@@ -24,6 +25,7 @@ from db.models import JobStatus
 from pipeline.intake import Limits, iter_folder
 from pipeline.report import DifferentialReport
 from pipeline.settings import Settings
+from pipeline.slides import fields_report_csv
 
 
 def worker_environment(settings: Settings) -> dict[str, str]:
@@ -52,16 +54,18 @@ def start_worker(settings: Settings, concurrency: int = 1, log_path: Path | None
         return subprocess.Popen(cmd, env=worker_environment(settings), cwd=cwd, stdout=log, stderr=subprocess.STDOUT)
 
 
-def analyze(folder: str, out_dir: str, settings: Settings, progress: bool = True) -> DifferentialReport:
-    """Classify every image under ``folder`` and write report.json, report.csv, results.csv."""
+def analyze(folder: str, out_dir: str, settings: Settings, progress: bool = True, kind: str = "auto") -> dict:
+    """Classify every image under ``folder``, write report.json, report.csv, results.csv; return the summary."""
     target = Path(folder).resolve()
     if not target.is_dir():
         raise SystemExit(f"error: {folder} is not a directory")
     upgrade(settings.resolved_database_url)
     st = AppState.create(settings)
     limits = Limits(settings.max_upload_bytes, settings.max_image_bytes, settings.max_images_per_job)
-    job_id = accept_job(st, iter_folder(target, limits), "folder", target.name, None)
-    print(f"job {job_id}: {target} queued", flush=True)
+    job_id = accept_job(st, iter_folder(target, limits), "folder", target.name, None, kind)
+    with st.db.session() as session:
+        job = repo.get_job(session, job_id)
+        print(f"job {job_id}: {target} queued as '{job.kind}' ({job.kind_source})", flush=True)
     worker = start_worker(settings)
     try:
         status = _wait(st, job_id, worker, progress)
@@ -74,18 +78,26 @@ def analyze(folder: str, out_dir: str, settings: Settings, progress: bool = True
     with st.db.session() as session:
         summary = repo.get_summary(session, job_id)
         rows = repo.results_page(session, job_id, 10**9, 0)
-        results = [(img.path, pred.label if pred else "", f"{pred.confidence:.4f}" if pred else "", img.error or "") for img, pred in rows]
+        cells = repo.cells_of_images(session, job_id, [img.id for img, _ in rows]) if summary.get("kind") == "fields" else None
+        if cells is None:
+            header = ["path", "label", "confidence", "error"]
+            results = [[img.path, pred.label if pred else "", f"{pred.confidence:.4f}" if pred else "", img.error or ""]
+                       for img, pred in rows]
+        else:
+            header = ["path", "cell", "x0", "y0", "x1", "y1", "label", "confidence", "error"]
+            results = [[img.path, c.idx, c.x0, c.y0, c.x1, c.y1, c.label, f"{c.confidence:.4f}", ""] for img, _ in rows for c in cells[img.id]]
+            results += [[img.path, "", "", "", "", "", "", "", img.error] for img, _ in rows if img.error]
     report = DifferentialReport.from_dict(summary)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.json").write_text(json.dumps(summary, indent=2))
-    (out / "report.csv").write_text(report.to_csv())
-    with open(out / "results.csv", "w") as fh:
-        fh.write("path,label,confidence,error\n")
-        for row in results:
-            fh.write(",".join('"' + str(v).replace('"', '""') + '"' for v in row) + "\n")
+    (out / "report.csv").write_text(fields_report_csv(summary) if cells is not None else report.to_csv())
+    with open(out / "results.csv", "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(header)
+        writer.writerows(results)
     st.db.dispose()
-    return report
+    return summary
 
 
 def _wait(st: AppState, job_id: str, worker: subprocess.Popen, progress: bool) -> str:

@@ -19,7 +19,7 @@ def cmd_submit(args) -> int:
     from tqdm import tqdm
 
     client = _client(args)
-    job = client.submit_folder(args.folder, name=args.name, batch_size=args.batch_size)
+    job = client.submit_folder(args.folder, name=args.name, batch_size=args.batch_size, kind=args.kind)
     print(f"job {job['id']} {job['status']} ({job['images']['total']} images)", flush=True)
     if not args.wait:
         return 0
@@ -83,8 +83,13 @@ def cmd_analyze(args) -> int:
     from api.analyze import analyze
 
     overrides = {"batch_size": args.batch_size} if args.batch_size else {}
-    report = analyze(args.folder, args.output, Settings.from_env(**overrides), progress=not args.quiet)
-    print(report.to_table())
+    from pipeline.report import DifferentialReport
+
+    summary = analyze(args.folder, args.output, Settings.from_env(**overrides), progress=not args.quiet, kind=args.kind)
+    print(DifferentialReport.from_dict(summary).to_table())
+    for slide in summary.get("slides", []):
+        print(f"\nslide {slide['slide']}: {slide['n_fields']} fields, {slide['n_fields_without_wbc']} without a white cell")
+        print(DifferentialReport.from_dict(slide).to_table())
     print(f"\nreport written to {args.output}/report.json, report.csv and results.csv")
     return 0
 
@@ -98,6 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--wait", action="store_true", help="show progress and print the report when done")
     p.add_argument("--name")
     p.add_argument("--batch-size", type=int)
+    p.add_argument("--kind", choices=("auto", "cells", "fields"), default="auto")
     p.set_defaults(func=cmd_submit)
     p = sub.add_parser("status", help="show a job")
     p.add_argument("job_id")
@@ -123,6 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", default="report")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--quiet", action="store_true")
+    p.add_argument("--kind", choices=("auto", "cells", "fields"), default="auto", help="cell crops or whole field images")
     p.set_defaults(func=cmd_analyze)
     return parser
 

@@ -31,7 +31,7 @@ class ApiClient:
             raise ApiClientError(f"HTTP {response.status_code}: {message}")
         return response
 
-    def submit_folder(self, folder: str | Path, name: str | None = None, batch_size: int | None = None) -> dict:
+    def submit_folder(self, folder: str | Path, name: str | None = None, batch_size: int | None = None, kind: str | None = None) -> dict:
         """Upload every file under ``folder``, keeping relative paths."""
         folder = Path(folder)
         paths = sorted(p for p in folder.rglob("*") if p.is_file()
@@ -41,7 +41,7 @@ class ApiClient:
         with ExitStack() as stack:
             files = [("files", (p.relative_to(folder).as_posix(), stack.enter_context(open(p, "rb")), "application/octet-stream"))
                      for p in paths]
-            data = {k: str(v) for k, v in (("name", name), ("batch_size", batch_size)) if v is not None}
+            data = {k: str(v) for k, v in (("name", name), ("batch_size", batch_size), ("kind", kind)) if v is not None}
             return self._check(self.http.post(f"{self.base}/api/v1/jobs", files=files, data=data, timeout=self.timeout)).json()
 
     def submit_server_folder(self, folder: str) -> dict:

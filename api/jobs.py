@@ -14,6 +14,7 @@ from db import repository as repo
 from db.models import JobStatus
 from pipeline.intake import IntakeError, Limits, clean_relative_path, iter_folder, iter_zip, resolve_allowed_folder
 from pipeline.report import DifferentialReport
+from pipeline.slides import fields_report_csv
 
 bp = Blueprint("jobs", __name__, url_prefix="/api/v1")
 ZIP_MAGIC = b"PK\x03\x04"
@@ -74,11 +75,13 @@ def submit_job():
         except IntakeError as exc:
             raise ApiError(403 if "outside" in str(exc) or "disabled" in str(exc) else 400, str(exc)) from None
         items, source, name, batch = iter_folder(folder, _limits()), "folder", body.get("name"), body.get("batch_size")
+        kind = body.get("kind") or "auto"
     elif request.files:
         items, source, name, batch = _uploaded_items(), "upload", request.form.get("name"), request.form.get("batch_size")
+        kind = request.form.get("kind") or "auto"
     else:
         raise ApiError(400, "send files as multipart 'files' (or one .zip), or JSON {\"folder\": ...}")
-    job_id = accept_job(st, items, source, name, _batch_size(batch))
+    job_id = accept_job(st, items, source, name, _batch_size(batch), kind)
     with st.db.session() as session:
         body = job_json(repo.get_job(session, job_id), repo.progress(session, job_id))
     response = jsonify(body)
@@ -118,7 +121,8 @@ def get_results(job_id: str):
     with state().db.session() as session:
         job = _job_or_404(session, job_id)
         rows = repo.results_page(session, job_id, limit, offset)
-        items = [result_json(img, pred) for img, pred in rows]
+        cells = repo.cells_of_images(session, job_id, [img.id for img, _ in rows]) if job.kind == "fields" else None
+        items = [result_json(img, pred, cells[img.id] if cells is not None else None) for img, pred in rows]
         total = job.images_total
     return jsonify({"items": items, "total": total, "limit": limit, "offset": offset})
 
@@ -137,8 +141,8 @@ def get_report(job_id: str):
         raise ApiError(409, "job has no stored summary", status=job.status)
     if fmt == "json":
         return jsonify(summary)
-    report = DifferentialReport.from_dict(summary)
-    return Response(report.to_csv(), mimetype="text/csv",
+    text = fields_report_csv(summary) if summary.get("kind") == "fields" else DifferentialReport.from_dict(summary).to_csv()
+    return Response(text, mimetype="text/csv",
                     headers={"Content-Disposition": f'attachment; filename="hematovision-{job_id}.csv"'})
 
 

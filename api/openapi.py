@@ -13,6 +13,9 @@ bp = Blueprint("openapi", __name__)
 _ERROR = {"description": "error", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
 _JOB = {"description": "the job", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Job"}}}}
 _JOB_ID = {"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}}
+_KIND = {"enum": ["auto", "cells", "fields"], "default": "auto",
+         "description": "cells: one cell per image; fields: whole field/slide images (cells are found, then classified); "
+                        "auto: fields when the images are microscope-field sized"}
 _PAGE = [
     {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1}},
     {"name": "offset", "in": "query", "schema": {"type": "integer", "minimum": 0}},
@@ -33,9 +36,9 @@ SPEC: dict = {
                 "requestBody": {"required": True, "content": {
                     "multipart/form-data": {"schema": {"type": "object", "properties": {
                         "files": {"type": "array", "items": {"type": "string", "format": "binary"}},
-                        "name": {"type": "string"}, "batch_size": {"type": "integer"}}}},
+                        "name": {"type": "string"}, "batch_size": {"type": "integer"}, "kind": _KIND}}},
                     "application/json": {"schema": {"type": "object", "required": ["folder"], "properties": {
-                        "folder": {"type": "string"}, "name": {"type": "string"}, "batch_size": {"type": "integer"}}}},
+                        "folder": {"type": "string"}, "name": {"type": "string"}, "batch_size": {"type": "integer"}, "kind": _KIND}}},
                 }},
                 "responses": {"202": {**_JOB, "headers": {"Location": {"schema": {"type": "string"}}}},
                               "400": _ERROR, "403": _ERROR, "413": _ERROR, "422": _ERROR, "503": _ERROR},

@@ -14,34 +14,50 @@ from collections.abc import Iterable
 from api.errors import ApiError
 from api.state import AppState
 from db import repository as repo
+from pipeline.fields import looks_like_fields
 from pipeline.images import ACCEPTED_FORMATS, ImageRejected, sniff_format
 from pipeline.intake import IntakeError
 
+KINDS = ("cells", "fields", "auto")
 
-def accept_job(st: AppState, items: Iterable[tuple[str, bytes]], source: str, name: str | None, batch_size: int | None) -> str:
-    """Store ``(relative path, bytes)`` items as a new job and enqueue it; returns the job id."""
+
+def accept_job(st: AppState, items: Iterable[tuple[str, bytes]], source: str, name: str | None, batch_size: int | None,
+               kind: str = "auto") -> str:
+    """Store ``(relative path, bytes)`` items as a new job and enqueue it; returns the job id.
+
+    ``kind`` is "cells" (one cell per image), "fields" (field/slide images) or
+    "auto": fields when the images are microscope-field sized.
+    """
     settings = st.settings
+    if kind not in KINDS:
+        raise ApiError(400, f"kind must be one of {', '.join(KINDS)}")
     job_id = uuid.uuid4().hex
     images: list[repo.NewImage] = []
+    pixels: dict[int, tuple[int, int]] = {}
     try:
         for seq, (relpath, data) in enumerate(items, start=1):
             if seq > settings.max_images_per_job:
                 raise IntakeError(f"a job holds at most {settings.max_images_per_job} images")
             try:
-                fmt, _, _ = sniff_format(data, settings.max_image_pixels)
+                fmt, width, height = sniff_format(data, max(settings.max_image_pixels, settings.max_field_pixels))
             except ImageRejected as exc:
                 images.append(repo.NewImage(seq, relpath, None, str(exc)))
                 continue
             key = st.store.key_for(job_id, seq, ACCEPTED_FORMATS[fmt])
             st.store.put(key, data)
             images.append(repo.NewImage(seq, relpath, key))
+            pixels[seq] = (width, height)
+        kind_source = "client" if kind != "auto" else "auto"
+        if kind == "auto":
+            kind = "fields" if looks_like_fields(list(pixels.values())) else "cells"
+        images = _apply_pixel_limit(st, images, pixels, settings.max_field_pixels if kind == "fields" else settings.max_image_pixels)
         if not images:
             raise ApiError(400, "the submission contains no files")
         if all(i.error for i in images):
             raise ApiError(422, "none of the submitted files is a usable image",
                            files=[{"path": i.path, "error": i.error} for i in images[:100]])
         with st.db.session() as session, session.begin():
-            repo.create_job(session, job_id, source, name, batch_size or settings.batch_size, images, None, None)
+            repo.create_job(session, job_id, source, name, batch_size or settings.batch_size, images, kind, kind_source)
     except IntakeError as exc:
         st.store.delete_job(job_id)
         raise ApiError(400, str(exc)) from None
@@ -54,3 +70,16 @@ def accept_job(st: AppState, items: Iterable[tuple[str, bytes]], source: str, na
         raise ApiError(503, f"job {job_id} is stored but the broker is unreachable: {exc.__class__.__name__}",
                        job_id=job_id) from None
     return job_id
+
+
+def _apply_pixel_limit(st: AppState, images: list[repo.NewImage], pixels: dict[int, tuple[int, int]], limit: int) -> list[repo.NewImage]:
+    """Turn images over the job kind's pixel limit into error rows (their stored files removed)."""
+    out = []
+    for image in images:
+        size = pixels.get(image.seq)
+        if size and size[0] * size[1] > limit:
+            st.store.delete(image.storage_key)
+            image = repo.NewImage(image.seq, image.path, None,
+                                  f"image is {size[0]}x{size[1]} = {size[0] * size[1]} pixels, over the limit of {limit}")
+        out.append(image)
+    return out

@@ -6,7 +6,7 @@ from datetime import datetime
 
 from flask import url_for
 
-from db.models import Image, Job, Prediction
+from db.models import Cell, Image, Job, Prediction
 from db.repository import Progress
 
 
@@ -27,6 +27,7 @@ def job_json(job: Job, progress: Progress) -> dict:
         "id": job.id,
         "status": job.status,
         "kind": job.kind,
+        "kind_source": job.kind_source,
         "source": job.source,
         "name": job.name,
         "batch_size": job.batch_size,
@@ -48,7 +49,15 @@ def job_json(job: Job, progress: Progress) -> dict:
     }
 
 
-def result_json(image: Image, prediction: Prediction | None) -> dict:
+def cell_json(cell: Cell) -> dict:
+    return {"index": cell.idx, "box": [cell.x0, cell.y0, cell.x1, cell.y1], "score": cell.score, "label": cell.label,
+            "confidence": cell.confidence, "probabilities": cell.probabilities}
+
+
+def result_json(image: Image, prediction: Prediction | None, cells: list[Cell] | None = None) -> dict:
+    if cells is not None:  # a field image of a "fields" job
+        return {"seq": image.seq, "path": image.path, "status": image.status, "cells": [cell_json(c) for c in cells],
+                "error": image.error}
     return {
         "seq": image.seq,
         "path": image.path,

@@ -41,7 +41,8 @@ class Job(Base):
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     status: Mapped[str] = mapped_column(String(16), default=JobStatus.QUEUED, index=True)
-    kind: Mapped[str] = mapped_column(String(16), default="cells")
+    kind: Mapped[str] = mapped_column(String(16), default="cells")  # cells | fields
+    kind_source: Mapped[str] = mapped_column(String(16), default="client")  # client | auto
     source: Mapped[str] = mapped_column(String(16))
     name: Mapped[str | None] = mapped_column(String(255))
     images_total: Mapped[int] = mapped_column(Integer, default=0)
@@ -87,3 +88,24 @@ class JobSummary(Base):
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
     report: Mapped[dict] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Cell(Base):
+    """A white cell found in a field image ("fields" jobs), with its box and prediction."""
+
+    __tablename__ = "cells"
+    __table_args__ = (UniqueConstraint("job_id", "image_id", "idx", name="uq_cells_job_image_idx"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), index=True)
+    idx: Mapped[int] = mapped_column(Integer)
+    x0: Mapped[int] = mapped_column(Integer)
+    y0: Mapped[int] = mapped_column(Integer)
+    x1: Mapped[int] = mapped_column(Integer)
+    y1: Mapped[int] = mapped_column(Integer)
+    score: Mapped[float] = mapped_column(Float)
+    label: Mapped[str] = mapped_column(String(32))
+    confidence: Mapped[float] = mapped_column(Float)
+    probabilities: Mapped[dict] = mapped_column(JSON)
+    thumbnail_key: Mapped[str | None] = mapped_column(String(80))

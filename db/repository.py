@@ -10,11 +10,11 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from sqlalchemy import func, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from db.models import Image, ImageStatus, Job, JobStatus, JobSummary, Prediction, utcnow
+from db.models import Cell, Image, ImageStatus, Job, JobStatus, JobSummary, Prediction, utcnow
 
 
 @dataclass(frozen=True)
@@ -50,9 +50,9 @@ class ResultRow:
 
 
 def create_job(session: Session, job_id: str, source: str, name: str | None, batch_size: int, images: list[NewImage],
-               model_name: str | None, model_version: str | None) -> Job:
-    job = Job(id=job_id, status=JobStatus.QUEUED, kind="cells", source=source, name=name, images_total=len(images),
-              batch_size=batch_size, model_name=model_name, model_version=model_version, created_at=utcnow())
+               kind: str = "cells", kind_source: str = "client") -> Job:
+    job = Job(id=job_id, status=JobStatus.QUEUED, kind=kind, kind_source=kind_source, source=source, name=name,
+              images_total=len(images), batch_size=batch_size, created_at=utcnow())
     session.add(job)
     session.flush()
     session.add_all(
@@ -167,3 +167,52 @@ def all_outcomes(session: Session, job_id: str) -> list[tuple[str, str | None, f
 def get_summary(session: Session, job_id: str) -> dict | None:
     summary = session.get(JobSummary, job_id)
     return summary.report if summary else None
+
+
+@dataclass(frozen=True)
+class CellRow:
+    """One white cell found in a field, as written by a worker."""
+
+    idx: int
+    box: tuple[int, int, int, int]
+    score: float
+    label: str
+    confidence: float
+    probabilities: dict
+    thumbnail_key: str | None
+
+
+def record_field(session: Session, job_id: str, image_id: int, cells: list[CellRow], error: str | None) -> None:
+    """Replace the cells of one field (idempotent on redelivery) and set the field's status."""
+    session.execute(delete(Cell).where(Cell.job_id == job_id, Cell.image_id == image_id))
+    session.add_all(
+        Cell(job_id=job_id, image_id=image_id, idx=c.idx, x0=c.box[0], y0=c.box[1], x1=c.box[2], y1=c.box[3], score=c.score,
+             label=c.label, confidence=c.confidence, probabilities=c.probabilities, thumbnail_key=c.thumbnail_key)
+        for c in cells
+    )
+    status = ImageStatus.FAILED if error else ImageStatus.DONE
+    session.execute(update(Image).where(Image.job_id == job_id, Image.id == image_id).values(status=status, error=error))
+
+
+@dataclass(frozen=True)
+class FieldOutcomes:
+    """Everything the per-slide report of a "fields" job needs."""
+
+    fields: list[str]  # every field's path, in job order
+    cells: list[tuple[str, int, str, float]]  # (field path, cell index, label, confidence)
+    failed: dict[str, str]  # field path -> error
+
+
+def field_outcomes(session: Session, job_id: str) -> FieldOutcomes:
+    cells = session.execute(select(Image.path, Cell.idx, Cell.label, Cell.confidence).join(Cell, Cell.image_id == Image.id)
+                            .where(Image.job_id == job_id).order_by(Image.seq, Cell.idx)).all()
+    failed = session.execute(select(Image.path, Image.error).where(Image.job_id == job_id, Image.status == ImageStatus.FAILED)).all()
+    paths = session.scalars(select(Image.path).where(Image.job_id == job_id).order_by(Image.seq)).all()
+    return FieldOutcomes(list(paths), [tuple(c) for c in cells], {p: e or "failed" for p, e in failed})
+
+
+def cells_of_images(session: Session, job_id: str, image_ids: list[int]) -> dict[int, list[Cell]]:
+    out: dict[int, list[Cell]] = {i: [] for i in image_ids}
+    for cell in session.scalars(select(Cell).where(Cell.job_id == job_id, Cell.image_id.in_(image_ids)).order_by(Cell.image_id, Cell.idx)):
+        out[cell.image_id].append(cell)
+    return out

@@ -39,7 +39,10 @@ class Settings:
     low_confidence: float = 0.6
     max_upload_bytes: int = 512 * 1024 * 1024
     max_image_bytes: int = 50 * 1024 * 1024
-    max_image_pixels: int = 40_000_000  # decompression-bomb guard, checked from the header
+    max_image_pixels: int = 40_000_000  # decompression-bomb guard for cell images, checked from the header
+    max_field_pixels: int = 100_000_000  # the same for field/slide images ("fields" jobs; decoded ~3 bytes/pixel)
+    cell_diameter_px: float = 190.0  # expected white-cell diameter in field images (190 for 640x480 BCCD-like fields)
+    field_tile: int = 1024  # field images larger than this are localised tile by tile
     max_images_per_job: int = 100_000
     task_time_limit: int = 600
     api_url: str = "http://127.0.0.1:5000"

@@ -13,7 +13,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-_KEY = re.compile(r"^jobs/[0-9a-f]{32}/[0-9]{7}\.[a-z]{3,4}$")
+_KEY = re.compile(r"^jobs/[0-9a-f]{32}/([0-9]{7}|cells/[0-9]{7}_[0-9]{5})\.[a-z]{3,4}$")
 
 
 class ImageStore:
@@ -25,6 +25,14 @@ class ImageStore:
     @staticmethod
     def key_for(job_id: str, seq: int, suffix: str) -> str:
         return f"jobs/{job_id}/{seq:07d}{suffix}"
+
+    @staticmethod
+    def cell_key_for(job_id: str, seq: int, index: int) -> str:
+        """Thumbnail of the ``index``-th white cell found in field image ``seq``."""
+        return f"jobs/{job_id}/cells/{seq:07d}_{index:05d}.jpg"
+
+    def delete(self, key: str) -> None:
+        self._path(key).unlink(missing_ok=True)
 
     def _path(self, key: str) -> Path:
         if not _KEY.match(key):

@@ -14,7 +14,10 @@ from sqlalchemy import update
 from db import repository as repo
 from db.models import Job, JobStatus
 from pipeline.batch import classify_batch
+from pipeline.fields import FieldSettings, analyze_fields
+from pipeline.localize import LocaliserConfig
 from pipeline.report import CellPrediction, build_report
+from pipeline.slides import build_fields_report
 from worker.context import WorkerContext
 
 log = logging.getLogger(__name__)
@@ -40,21 +43,27 @@ def start_job(ctx: WorkerContext, job_id: str, enqueue: Callable[[list[int]], No
 
 
 def run_batch(ctx: WorkerContext, job_id: str, image_ids: list[int]) -> int:
-    """Classify the still-pending images of one batch in one model call; returns how many."""
+    """Process the still-pending images of one batch; returns how many were written."""
     with ctx.db.session() as session:
-        if repo.job_status(session, job_id) not in JobStatus.ACTIVE:
+        job = repo.get_job(session, job_id)
+        if job is None or job.status not in JobStatus.ACTIVE:
             return 0
-        images = [(img.id, img.storage_key) for img in repo.images_for_batch(session, job_id, image_ids)]
+        kind = job.kind
+        images = [(img.id, img.seq, img.storage_key) for img in repo.images_for_batch(session, job_id, image_ids)]
     if not images:
         finalize(ctx, job_id)
         return 0
     items: list[tuple[int, bytes]] = []
     missing: list[repo.ResultRow] = []
-    for image_id, key in images:
+    for image_id, _, key in images:
         try:
             items.append((image_id, ctx.store.get(key)))
         except (OSError, ValueError) as exc:
             missing.append(repo.ResultRow(image_id, None, None, None, f"stored file unreadable: {exc.__class__.__name__}"))
+    if kind == "fields":
+        written = _run_field_batch(ctx, job_id, items, missing, {image_id: seq for image_id, seq, _ in images})
+        finalize(ctx, job_id)
+        return written
     results = classify_batch(ctx.classifier, items, ctx.settings.max_image_pixels)
     rows = missing + [repo.ResultRow(r.key, r.label, r.confidence, r.probabilities, r.error) for r in results]
     with ctx.db.session() as session, session.begin():
@@ -64,8 +73,34 @@ def run_batch(ctx: WorkerContext, job_id: str, image_ids: list[int]) -> int:
     return len(rows)
 
 
+def _run_field_batch(ctx: WorkerContext, job_id: str, items: list[tuple[int, bytes]], missing: list[repo.ResultRow],
+                     seq_of: dict[int, int]) -> int:
+    """Localise and classify the white cells of each field; store thumbnails and cell rows."""
+    s = ctx.settings
+    settings = FieldSettings(LocaliserConfig(cell_diameter_px=s.cell_diameter_px), tile=s.field_tile, max_pixels=s.max_field_pixels)
+    results = analyze_fields(ctx.classifier, items, settings, s.batch_size)
+    rows: list[tuple[int, list[repo.CellRow], str | None]] = [(m.image_id, [], m.error) for m in missing]
+    for field in results:
+        cells = []
+        for cell in field.cells:
+            key = ctx.store.cell_key_for(job_id, seq_of[field.key], cell.index)
+            ctx.store.put(key, cell.thumbnail_jpeg)
+            cells.append(repo.CellRow(cell.index, cell.box, cell.score, cell.label, cell.confidence, cell.probabilities, key))
+        rows.append((field.key, cells, field.error))
+    with ctx.db.session() as session, session.begin():
+        if repo.job_status(session, job_id) in JobStatus.ACTIVE:
+            for image_id, cells, error in rows:
+                repo.record_field(session, job_id, image_id, cells, error)
+    return len(rows)
+
+
 def summarize(ctx: WorkerContext, session, job_id: str) -> dict:
     manifest = ctx.manifest
+    if repo.get_job(session, job_id).kind == "fields":
+        out = repo.field_outcomes(session, job_id)
+        report = build_fields_report(out.fields, out.cells, out.failed, manifest.classes, manifest.white_cells, manifest.label,
+                                     ctx.settings.low_confidence)
+        return {"job_id": job_id, **report}
     outcomes = [CellPrediction(path, label, conf, err) for path, label, conf, err in repo.all_outcomes(session, job_id)]
     report = build_report(outcomes, manifest.classes, manifest.white_cells, manifest.label, ctx.settings.low_confidence)
     return {"job_id": job_id, **report.to_dict()}

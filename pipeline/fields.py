@@ -1,0 +1,116 @@
+"""Field and slide images: localise every white cell, crop it as the classifier expects, classify in batches.
+
+The crop matches the training data: Kaggle cells are 320x240 windows around
+one white cell cut from 640x480 fields like BCCD's, so by default a window of
+(1.68 x 1.26) cell diameters centred on the detection is cut (reflect-padded
+at image edges) and then goes through the same preprocessing as any cell
+image. ``training.evaluate_fields`` measures other crop sizes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from pipeline.classifier import Classifier, prepare_batch
+from pipeline.images import ImageRejected, decode_image
+from pipeline.localize import Detection, LocaliserConfig
+from pipeline.tiling import localise_large
+
+#: crop window as multiples of the expected cell diameter (320x240 at 190 px)
+CROP_SCALE = (320 / 190, 240 / 190)
+THUMBNAIL_SIDE = 96
+
+
+@dataclass(frozen=True)
+class FieldSettings:
+    localiser: LocaliserConfig = LocaliserConfig()
+    crop_scale: tuple[float, float] = CROP_SCALE
+    tile: int = 1024
+    max_pixels: int = 200_000_000
+
+
+@dataclass(frozen=True)
+class FoundCell:
+    """A classified white cell inside a field, in the field's pixel coordinates."""
+
+    index: int
+    box: tuple[int, int, int, int]
+    score: float
+    label: str
+    confidence: float
+    probabilities: dict[str, float]
+    thumbnail_jpeg: bytes
+
+
+@dataclass(frozen=True)
+class FieldResult:
+    key: int
+    cells: list[FoundCell]
+    error: str | None = None
+
+
+def crop_around(bgr: np.ndarray, det: Detection, size: tuple[int, int]) -> np.ndarray:
+    """A ``size`` = (width, height) window centred on the detection, reflect-padded at edges."""
+    cw, ch = size
+    cx, cy = det.center
+    x0, y0 = int(round(cx - cw / 2)), int(round(cy - ch / 2))
+    h, w = bgr.shape[:2]
+    pad = max(0, -x0, -y0, x0 + cw - w, y0 + ch - h)
+    if pad:
+        bgr = cv2.copyMakeBorder(bgr, pad, pad, pad, pad, cv2.BORDER_REFLECT_101)
+        x0, y0 = x0 + pad, y0 + pad
+    return bgr[y0 : y0 + ch, x0 : x0 + cw]
+
+
+def thumbnail(bgr: np.ndarray, det: Detection) -> bytes:
+    crop = bgr[det.y0 : det.y1, det.x0 : det.x1]
+    scale = THUMBNAIL_SIDE / max(crop.shape[:2])
+    small = cv2.resize(crop, (max(1, int(crop.shape[1] * scale)), max(1, int(crop.shape[0] * scale))), interpolation=cv2.INTER_AREA)
+    ok, buf = cv2.imencode(".jpg", small, [cv2.IMWRITE_JPEG_QUALITY, 85])
+    return buf.tobytes() if ok else b""
+
+
+def analyze_fields(classifier: Classifier, items: list[tuple[int, bytes]], settings: FieldSettings, batch_size: int = 64) -> list[FieldResult]:
+    """Localise and classify the cells of each field; all crops go through the model in batches."""
+    manifest = classifier.manifest
+    diameter = settings.localiser.cell_diameter_px
+    size = (int(round(settings.crop_scale[0] * diameter)), int(round(settings.crop_scale[1] * diameter)))
+    pending: list[tuple[int, Detection, np.ndarray, bytes]] = []
+    results: dict[int, FieldResult] = {}
+    for key, data in items:
+        try:
+            bgr = decode_image(data, settings.max_pixels)
+        except ImageRejected as exc:
+            results[key] = FieldResult(key, [], str(exc))
+            continue
+        if bgr.shape[0] < 64 or bgr.shape[1] < 64:
+            results[key] = FieldResult(key, [], f"image is too small for a field ({bgr.shape[1]}x{bgr.shape[0]})")
+            continue
+        results[key] = FieldResult(key, [])
+        for det in localise_large(bgr, settings.localiser, settings.tile):
+            pending.append((key, det, crop_around(bgr, det, size), thumbnail(bgr, det)))
+    counters: dict[int, int] = {}
+    for start in range(0, len(pending), batch_size):
+        chunk = pending[start : start + batch_size]
+        probs = classifier.predict(prepare_batch([crop for _, _, crop, _ in chunk], manifest.input_size))
+        for (key, det, _, thumb), row in zip(chunk, probs, strict=True):
+            best = int(np.argmax(row))
+            index = counters.get(key, 0)
+            counters[key] = index + 1
+            results[key].cells.append(FoundCell(
+                index, (det.x0, det.y0, det.x1, det.y1), round(det.score, 4), manifest.classes[best], float(row[best]),
+                {c: round(float(p), 6) for c, p in zip(manifest.classes, row, strict=True)}, thumb,
+            ))
+    return [results[key] for key, _ in items]
+
+
+def looks_like_fields(dimensions: list[tuple[int, int]]) -> bool:
+    """Auto-detect a job's kind from image sizes: single-cell crops are small (Kaggle 320x240,
+    PBC 360x363, CellaVision ~363); microscope fields are 640x480 and up."""
+    if not dimensions:
+        return False
+    longest = sorted(max(w, h) for w, h in dimensions)
+    return longest[len(longest) // 2] >= 560

@@ -1,0 +1,71 @@
+"""Per-slide and per-job differentials for "fields" jobs.
+
+A slide is the folder a field image sits in (fields at the top of the job
+form one slide). Each slide gets the same :class:`DifferentialReport` as a
+cell job, computed over the white cells found in its fields.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections import defaultdict
+
+from pipeline.report import CellPrediction, DifferentialReport, build_report
+
+ROOT_SLIDE = "(job root)"
+
+
+def slide_of(path: str) -> str:
+    return path.rsplit("/", 1)[0] if "/" in path else ROOT_SLIDE
+
+
+def build_fields_report(
+    fields: list[str],
+    cells: list[tuple[str, int, str, float]],
+    failed: dict[str, str],
+    classes: tuple[str, ...],
+    white_cells: tuple[str, ...],
+    model: str,
+    low_confidence: float,
+) -> dict:
+    """The job-level report plus one report per slide; counts are of cells found in fields."""
+    per_slide: dict[str, list[CellPrediction]] = defaultdict(list)
+    fields_per_slide: dict[str, list[str]] = defaultdict(list)
+    for path in fields:
+        fields_per_slide[slide_of(path)].append(path)
+    for path, idx, label, conf in cells:
+        per_slide[slide_of(path)].append(CellPrediction(f"{path}#cell{idx}", label, conf))
+    for path, error in failed.items():
+        per_slide[slide_of(path)].append(CellPrediction(path, None, None, error))
+    with_cells = {path for path, *_ in cells}
+
+    def section(paths: list[str], preds: list[CellPrediction]) -> dict:
+        report = build_report(preds, classes, white_cells, model, low_confidence)
+        return {
+            **report.to_dict(),
+            "n_fields": len(paths),
+            "n_fields_failed": sum(p in failed for p in paths),
+            "n_fields_without_wbc": sum(p not in with_cells and p not in failed for p in paths),
+        }
+
+    everything = [p for preds in per_slide.values() for p in preds]
+    return {
+        "kind": "fields",
+        **section(fields, everything),
+        "slides": [{"slide": slide, **section(paths, per_slide[slide])} for slide, paths in sorted(fields_per_slide.items())],
+    }
+
+
+def fields_report_csv(summary: dict) -> str:
+    """CSV with a leading ``slide`` column: the whole job first ("ALL"), then each slide."""
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(["slide", "section", "cell_type", "count", "percent", "ci95_low_percent", "ci95_high_percent"])
+    for name, part in [("ALL", summary), *((s["slide"], s) for s in summary["slides"])]:
+        for row in csv.reader(io.StringIO(DifferentialReport.from_dict(part).to_csv())):
+            if row and row[0] != "section":
+                writer.writerow([name, *row])
+        writer.writerow([name, "summary", "fields", part["n_fields"], "", "", ""])
+        writer.writerow([name, "summary", "fields_without_wbc", part["n_fields_without_wbc"], "", "", ""])
+    return out.getvalue()
