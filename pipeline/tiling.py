@@ -50,8 +50,8 @@ def _contains_most_of(a: Detection, b: Detection) -> bool:
 
 
 def non_max_suppression(detections: list[Detection], threshold: float = 0.3) -> list[Detection]:
-    """Keep the largest, best-scored box of each group of overlapping boxes."""
-    order = sorted(detections, key=lambda d: (d.score, (d.x1 - d.x0) * (d.y1 - d.y0)), reverse=True)
+    """Keep one box per group of overlapping boxes: the largest (a whole cell beats a fragment), then the best scored."""
+    order = sorted(detections, key=lambda d: ((d.x1 - d.x0) * (d.y1 - d.y0), d.score), reverse=True)
     kept: list[Detection] = []
     for det in order:
         if all(iou(det, k) < threshold and not _contains_most_of(k, det) for k in kept):

@@ -110,3 +110,31 @@ def make_zip(members: dict[str, bytes], symlinks: dict[str, str] | None = None) 
 @pytest.fixture
 def sample_folder() -> Path:
     return REPO / "samples" / "cells"
+
+
+def synthetic_field(width: int, height: int, wbc_centers: list[tuple[int, int]], seed: int = 0, rbc: int = 40) -> np.ndarray:
+    """A stained-smear-like field (BGR): pale background, pink red cells, violet WBC nuclei at known centres.
+
+    Sizes follow BCCD at 640x480: red cells ~ 90 px, white cells ~ 190 px with a ~ 110 px nucleus.
+    """
+    rng = np.random.default_rng(seed)
+    img = np.empty((height, width, 3), np.uint8)
+    img[:] = (228, 226, 232)
+    for _ in range(rbc):
+        c = (int(rng.integers(0, width)), int(rng.integers(0, height)))
+        cv2.circle(img, c, int(rng.integers(38, 48)), (178, 168, 226), -1)
+        cv2.circle(img, c, int(rng.integers(12, 20)), (200, 192, 232), -1)
+    for x, y in wbc_centers:
+        cv2.circle(img, (x, y), 92, (214, 196, 222), -1)  # cytoplasm
+        for dx, dy in ((-22, -10), (18, -16), (0, 22)):  # a three-lobed nucleus
+            cv2.ellipse(img, (x + dx, y + dy), (30, 24), int(rng.integers(0, 180)), 0, 360, (165, 55, 105), -1)
+    for _ in range(6):  # platelets: violet but small
+        cv2.circle(img, (int(rng.integers(0, width)), int(rng.integers(0, height))), 5, (170, 80, 120), -1)
+    noise = rng.normal(0, 3, img.shape)
+    return np.clip(img + noise, 0, 255).astype(np.uint8)
+
+
+def encode_jpeg(bgr: np.ndarray) -> bytes:
+    ok, buf = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, 92])
+    assert ok
+    return buf.tobytes()

@@ -75,3 +75,32 @@ def test_cli_analyze_runs_the_embedded_default(tmp_path, sample_folder, model_di
     rows = (out / "results.csv").read_text().strip().splitlines()
     assert len(rows) == n + 1
     assert (out / "report.csv").read_text().startswith("section,")
+
+
+def test_fields_job_through_http_and_real_workers(stack, tmp_path):
+    """Whole field images: auto-detected, cells found and classified by real workers, report per slide."""
+    import numpy as np
+
+    from tests.conftest import encode_jpeg, synthetic_field
+
+    folder = tmp_path / "fields"
+    layout = {"patient1/field1.jpg": [(200, 200), (450, 300)], "patient1/field2.jpg": [(320, 240)],
+              "patient2/field3.jpg": [], "patient2/big.jpg": None}
+    for rel, centers in layout.items():
+        path = folder / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        image = synthetic_field(2400, 1800, [(300, 300), (1200, 900), (2100, 1500)], seed=9, rbc=250) if centers is None \
+            else synthetic_field(640, 480, centers, seed=len(rel))
+        path.write_bytes(encode_jpeg(image))
+    (folder / "patient2" / "black.jpg").write_bytes(encode_jpeg(np.zeros((480, 640, 3), np.uint8)))
+
+    client = ApiClient(stack.base_url, timeout=60)
+    job = client.submit_folder(folder)
+    assert job["kind"] == "fields" and job["kind_source"] == "auto"
+    final = client.wait(job["id"], timeout=240)
+    assert final["status"] == "succeeded", final
+    report = json.loads(client.report(job["id"]))
+    slides = {s["slide"]: s for s in report["slides"]}
+    found = {name: s["white_cell_total"] + s["erythroblasts"]["count"] + s["platelets"]["count"] for name, s in slides.items()}
+    assert found == {"patient1": 3, "patient2": 3}
+    assert slides["patient2"]["n_fields_without_wbc"] == 2 and report["n_fields"] == 5

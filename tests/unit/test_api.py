@@ -193,3 +193,45 @@ def test_openapi_matches_routes(env):
             routes.add((path, method.lower()))
     documented = {(p, m) for p, ops in spec["paths"].items() for m in ops}
     assert routes == documented
+
+
+def test_fields_job_auto_detected_with_per_slide_report(env):
+    from tests.conftest import encode_jpeg, synthetic_field
+
+    client, settings, ctx = env
+    files = {
+        "slide1/f1.jpg": encode_jpeg(synthetic_field(640, 480, [(200, 200), (450, 300)], seed=1)),
+        "slide1/f2.jpg": encode_jpeg(synthetic_field(640, 480, [], seed=2)),
+        "slide2/f3.jpg": encode_jpeg(synthetic_field(640, 480, [(320, 240)], seed=3)),
+        "slide2/black.jpg": encode_jpeg(__import__("numpy").zeros((480, 640, 3), "uint8")),
+        "slide2/cut.jpg": encode_jpeg(synthetic_field(640, 480, [(320, 240)], seed=4))[:3000],
+    }
+    r = upload(client, files)
+    assert r.status_code == 202, r.get_json()
+    job = r.get_json()
+    assert (job["kind"], job["kind_source"]) == ("fields", "auto")
+    run_queued(ctx, job["id"])
+    status = client.get(f"/api/v1/jobs/{job['id']}").get_json()
+    assert status["status"] == "succeeded" and status["images"]["failed"] == 1
+    items = {i["path"]: i for i in client.get(f"/api/v1/jobs/{job['id']}/results").get_json()["items"]}
+    assert len(items["slide1/f1.jpg"]["cells"]) == 2 and items["slide1/f2.jpg"]["cells"] == []
+    assert "truncated" in items["slide2/cut.jpg"]["error"]
+    box = items["slide2/f3.jpg"]["cells"][0]["box"]
+    assert box[0] < 320 < box[2] and box[1] < 240 < box[3]
+    report = client.get(f"/api/v1/jobs/{job['id']}/report").get_json()
+    assert report["kind"] == "fields" and report["white_cell_total"] + report["erythroblasts"]["count"] + report["platelets"]["count"] == 3
+    slides = {s["slide"]: s for s in report["slides"]}
+    assert slides["slide1"]["n_fields"] == 2 and slides["slide1"]["n_fields_without_wbc"] == 1
+    assert slides["slide2"]["n_fields_failed"] == 1 and slides["slide2"]["n_fields_without_wbc"] == 1
+    thumbs = list((settings.resolved_storage_root / "jobs" / job["id"] / "cells").glob("*.jpg"))
+    assert len(thumbs) == 3
+    csv_text = client.get(f"/api/v1/jobs/{job['id']}/report?format=csv").get_data(as_text=True)
+    assert csv_text.startswith("slide,section") and "slide2,summary,fields,3" in csv_text
+
+
+def test_client_can_force_the_kind_and_bad_kind_is_refused(env):
+    client, _, _ = env
+    r = upload(client, {"a.jpg": jpeg_bytes()}, kind="fields")
+    assert r.status_code == 202 and (r.get_json()["kind"], r.get_json()["kind_source"]) == ("fields", "client")
+    r = upload(client, {"a.jpg": jpeg_bytes()}, kind="slides")
+    assert r.status_code == 400 and "kind" in r.get_json()["error"]["message"]
