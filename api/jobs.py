@@ -146,6 +146,26 @@ def get_report(job_id: str):
                     headers={"Content-Disposition": f'attachment; filename="hematovision-{job_id}.csv"'})
 
 
+@bp.post("/jobs/<job_id>/enqueue")
+def enqueue(job_id: str):
+    """Send a queued job to the workers again (after a 503 at submission, or a broker that lost its messages).
+
+    Safe to repeat: workers skip images that already have results.
+    """
+    st = state()
+    with st.db.session() as session:
+        job = _job_or_404(session, job_id)
+        if job.status not in JobStatus.ACTIVE:
+            raise ApiError(409, f"job is already {job.status}", status=job.status)
+    try:
+        st.enqueue_job(job_id)
+    except Exception as exc:
+        raise ApiError(503, f"the broker is unreachable: {exc.__class__.__name__}", job_id=job_id) from None
+    with st.db.session() as session:
+        body = job_json(repo.get_job(session, job_id), repo.progress(session, job_id))
+    return jsonify(body), 202
+
+
 @bp.post("/jobs/<job_id>/cancel")
 def cancel(job_id: str):
     with state().db.session() as session, session.begin():

@@ -56,6 +56,9 @@ SPEC: dict = {
             "parameters": [_JOB_ID, {"name": "format", "in": "query", "schema": {"enum": ["json", "csv"]}}],
             "responses": {"200": {"description": "the report", "content": {"application/json": {}, "text/csv": {}}},
                           "404": _ERROR, "409": _ERROR}}},
+        "/api/v1/jobs/{job_id}/enqueue": {"post": {
+            "summary": "Re-send a queued or running job to the workers (idempotent; after a 503 at submission)",
+            "parameters": [_JOB_ID], "responses": {"202": _JOB, "404": _ERROR, "409": _ERROR, "503": _ERROR}}},
         "/api/v1/jobs/{job_id}/cancel": {"post": {"summary": "Cancel a queued or running job", "parameters": [_JOB_ID],
                                                   "responses": {"200": _JOB, "404": _ERROR, "409": _ERROR}}},
     },

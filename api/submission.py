@@ -67,8 +67,8 @@ def accept_job(st: AppState, items: Iterable[tuple[str, bytes]], source: str, na
     try:
         st.enqueue_job(job_id)
     except Exception as exc:  # job and files are safe; say so and how to retry
-        raise ApiError(503, f"job {job_id} is stored but the broker is unreachable: {exc.__class__.__name__}",
-                       job_id=job_id) from None
+        raise ApiError(503, f"job {job_id} is stored but the broker is unreachable ({exc.__class__.__name__}); "
+                       f"retry with POST /api/v1/jobs/{job_id}/enqueue", job_id=job_id) from None
     return job_id
 
 

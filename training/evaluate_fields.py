@@ -142,7 +142,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{r['fields']} fields ({r['subset']}), {r['wbc_annotated']} annotated WBC, {r['detections']} detections")
     print(f"recall {r['recall']:.3f}  precision {r['precision']:.3f}  (IoU >= 0.5; TP {r['true_positives']}, FP {r['false_positives']}, "
           f"FN {r['false_negatives']})")
-    print(f"mean localisation error {r['mean_localisation_error_px']:.1f} px; localiser {r['localiser_fields_per_second_one_core']:.1f} fields/s on one core")
+    print(f"mean localisation error {r['mean_localisation_error_px']:.1f} px; "
+          f"localiser {r['localiser_fields_per_second_one_core']:.1f} fields/s on one core")
     fc = r["field_classification"]
     print(f"field-level classification ({fc['fields_with_label_and_detection']} fields, model {r['model']}):")
     for v, acc in fc["accuracy_by_crop"].items():

@@ -235,3 +235,29 @@ def test_client_can_force_the_kind_and_bad_kind_is_refused(env):
     assert r.status_code == 202 and (r.get_json()["kind"], r.get_json()["kind_source"]) == ("fields", "client")
     r = upload(client, {"a.jpg": jpeg_bytes()}, kind="slides")
     assert r.status_code == 400 and "kind" in r.get_json()["error"]["message"]
+
+
+def test_broker_down_keeps_the_job_and_enqueue_recovers_it(migrated_url, tmp_path, model_dir):
+    """A 503 at submission loses nothing: the job and its files stay, and /enqueue sends it later."""
+    down = Settings(var_dir=str(tmp_path), database_url=migrated_url, broker_url="redis://127.0.0.1:1/0",
+                    storage_root=str(tmp_path / "storage"), model_dir=str(model_dir))
+    app = create_app(down)
+    app.extensions["hematovision"].celery.conf.broker_connection_max_retries = 0
+    app.extensions["hematovision"].celery.conf.broker_transport_options = {"max_retries": 0}
+    client = app.test_client()
+    r = upload(client, {"a.jpg": jpeg_bytes()})
+    assert r.status_code == 503 and "enqueue" in r.get_json()["error"]["message"]
+    job_id = r.get_json()["error"]["job_id"]
+    assert client.get(f"/api/v1/jobs/{job_id}").get_json()["status"] == "queued"
+    assert len(list((tmp_path / "storage" / "jobs" / job_id).iterdir())) == 1
+
+    up = create_app(Settings(**{**down.__dict__, "broker_url": "memory://"}))
+    r = up.test_client().post(f"/api/v1/jobs/{job_id}/enqueue")
+    assert r.status_code == 202 and r.get_json()["id"] == job_id
+    assert up.test_client().post("/api/v1/jobs/nope/enqueue").status_code == 404
+    ctx = WorkerContext(up.extensions["hematovision"].settings)
+    run_queued(ctx, job_id)
+    assert up.test_client().get(f"/api/v1/jobs/{job_id}").get_json()["status"] == "succeeded"
+    ctx.db.dispose()
+    app.extensions["hematovision"].db.dispose()
+    up.extensions["hematovision"].db.dispose()
