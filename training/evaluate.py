@@ -115,25 +115,26 @@ def write_plots(result: dict, stem: Path) -> list[Path]:
     for i in range(len(names)):
         for j in range(len(names)):
             ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=8, color="white" if cm[i, j] > cm.max() / 2 else "black")
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    ax.set_title(f"accuracy {result['accuracy']:.3f}, n={result['n_images']}")
-    fig.tight_layout()
-    cm_path = stem.with_name(stem.name + "_confusion.png")
-    fig.savefig(cm_path, dpi=110)
-    plt.close(fig)
+    cm_path = _finish(plt, fig, ax, ("predicted", "true", f"accuracy {result['accuracy']:.3f}, n={result['n_images']}"),
+                      stem.with_name(stem.name + "_confusion.png"))
     fig, ax = plt.subplots(figsize=(4.5, 4.5))
     bins = result["reliability"]
     ax.plot([0, 1], [0, 1], "k--", lw=1)
     ax.bar([b["confidence"] for b in bins], [b["accuracy"] for b in bins], width=1 / 15, alpha=0.6, edgecolor="k")
-    ax.set_xlabel("confidence")
-    ax.set_ylabel("accuracy")
-    ax.set_title(f"reliability, ECE {result['ece']:.3f}")
-    fig.tight_layout()
-    rel_path = stem.with_name(stem.name + "_reliability.png")
-    fig.savefig(rel_path, dpi=110)
-    plt.close(fig)
+    rel_path = _finish(plt, fig, ax, ("confidence", "accuracy", f"reliability, ECE {result['ece']:.3f}"),
+                       stem.with_name(stem.name + "_reliability.png"))
     return [cm_path, rel_path]
+
+
+def _finish(plt, fig, ax, labels: tuple[str, str, str], path: Path) -> Path:
+    """Label the axes, save the figure as PNG and free it."""
+    ax.set_xlabel(labels[0])
+    ax.set_ylabel(labels[1])
+    ax.set_title(labels[2])
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 def print_summary(result: dict) -> None:
