@@ -103,7 +103,7 @@ def summarize(ctx: WorkerContext, session, job_id: str) -> dict:
         return {"job_id": job_id, **report}
     outcomes = [CellPrediction(path, label, conf, err) for path, label, conf, err in repo.all_outcomes(session, job_id)]
     report = build_report(outcomes, manifest.classes, manifest.white_cells, manifest.label, ctx.settings.low_confidence)
-    return {"job_id": job_id, **report.to_dict()}
+    return {"job_id": job_id, "kind": "cells", **report.to_dict()}
 
 
 def finalize(ctx: WorkerContext, job_id: str) -> bool:

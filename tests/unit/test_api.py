@@ -74,7 +74,7 @@ def test_submit_poll_results_report(env, sample_folder):
     assert sum(first["probabilities"].values()) == pytest.approx(1.0, abs=1e-4)
 
     report = client.get(f"/api/v1/jobs/{job['id']}/report").get_json()
-    assert report["n_images"] == 12 and report["n_failed"] == 2
+    assert report["kind"] == "cells" and report["n_images"] == 12 and report["n_failed"] == 2
     counted = sum(r["count"] for r in report["differential"]) + report["erythroblasts"]["count"] + report["platelets"]["count"]
     assert counted == report["n_classified"] == 10
     csv_text = client.get(f"/api/v1/jobs/{job['id']}/report?format=csv").get_data(as_text=True)
@@ -205,6 +205,7 @@ def test_fields_job_auto_detected_with_per_slide_report(env):
         "slide2/f3.jpg": encode_jpeg(synthetic_field(640, 480, [(320, 240)], seed=3)),
         "slide2/black.jpg": encode_jpeg(__import__("numpy").zeros((480, 640, 3), "uint8")),
         "slide2/cut.jpg": encode_jpeg(synthetic_field(640, 480, [(320, 240)], seed=4))[:3000],
+        "slide3/huge.png": png_header_only(20_000, 20_000),  # over the field pixel limit: refused at intake
     }
     r = upload(client, files)
     assert r.status_code == 202, r.get_json()
@@ -212,10 +213,10 @@ def test_fields_job_auto_detected_with_per_slide_report(env):
     assert (job["kind"], job["kind_source"]) == ("fields", "auto")
     run_queued(ctx, job["id"])
     status = client.get(f"/api/v1/jobs/{job['id']}").get_json()
-    assert status["status"] == "succeeded" and status["images"]["failed"] == 1
+    assert status["status"] == "succeeded" and status["images"]["failed"] == 2
     items = {i["path"]: i for i in client.get(f"/api/v1/jobs/{job['id']}/results").get_json()["items"]}
     assert len(items["slide1/f1.jpg"]["cells"]) == 2 and items["slide1/f2.jpg"]["cells"] == []
-    assert "truncated" in items["slide2/cut.jpg"]["error"]
+    assert "truncated" in items["slide2/cut.jpg"]["error"] and "over the limit" in items["slide3/huge.png"]["error"]
     box = items["slide2/f3.jpg"]["cells"][0]["box"]
     assert box[0] < 320 < box[2] and box[1] < 240 < box[3]
     report = client.get(f"/api/v1/jobs/{job['id']}/report").get_json()
