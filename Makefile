@@ -36,8 +36,19 @@ lint: install-dev
 bench: install-dev services
 	$(PY) -m bench.throughput
 
+CONFIG ?= training/configs/mnv2_160_long.json
+MODEL ?= $(firstword $(wildcard models/*))
+SPLITS = $(shell $(PY) -c "import json,sys; print(json.load(open('$(CONFIG)'))['work_dir'])")/splits
+
 train: install-dev
-	$(PY) -m training.train --config training/configs/mnv2_160_long.json
+	$(PY) -m training.train --config $(CONFIG)
+
+## evaluate: the model card's figures: held-out splits of the training config, and BCCD fields (odd half)
+evaluate: install-dev
+	$(PY) -m training.splits --config $(CONFIG)
+	for split in kaggle_val pbc_val kaggle_test pbc_test; do \
+	  $(PY) -m training.evaluate --model $(MODEL) --data $(SPLITS)/$$split --json $(MODEL)/eval/$$split.json || exit 1; done
+	$(PY) -m training.evaluate_fields --data ../shared/data/bccd --model $(MODEL) --subset odd --out $(MODEL)/eval/fields
 
 clean:
 	rm -rf var report bench/out .pytest_cache
