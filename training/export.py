@@ -54,8 +54,9 @@ def export_model(model, config: TrainConfig, val_x: np.ndarray, val_y: np.ndarra
     tmp.mkdir(parents=True)
     import keras
 
-    # a fresh, uncompiled copy: the shipped file carries weights, not optimizer state
-    shipped = keras.models.clone_model(model)
+    # a fresh model built from the config: the shipped file carries weights, not optimizer
+    # state (clone_model keeps the optimizer's variables and triples the file)
+    shipped = keras.Model.from_config(model.get_config())
     shipped.set_weights(model.get_weights())
     model = shipped
     model.save(str(tmp / "model.keras"))
