@@ -19,7 +19,8 @@ def create_app(settings: Settings | None = None, test_config: dict[str, Any] | N
 
     settings = settings or Settings.from_env()
     app = Flask(__name__)
-    app.config.update(MAX_CONTENT_LENGTH=settings.max_upload_bytes, JSON_SORT_KEYS=False)
+    app.config.update(MAX_CONTENT_LENGTH=settings.max_upload_bytes)
+    app.json.sort_keys = False  # keep documents in their logical order
     if test_config:
         app.config.update(test_config)
     app.extensions["hematovision"] = AppState.create(settings)

@@ -32,8 +32,18 @@ def cmd_submit(args) -> int:
     bar.close()
     print(f"job {final['id']} {final['status']}")
     if final["status"] == "succeeded":
-        print(json.dumps(json.loads(client.report(final["id"])), indent=2))
+        print_summary(json.loads(client.report(final["id"])))
     return 0 if final["status"] == "succeeded" else 1
+
+
+def print_summary(summary: dict) -> None:
+    """The differential table of a job, and of each slide for "fields" jobs."""
+    from pipeline.report import DifferentialReport
+
+    print(DifferentialReport.from_dict(summary).to_table())
+    for slide in summary.get("slides", []):
+        print(f"\nslide {slide['slide']}: {slide['n_fields']} fields, {slide['n_fields_without_wbc']} without a white cell")
+        print(DifferentialReport.from_dict(slide).to_table())
 
 
 def cmd_status(args) -> int:
@@ -83,13 +93,8 @@ def cmd_analyze(args) -> int:
     from api.analyze import analyze
 
     overrides = {"batch_size": args.batch_size} if args.batch_size else {}
-    from pipeline.report import DifferentialReport
-
     summary = analyze(args.folder, args.output, Settings.from_env(**overrides), progress=not args.quiet, kind=args.kind)
-    print(DifferentialReport.from_dict(summary).to_table())
-    for slide in summary.get("slides", []):
-        print(f"\nslide {slide['slide']}: {slide['n_fields']} fields, {slide['n_fields_without_wbc']} without a white cell")
-        print(DifferentialReport.from_dict(slide).to_table())
+    print_summary(summary)
     print(f"\nreport written to {args.output}/report.json, report.csv and results.csv")
     return 0
 
