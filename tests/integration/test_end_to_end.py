@@ -104,3 +104,22 @@ def test_fields_job_through_http_and_real_workers(stack, tmp_path):
     found = {name: s["white_cell_total"] + s["erythroblasts"]["count"] + s["platelets"]["count"] for name, s in slides.items()}
     assert found == {"patient1": 3, "patient2": 3}
     assert slides["patient2"]["n_fields_without_wbc"] == 2 and report["n_fields"] == 5
+
+
+def test_cli_submit_wait_status_report(stack, sample_folder, tmp_path):
+    """The `hematovision` client commands against a running API and real workers."""
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "api.cli", "--api", stack.base_url, *args], cwd=REPO,
+                              capture_output=True, text=True, timeout=300)
+
+    done = cli("submit", str(sample_folder / "kaggle"), "--wait")
+    assert done.returncode == 0, done.stderr[-2000:]
+    job_id = done.stdout.split()[1]
+    assert "succeeded" in done.stdout and "white cells" in done.stdout
+    status = json.loads(cli("status", job_id).stdout)
+    assert status["status"] == "succeeded" and status["images"]["done"] == status["images"]["total"]
+    out = tmp_path / "r.csv"
+    assert cli("report", job_id, "--format", "csv", "-o", str(out)).returncode == 0
+    assert out.read_text().startswith("section,cell_type")
+    missing = cli("status", "0" * 32)
+    assert missing.returncode == 1 and "HTTP 404" in missing.stderr
