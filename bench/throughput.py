@@ -66,6 +66,9 @@ def time_whole_path(paths_root: Path, n: int, settings: Settings) -> tuple[float
     from api.client import ApiClient
     from db.migrate import upgrade
 
+    import logging
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no per-request lines
     upgrade(settings.resolved_database_url)
     app = create_app(settings)
     server = make_server("127.0.0.1", 0, app, threaded=True)
