@@ -6,7 +6,7 @@
    batch size, LiteRT and (if TensorFlow is installed) Keras, side by side;
 2. decode + preprocess alone (OpenCV);
 3. the whole path: HTTP multipart upload of the folder -> API -> broker ->
-   one Celery worker process -> predictions in the database -> report.
+   a Celery worker (1 and 2 processes) -> predictions in the database -> report.
 Prints every figure, the ratios, batch size, backend and core count.
 Not a test: nothing here asserts a speed.
 """
@@ -55,8 +55,9 @@ def time_classifier(backend: str, model_dir: str, batch: np.ndarray, repeats: in
     return repeats * len(batch) / (time.perf_counter() - t0)
 
 
-def time_whole_path(paths_root: Path, n: int, settings: Settings) -> tuple[float, float]:
+def time_whole_path(paths_root: Path, n: int, settings: Settings, concurrency: int) -> tuple[float, float]:
     """Images/s for submit -> stored predictions -> report; also the upload share."""
+    import logging
     import threading
 
     from werkzeug.serving import make_server
@@ -66,14 +67,12 @@ def time_whole_path(paths_root: Path, n: int, settings: Settings) -> tuple[float
     from api.client import ApiClient
     from db.migrate import upgrade
 
-    import logging
-
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no per-request lines
     upgrade(settings.resolved_database_url)
     app = create_app(settings)
     server = make_server("127.0.0.1", 0, app, threaded=True)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    worker = start_worker(settings, concurrency=1)
+    worker = start_worker(settings, concurrency=concurrency)
     client = ApiClient(f"http://127.0.0.1:{server.server_port}")
     try:
         # warm-up job so worker start-up and model load are not counted
@@ -99,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--images", type=int, default=2000)
     parser.add_argument("--stack", choices=("redis-postgres", "embedded"), default="redis-postgres")
     parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--concurrency", default="1,2", help="worker process counts to measure the whole path with")
     args = parser.parse_args(argv)
     base = Settings.from_env()
     tmp = Path(tempfile.mkdtemp(prefix="hv-bench-"))
@@ -124,7 +124,8 @@ def main(argv: list[str] | None = None) -> int:
             overrides = {}
         settings = Settings(**{**base.__dict__, "var_dir": str(tmp / "var"), "storage_root": str(tmp / "storage"),
                                "queue": f"hv-bench-{os.getpid()}", **overrides})
-        whole, upload_share = time_whole_path(tmp / "images", args.images, settings)
+        whole = {int(c): time_whole_path(tmp / "images", args.images, Settings(**{**settings.__dict__, "queue": f"{settings.queue}-{c}"}), int(c))
+                 for c in args.concurrency.split(",")}
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores; model {Path(base.model_dir).name} ({size}x{size}); "
@@ -132,8 +133,9 @@ def main(argv: list[str] | None = None) -> int:
     for backend, rate in rates.items():
         print(f"classifier alone ({backend:6s}): {rate:8.1f} images/s  ({1000 / rate:.2f} ms/image)")
     print(f"decode + preprocess (OpenCV):  {prep_rate:8.1f} images/s")
-    print(f"whole path (litert, 1 worker): {whole:8.1f} images/s  (upload is {100 * upload_share:.0f}% of the time)")
-    print(f"ratio whole path / classifier alone (litert): {whole / rates['litert']:.2f}")
+    for c, (rate, upload_share) in whole.items():
+        print(f"whole path (litert, worker concurrency {c}): {rate:8.1f} images/s  (upload is {100 * upload_share:.0f}% of the time); "
+              f"ratio to classifier alone {rate / rates['litert']:.2f}")
     if "keras" in rates:
         print(f"ratio litert / keras classifier: {rates['litert'] / rates['keras']:.2f}")
     return 0
