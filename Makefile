@@ -36,7 +36,7 @@ lint: install-dev
 bench: install-dev services
 	$(PY) -m bench.throughput
 
-CONFIG ?= training/configs/mnv2_160_long.json
+CONFIG ?= training/configs/mnv2_224_long.json
 MODEL ?= $(firstword $(wildcard models/*))
 SPLITS = $(shell $(PY) -c "import json,sys; print(json.load(open('$(CONFIG)'))['work_dir'])")/splits
 

@@ -19,7 +19,9 @@ def create_app(settings: Settings | None = None, test_config: dict[str, Any] | N
 
     settings = settings or Settings.from_env()
     app = Flask(__name__)
-    app.config.update(MAX_CONTENT_LENGTH=settings.max_upload_bytes)
+    # Werkzeug refuses multipart bodies of more than MAX_FORM_PARTS parts (default 1000): a job
+    # may hold up to max_images_per_job files, plus a few form fields.
+    app.config.update(MAX_CONTENT_LENGTH=settings.max_upload_bytes, MAX_FORM_PARTS=settings.max_images_per_job + 16)
     app.json.sort_keys = False  # keep documents in their logical order
     if test_config:
         app.config.update(test_config)

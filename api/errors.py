@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Flask, jsonify
+from flask import Flask, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 
@@ -30,8 +30,9 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException):
         message = exc.description or exc.name
-        if exc.code == 413:
-            message = f"upload is larger than the limit of {app.config['MAX_CONTENT_LENGTH']} bytes"
+        limit = app.config["MAX_CONTENT_LENGTH"]
+        if exc.code == 413 and request.content_length and limit and request.content_length > limit:
+            message = f"upload is larger than the limit of {limit} bytes"
         return error_response(exc.code or 500, _code(exc.code or 500), message)
 
 

@@ -41,8 +41,16 @@ def run_queued(ctx: WorkerContext, job_id: str) -> None:
 
 
 def upload(client, files: dict[str, bytes], **form):
-    data = {"files": [(io.BytesIO(b), name) for name, b in files.items()], **form}
-    return client.post("/api/v1/jobs", data=data, content_type="multipart/form-data")
+    """POST files as multipart, encoded in memory (Werkzeug's test client would spool
+    a large body to a temporary file it never closes)."""
+    from werkzeug.datastructures import FileStorage, MultiDict
+    from werkzeug.test import encode_multipart
+
+    fields = MultiDict([("files", FileStorage(io.BytesIO(b), filename=name)) for name, b in files.items()])
+    for key, value in form.items():
+        fields.add(key, value)
+    boundary, body = encode_multipart(fields)
+    return client.post("/api/v1/jobs", data=body, content_type=f'multipart/form-data; boundary="{boundary}"')
 
 
 def test_submit_poll_results_report(env, sample_folder):
@@ -262,3 +270,16 @@ def test_broker_down_keeps_the_job_and_enqueue_recovers_it(migrated_url, tmp_pat
     ctx.db.dispose()
     app.extensions["hematovision"].db.dispose()
     up.extensions["hematovision"].db.dispose()
+
+
+def test_many_files_in_one_upload_and_the_file_count_limit(env, migrated_url, tmp_path, model_dir):
+    client, _, _ = env
+    small = jpeg_bytes(size=(40, 40))
+    r = upload(client, {f"cells/{i:05d}.jpg": small for i in range(1200)})  # more parts than Werkzeug's default 1000
+    assert r.status_code == 202, r.get_json()
+    assert r.get_json()["images"]["total"] == 1200
+    capped = create_app(Settings(var_dir=str(tmp_path), database_url=migrated_url, broker_url="memory://",
+                                 storage_root=str(tmp_path / "s2"), model_dir=str(model_dir), max_images_per_job=5))
+    r = upload(capped.test_client(), {f"{i}.jpg": small for i in range(6)})
+    assert r.status_code == 400 and "at most 5" in r.get_json()["error"]["message"]
+    capped.extensions["hematovision"].db.dispose()
