@@ -146,6 +146,22 @@ def get_report(job_id: str):
                     headers={"Content-Disposition": f'attachment; filename="hematovision-{job_id}.csv"'})
 
 
+@bp.get("/jobs/<job_id>/images/<int:seq>/cells/<int:idx>/thumbnail.jpg")
+def cell_thumbnail(job_id: str, seq: int, idx: int):
+    """The crop thumbnail of one white cell found in a field image ("fields" jobs)."""
+    st = state()
+    with st.db.session() as session:
+        _job_or_404(session, job_id)
+        key = repo.cell_thumbnail_key(session, job_id, seq, idx)
+    if key is None:
+        raise ApiError(404, f"no cell {idx} in image {seq} of job {job_id}")
+    try:
+        data = st.store.get(key)
+    except OSError:
+        raise ApiError(404, "the thumbnail file is missing from storage") from None
+    return Response(data, mimetype="image/jpeg")
+
+
 @bp.post("/jobs/<job_id>/enqueue")
 def enqueue(job_id: str):
     """Send a queued job to the workers again (after a 503 at submission, or a broker that lost its messages).

@@ -56,6 +56,11 @@ SPEC: dict = {
             "parameters": [_JOB_ID, {"name": "format", "in": "query", "schema": {"enum": ["json", "csv"]}}],
             "responses": {"200": {"description": "the report", "content": {"application/json": {}, "text/csv": {}}},
                           "404": _ERROR, "409": _ERROR}}},
+        "/api/v1/jobs/{job_id}/images/{seq}/cells/{idx}/thumbnail.jpg": {"get": {
+            "summary": "Crop thumbnail of a white cell found in a field image",
+            "parameters": [_JOB_ID, {"name": "seq", "in": "path", "required": True, "schema": {"type": "integer"}},
+                           {"name": "idx", "in": "path", "required": True, "schema": {"type": "integer"}}],
+            "responses": {"200": {"description": "JPEG", "content": {"image/jpeg": {}}}, "404": _ERROR}}},
         "/api/v1/jobs/{job_id}/enqueue": {"post": {
             "summary": "Re-send a queued or running job to the workers (idempotent; after a 503 at submission)",
             "parameters": [_JOB_ID], "responses": {"202": _JOB, "404": _ERROR, "409": _ERROR, "503": _ERROR}}},

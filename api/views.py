@@ -49,14 +49,15 @@ def job_json(job: Job, progress: Progress) -> dict:
     }
 
 
-def cell_json(cell: Cell) -> dict:
+def cell_json(image: Image, cell: Cell) -> dict:
     return {"index": cell.idx, "box": [cell.x0, cell.y0, cell.x1, cell.y1], "score": cell.score, "label": cell.label,
-            "confidence": cell.confidence, "probabilities": cell.probabilities}
+            "confidence": cell.confidence, "probabilities": cell.probabilities,
+            "thumbnail": url_for("jobs.cell_thumbnail", job_id=image.job_id, seq=image.seq, idx=cell.idx)}
 
 
 def result_json(image: Image, prediction: Prediction | None, cells: list[Cell] | None = None) -> dict:
     if cells is not None:  # a field image of a "fields" job
-        return {"seq": image.seq, "path": image.path, "status": image.status, "cells": [cell_json(c) for c in cells],
+        return {"seq": image.seq, "path": image.path, "status": image.status, "cells": [cell_json(image, c) for c in cells],
                 "error": image.error}
     return {
         "seq": image.seq,

@@ -216,3 +216,9 @@ def cells_of_images(session: Session, job_id: str, image_ids: list[int]) -> dict
     for cell in session.scalars(select(Cell).where(Cell.job_id == job_id, Cell.image_id.in_(image_ids)).order_by(Cell.image_id, Cell.idx)):
         out[cell.image_id].append(cell)
     return out
+
+
+def cell_thumbnail_key(session: Session, job_id: str, seq: int, idx: int) -> str | None:
+    stmt = (select(Cell.thumbnail_key).join(Image, Image.id == Cell.image_id)
+            .where(Cell.job_id == job_id, Image.seq == seq, Cell.idx == idx))
+    return session.scalar(stmt)

@@ -196,7 +196,7 @@ def test_openapi_matches_routes(env):
     for rule in app.url_map.iter_rules():
         if rule.endpoint == "static":
             continue
-        path = rule.rule.replace("<job_id>", "{job_id}")
+        path = rule.rule.replace("<job_id>", "{job_id}").replace("<int:seq>", "{seq}").replace("<int:idx>", "{idx}")
         for method in rule.methods - {"HEAD", "OPTIONS"}:
             routes.add((path, method.lower()))
     documented = {(p, m) for p, ops in spec["paths"].items() for m in ops}
@@ -234,6 +234,9 @@ def test_fields_job_auto_detected_with_per_slide_report(env):
     assert slides["slide2"]["n_fields_failed"] == 1 and slides["slide2"]["n_fields_without_wbc"] == 1
     thumbs = list((settings.resolved_storage_root / "jobs" / job["id"] / "cells").glob("*.jpg"))
     assert len(thumbs) == 3
+    thumb = client.get(items["slide2/f3.jpg"]["cells"][0]["thumbnail"])
+    assert thumb.status_code == 200 and thumb.mimetype == "image/jpeg" and thumb.data[:2] == b"\xff\xd8"
+    assert client.get(f"/api/v1/jobs/{job['id']}/images/1/cells/99/thumbnail.jpg").status_code == 404
     csv_text = client.get(f"/api/v1/jobs/{job['id']}/report?format=csv").get_data(as_text=True)
     assert csv_text.startswith("slide,section") and "slide2,summary,fields,3" in csv_text
 
