@@ -12,7 +12,7 @@ from api.submission import accept_job
 from api.views import job_json, result_json
 from db import repository as repo
 from db.models import JobStatus
-from pipeline.intake import IntakeError, Limits, clean_relative_path, iter_folder, iter_zip, resolve_allowed_folder
+from pipeline.intake import FolderNotAllowed, IntakeError, Limits, clean_relative_path, iter_folder, iter_zip, resolve_allowed_folder
 from pipeline.report import DifferentialReport
 from pipeline.slides import fields_report_csv
 
@@ -72,8 +72,10 @@ def submit_job():
             raise ApiError(400, 'JSON submissions must look like {"folder": "relative/or/absolute/path"}')
         try:
             folder = resolve_allowed_folder(body["folder"], st.settings.allowed_folder_root)
+        except FolderNotAllowed as exc:
+            raise ApiError(403, str(exc)) from None
         except IntakeError as exc:
-            raise ApiError(403 if "outside" in str(exc) or "disabled" in str(exc) else 400, str(exc)) from None
+            raise ApiError(400, str(exc)) from None
         items, source, name, batch = iter_folder(folder, _limits()), "folder", body.get("name"), body.get("batch_size")
         kind = body.get("kind") or "auto"
     elif request.files:

@@ -22,6 +22,10 @@ class IntakeError(ValueError):
     """The submission as a whole is unacceptable; the message says why."""
 
 
+class FolderNotAllowed(IntakeError):
+    """A server-side folder outside the allowed root, or server-side folders switched off."""
+
+
 @dataclass(frozen=True)
 class Limits:
     max_total_bytes: int
@@ -83,12 +87,12 @@ def iter_zip(path_or_file, limits: Limits) -> Iterator[tuple[str, bytes]]:
 def resolve_allowed_folder(folder: str, allowed_root: str) -> Path:
     """Resolve ``folder`` and check it lies under ``allowed_root`` (symlinks resolved)."""
     if not allowed_root:
-        raise IntakeError("server-side folders are disabled (HEMATOVISION_ALLOWED_FOLDER_ROOT is not set)")
+        raise FolderNotAllowed("server-side folders are disabled (HEMATOVISION_ALLOWED_FOLDER_ROOT is not set)")
     root = Path(allowed_root).resolve()
     candidate = Path(folder)
     target = (candidate if candidate.is_absolute() else root / candidate).resolve()
     if target != root and root not in target.parents:
-        raise IntakeError(f"folder {folder!r} is outside the allowed root")
+        raise FolderNotAllowed(f"folder {folder!r} is outside the allowed root")
     if not target.is_dir():
         raise IntakeError(f"folder {folder!r} does not exist or is not a directory")
     return target
