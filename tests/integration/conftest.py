@@ -46,7 +46,8 @@ def stack(request, tmp_path, model_dir):
     server = make_server("127.0.0.1", 0, app, threaded=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    workers = [start_worker(settings, 2, tmp_path / "worker-0.log")]
+    # two worker processes, as two hosts would run them, sharing broker, database and storage
+    workers = [start_worker(settings, 1, tmp_path / f"worker-{i}.log") for i in range(2)]
     db = Database(db_url)
     try:
         yield Stack(f"http://127.0.0.1:{server.server_port}", settings, db, workers)
