@@ -111,6 +111,8 @@ def main(argv: list[str] | None = None) -> int:
         prep_rate = len(decoded) / (time.perf_counter() - t0)
         batch = batch[: base.batch_size]
         rates = {"litert": time_classifier("litert", base.model_dir, batch, args.repeats)}
+        if (load_classifier(base.model_dir, "litert").manifest.extra.get("int8") or {}).get("file"):
+            rates["litert-int8"] = time_classifier("litert-int8", base.model_dir, batch, args.repeats)
         try:
             import tensorflow  # noqa: F401
 
@@ -131,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores; model {Path(base.model_dir).name} ({size}x{size}); "
           f"batch size {base.batch_size}; stack {args.stack}; {args.images} images")
     for backend, rate in rates.items():
-        print(f"classifier alone ({backend:6s}): {rate:8.1f} images/s  ({1000 / rate:.2f} ms/image)")
+        print(f"classifier alone ({backend:11s}): {rate:8.1f} images/s  ({1000 / rate:.2f} ms/image)")
     print(f"decode + preprocess (OpenCV):  {prep_rate:8.1f} images/s")
     for c, (rate, upload_share) in whole.items():
         print(f"whole path (litert, worker concurrency {c}): {rate:8.1f} images/s  (upload is {100 * upload_share:.0f}% of the time); "

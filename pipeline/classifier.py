@@ -34,13 +34,13 @@ class Classifier(Protocol):
 
 
 class LiteRTClassifier:
-    """fp32 LiteRT (TFLite) model on the XNNPACK CPU delegate."""
+    """LiteRT (TFLite) model on the XNNPACK CPU delegate: fp32 ``model.tflite`` or the int8 file."""
 
-    def __init__(self, model_dir: str | Path, manifest: ModelManifest, threads: int | None = None) -> None:
+    def __init__(self, model_dir: str | Path, manifest: ModelManifest, filename: str = "model.tflite", threads: int | None = None) -> None:
         from ai_edge_litert.interpreter import Interpreter
 
         self.manifest = manifest
-        self._interpreter = Interpreter(model_path=str(Path(model_dir) / "model.tflite"), num_threads=threads or os.cpu_count())
+        self._interpreter = Interpreter(model_path=str(Path(model_dir) / filename), num_threads=threads or os.cpu_count())
         self._input = self._interpreter.get_input_details()[0]["index"]
         self._output = self._interpreter.get_output_details()[0]["index"]
         self._batch = 0
@@ -74,7 +74,14 @@ class KerasClassifier:
         return calibrated_softmax(self.logits(batch), self.manifest.temperature)
 
 
-BACKENDS = {"litert": LiteRTClassifier, "keras": KerasClassifier}
+def _int8(model_dir: str | Path, manifest: ModelManifest) -> LiteRTClassifier:
+    int8 = manifest.extra.get("int8") or {}
+    if not int8.get("file"):
+        raise ValueError(f"model {manifest.label} ships no int8 file; use backend 'litert'")
+    return LiteRTClassifier(model_dir, manifest, int8["file"])
+
+
+BACKENDS = {"litert": LiteRTClassifier, "litert-int8": _int8, "keras": KerasClassifier}
 
 
 def load_classifier(model_dir: str | Path, backend: str = "litert") -> Classifier:

@@ -33,7 +33,7 @@ class Settings:
     storage_root: str = ""  # default: var_dir/storage; must be shared by API and workers
     allowed_folder_root: str = ""  # server-side folders must lie under this; empty = feature off
     model_dir: str = field(default_factory=_default_model_dir)
-    backend: str = "litert"  # litert | keras
+    backend: str = "litert"  # litert (fp32) | litert-int8 | keras
     queue: str = "hematovision"  # Celery queue shared by the API and its workers
     batch_size: int = 64
     low_confidence: float = 0.6
@@ -49,8 +49,8 @@ class Settings:
     page_size: int = 100
 
     def __post_init__(self) -> None:
-        if self.backend not in ("litert", "keras"):
-            raise ValueError(f"{PREFIX}BACKEND must be 'litert' or 'keras', not {self.backend!r}")
+        if self.backend not in ("litert", "litert-int8", "keras"):
+            raise ValueError(f"{PREFIX}BACKEND must be 'litert', 'litert-int8' or 'keras', not {self.backend!r}")
         if not 1 <= self.batch_size <= 4096:
             raise ValueError(f"{PREFIX}BATCH_SIZE must be between 1 and 4096, not {self.batch_size}")
         if not 0.0 < self.low_confidence < 1.0:

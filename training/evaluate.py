@@ -156,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", required=True, help="exported model directory (models/<name>)")
     parser.add_argument("--data", required=True, help="folder with one subfolder per class")
     parser.add_argument("--json", help="write metrics here (plots beside it)")
-    parser.add_argument("--backend", choices=("litert", "keras"), default="litert")
+    parser.add_argument("--backend", choices=("litert", "litert-int8", "keras"), default="litert")
     args = parser.parse_args(argv)
     result = evaluate(args.model, args.data, args.backend)
     print_summary(result)

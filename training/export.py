@@ -25,6 +25,8 @@ from training.data import Sample
 from training.metrics import confusion_matrix, fit_temperature, macro_f1, reliability
 
 PARITY_TOLERANCE = 1e-4
+#: an int8 model ships only if it loses at most this much validation accuracy
+INT8_MAX_DROP = 0.005
 
 
 def to_tflite(model) -> bytes:
@@ -34,20 +36,51 @@ def to_tflite(model) -> bytes:
     return converter.convert()
 
 
-def litert_logits(tflite_path: Path, batch: np.ndarray) -> np.ndarray:
+def to_tflite_int8(model, calibration: np.ndarray) -> bytes:
+    """Post-training int8 quantisation (float input/output), calibrated on training images."""
+    import tensorflow as tf
+
+    def representative():
+        for i in range(len(calibration)):
+            yield [calibration[i : i + 1]]
+
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = representative
+    return converter.convert()
+
+
+def litert_logits(tflite_path: Path, batch: np.ndarray, chunk: int = 64) -> np.ndarray:
     from ai_edge_litert.interpreter import Interpreter
 
     interpreter = Interpreter(model_path=str(tflite_path))
     inp = interpreter.get_input_details()[0]["index"]
-    interpreter.resize_tensor_input(inp, list(batch.shape))
-    interpreter.allocate_tensors()
-    interpreter.set_tensor(inp, batch)
-    interpreter.invoke()
-    return np.array(interpreter.get_tensor(interpreter.get_output_details()[0]["index"]))
+    out = []
+    for start in range(0, len(batch), chunk):
+        part = batch[start : start + chunk]
+        interpreter.resize_tensor_input(inp, list(part.shape))
+        interpreter.allocate_tensors()
+        interpreter.set_tensor(inp, part)
+        interpreter.invoke()
+        out.append(np.array(interpreter.get_tensor(interpreter.get_output_details()[0]["index"])))
+    return np.concatenate(out)
 
 
-def export_model(model, config: TrainConfig, val_x: np.ndarray, val_y: np.ndarray, splits: dict[str, list[Sample]]) -> Path:
-    """Write model.keras, model.tflite and manifest.json; return the directory."""
+def try_int8(model, folder: Path, calibration: np.ndarray, scaled_val: np.ndarray, val_y: np.ndarray, fp32_accuracy: float) -> dict:
+    """Build model.int8.tflite; keep it only if validation accuracy drops by at most INT8_MAX_DROP."""
+    path = folder / "model.int8.tflite"
+    path.write_bytes(to_tflite_int8(model, calibration))
+    accuracy = float((litert_logits(path, scaled_val).argmax(axis=1) == val_y).mean())
+    kept = fp32_accuracy - accuracy <= INT8_MAX_DROP
+    if not kept:
+        path.unlink()
+    return {"file": path.name if kept else None, "val_accuracy": accuracy, "fp32_val_accuracy": fp32_accuracy,
+            "max_drop": INT8_MAX_DROP, "shipped": kept, "calibration_images": int(len(calibration))}
+
+
+def export_model(model, config: TrainConfig, val_x: np.ndarray, val_y: np.ndarray, splits: dict[str, list[Sample]],
+                 calibration_x: np.ndarray | None = None) -> Path:
+    """Write model.keras, model.tflite (and model.int8.tflite if it keeps its accuracy) and manifest.json."""
     out = Path(config.export_dir)
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -74,6 +107,11 @@ def export_model(model, config: TrainConfig, val_x: np.ndarray, val_y: np.ndarra
                                  - calibrated_softmax(np.asarray(model(probe, training=False)), temperature))))
     if parity > PARITY_TOLERANCE:
         raise RuntimeError(f"LiteRT and Keras disagree by {parity:.2e} (> {PARITY_TOLERANCE})")
+    accuracy = float((probs.argmax(axis=1) == val_y).mean())
+    int8 = None
+    if calibration_x is not None and len(calibration_x):
+        int8 = try_int8(model, tmp, scale_for_mobilenet(calibration_x), scaled, val_y, accuracy)
+    files = ["model.keras", "model.tflite"] + ([int8["file"]] if int8 and int8["file"] else [])
 
     manifest = {
         "name": config.model_name,
@@ -84,7 +122,7 @@ def export_model(model, config: TrainConfig, val_x: np.ndarray, val_y: np.ndarra
         "preprocessing": RECIPE,
         "output": "logits",
         "temperature": round(temperature, 4),
-        "files": {f: sha256_of(tmp / f) for f in ("model.keras", "model.tflite")},
+        "files": {f: sha256_of(tmp / f) for f in files},
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "architecture": f"MobileNetV2 alpha {config.alpha}, ImageNet init, global average pooling, dropout {config.dropout}, dense logits",
         "training_data": {
@@ -93,17 +131,23 @@ def export_model(model, config: TrainConfig, val_x: np.ndarray, val_y: np.ndarra
         "split": "Kaggle TRAIN split by source cell (class, A in _A_B.jpeg); PBC split per image, stratified; 70/15/15 train/val/test",
         "validation_metrics": {
             "n_images": int(len(val_y)),
-            "accuracy": float((probs.argmax(axis=1) == val_y).mean()),
+            "accuracy": accuracy,
             "macro_f1": macro_f1(cm),
             "ece_before_temperature": ece_raw,
             "ece": ece,
         },
         "litert_keras_max_abs_diff": parity,
+        "int8": int8,
     }
     (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
     return out
+
+
+def calibration_subset(train_x: np.ndarray, n: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return train_x[rng.choice(len(train_x), size=min(n, len(train_x)), replace=False)]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -116,6 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m training.export")
     parser.add_argument("--work-dir", required=True)
     parser.add_argument("--export-dir")
+    parser.add_argument("--calibration-images", type=int, default=200, help="training images for int8 calibration (0: no int8)")
     args = parser.parse_args(argv)
     work = Path(args.work_dir)
     config = TrainConfig(**{k: v for k, v in json.loads((work / "config.json").read_text()).items()})
@@ -124,7 +169,11 @@ def main(argv: list[str] | None = None) -> int:
     splits = load_splits(work / "splits.json")
     val_x = load_pixels(splits["val"], config.input_size, work / f"cache_val_{config.input_size}.npz")
     model = keras.models.load_model(str(work / "final.keras"), compile=False)
-    print(export_model(model, config, val_x, labels_of(splits["val"]), splits))
+    calibration = None
+    if args.calibration_images:
+        train_x = load_pixels(splits["train"], config.input_size, work / f"cache_train_{config.input_size}.npz")
+        calibration = calibration_subset(train_x, args.calibration_images, config.seed)
+    print(export_model(model, config, val_x, labels_of(splits["val"]), splits, calibration))
     return 0
 
 

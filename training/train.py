@@ -221,9 +221,9 @@ def run(config: TrainConfig) -> Path:
     model.save(str(final))
     log(f"saved {final}")
 
-    from training.export import export_model
+    from training.export import calibration_subset, export_model
 
-    out = export_model(model, config, val_x, val_y, splits)
+    out = export_model(model, config, val_x, val_y, splits, calibration_subset(train_x, 200, config.seed))
     log(f"exported to {out}")
     return out
 

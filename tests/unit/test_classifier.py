@@ -77,3 +77,23 @@ def test_unknown_preprocessing_or_backend_is_refused(model_dir, tmp_path):
         load_classifier(model_dir, "onnx")
     with pytest.raises(FileNotFoundError, match="HEMATOVISION_MODEL_DIR"):
         ModelManifest.load(tmp_path / "nothing")
+
+
+def test_int8_model_agrees_with_fp32_and_kept_its_validation_accuracy(model_dir, sample_folder):
+    int8_info = ModelManifest.load(model_dir).extra["int8"]
+    assert int8_info["shipped"] and int8_info["fp32_val_accuracy"] - int8_info["val_accuracy"] <= 0.005
+    fp32, int8 = load_classifier(model_dir, "litert"), load_classifier(model_dir, "litert-int8")
+    batch = _sample_batch(sample_folder, fp32.manifest.input_size, n=54)
+    agree = float(np.mean(fp32.predict(batch).argmax(axis=1) == int8.predict(batch).argmax(axis=1)))
+    assert agree >= 0.9
+
+
+def test_int8_backend_refused_when_the_model_has_none(model_dir, tmp_path):
+    copy = tmp_path / "model"
+    shutil.copytree(model_dir, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["int8"] = None
+    manifest["files"].pop("model.int8.tflite", None)
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match="no int8"):
+        load_classifier(copy, "litert-int8")

@@ -31,7 +31,9 @@ def test_train_export_evaluate_cli(tmp_path):
     manifest = json.loads((export / "manifest.json").read_text())
     assert manifest["input_size"] == 64 and len(manifest["classes"]) == 8
     assert manifest["temperature"] > 0 and manifest["litert_keras_max_abs_diff"] <= 1e-4
-    assert set(manifest["files"]) == {"model.keras", "model.tflite"}
+    int8 = manifest["int8"]
+    assert int8["fp32_val_accuracy"] - int8["val_accuracy"] <= int8["max_drop"] if int8["shipped"] else int8["file"] is None
+    assert set(manifest["files"]) == {"model.keras", "model.tflite"} | ({"model.int8.tflite"} if int8["shipped"] else set())
 
     evaluate = [sys.executable, "-m", "training.evaluate", "--model", str(export), "--data", str(work / "splits" / "kaggle_val"),
                 "--json", str(report)]
