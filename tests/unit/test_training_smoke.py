@@ -35,6 +35,10 @@ def test_train_export_evaluate_cli(tmp_path):
     assert int8["fp32_val_accuracy"] - int8["val_accuracy"] <= int8["max_drop"] if int8["shipped"] else int8["file"] is None
     assert set(manifest["files"]) == {"model.keras", "model.tflite"} | ({"model.int8.tflite"} if int8["shipped"] else set())
 
+    again = subprocess.run(train, cwd=REPO, capture_output=True, text=True, timeout=600)  # same command: resumes
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "phase 1: resumed" in again.stdout and "phase 2: BN parity gap" not in again.stdout
+
     evaluate = [sys.executable, "-m", "training.evaluate", "--model", str(export), "--data", str(work / "splits" / "kaggle_val"),
                 "--json", str(report)]
     proc = subprocess.run(evaluate, cwd=REPO, capture_output=True, text=True, timeout=300)
