@@ -91,8 +91,11 @@ def images_for_batch(session: Session, job_id: str, image_ids: Iterable[int]) ->
     return list(session.scalars(stmt.order_by(Image.seq)))
 
 
-def mark_running(session: Session, job_id: str) -> None:
+def mark_running(session: Session, job_id: str, model_name: str | None = None, model_version: str | None = None) -> None:
+    """queued -> running (once), and record which model serves the job."""
     session.execute(update(Job).where(Job.id == job_id, Job.status == JobStatus.QUEUED).values(status=JobStatus.RUNNING, started_at=utcnow()))
+    if model_name:
+        session.execute(update(Job).where(Job.id == job_id).values(model_name=model_name, model_version=model_version))
 
 
 def _insert(session: Session):

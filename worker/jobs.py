@@ -9,10 +9,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from sqlalchemy import update
-
 from db import repository as repo
-from db.models import Job, JobStatus
+from db.models import JobStatus
 from pipeline.batch import classify_batch
 from pipeline.fields import FieldSettings, analyze_fields
 from pipeline.localize import LocaliserConfig
@@ -30,8 +28,7 @@ def start_job(ctx: WorkerContext, job_id: str, enqueue: Callable[[list[int]], No
         job = repo.get_job(session, job_id)
         if job is None or job.status not in JobStatus.ACTIVE:
             return 0
-        repo.mark_running(session, job_id)
-        session.execute(update(Job).where(Job.id == job_id).values(model_name=manifest.name, model_version=manifest.version))
+        repo.mark_running(session, job_id, manifest.name, manifest.version)
         pending = repo.pending_image_ids(session, job_id)
         batch_size = job.batch_size
     batches = [pending[i : i + batch_size] for i in range(0, len(pending), batch_size)]

@@ -11,15 +11,15 @@ import logging
 
 from celery import Celery
 from celery.exceptions import SoftTimeLimitExceeded
-from sqlalchemy.exc import OperationalError
 
+from db import TransientDatabaseError
 from worker import jobs
 from worker.context import get_context
 
 START_JOB = "hematovision.start_job"
 CLASSIFY_BATCH = "hematovision.classify_batch"
 log = logging.getLogger(__name__)
-RETRY = {"autoretry_for": (OperationalError,), "retry_backoff": True, "max_retries": 5}
+RETRY = {"autoretry_for": (TransientDatabaseError,), "retry_backoff": True, "max_retries": 5}
 
 
 def register(app: Celery) -> None:
@@ -30,7 +30,7 @@ def register(app: Celery) -> None:
         ctx = get_context()
         try:
             return jobs.run_batch(ctx, job_id, image_ids)
-        except (OperationalError, SoftTimeLimitExceeded):
+        except (TransientDatabaseError, SoftTimeLimitExceeded):
             raise
         except Exception as exc:
             log.exception("batch of job %s failed", job_id)
@@ -42,7 +42,7 @@ def register(app: Celery) -> None:
         ctx = get_context()
         try:
             return jobs.start_job(ctx, job_id, lambda ids: classify_batch.delay(job_id, ids))
-        except OperationalError:
+        except TransientDatabaseError:
             raise
         except Exception as exc:
             log.exception("job %s could not start", job_id)
