@@ -12,7 +12,8 @@ from pipeline.settings import Settings
 def _client(args):
     from api.client import ApiClient
 
-    return ApiClient(args.api or Settings.from_env().api_url)
+    settings = Settings.from_env()
+    return ApiClient(args.api or settings.api_url, token=settings.api_token)
 
 
 def cmd_submit(args) -> int:

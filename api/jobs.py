@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 from collections.abc import Iterator
 
 from flask import Blueprint, Response, jsonify, request, url_for
@@ -17,7 +18,18 @@ from pipeline.report import DifferentialReport
 from pipeline.slides import fields_report_csv
 
 bp = Blueprint("jobs", __name__, url_prefix="/api/v1")
-ZIP_MAGIC = b"PK\x03\x04"
+
+
+@bp.before_request
+def require_token():
+    """With HEMATOVISION_API_TOKEN set, every job route needs ``Authorization: Bearer <token>``."""
+    token = state().settings.api_token
+    if not token:
+        return None
+    sent = request.headers.get("Authorization", "")
+    if not hmac.compare_digest(sent.encode(), f"Bearer {token}".encode()):
+        raise ApiError(401, "missing or wrong API token (send 'Authorization: Bearer <token>')")
+    return None
 
 
 def _limits() -> Limits:

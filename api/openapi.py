@@ -26,10 +26,10 @@ SPEC: dict = {
     "info": {"title": "HematoVision API", "version": "1.0.0",
              "description": "Submit folders of blood-cell images, poll jobs, download white-cell differential reports."},
     "paths": {
-        "/healthz": {"get": {"summary": "Liveness", "responses": {"200": {"description": "alive"}}}},
-        "/readyz": {"get": {"summary": "Readiness: database and broker reachable",
+        "/healthz": {"get": {"summary": "Liveness", "security": [], "responses": {"200": {"description": "alive"}}}},
+        "/readyz": {"get": {"summary": "Readiness: database and broker reachable", "security": [],
                             "responses": {"200": {"description": "ready"}, "503": {"description": "not ready"}}}},
-        "/api/v1/openapi.json": {"get": {"summary": "This document", "responses": {"200": {"description": "OpenAPI"}}}},
+        "/api/v1/openapi.json": {"get": {"summary": "This document", "security": [], "responses": {"200": {"description": "OpenAPI"}}}},
         "/api/v1/jobs": {
             "post": {
                 "summary": "Submit a job: multipart files (relative paths kept), one .zip, or a server-side folder",
@@ -67,7 +67,10 @@ SPEC: dict = {
         "/api/v1/jobs/{job_id}/cancel": {"post": {"summary": "Cancel a queued or running job", "parameters": [_JOB_ID],
                                                   "responses": {"200": _JOB, "404": _ERROR, "409": _ERROR}}},
     },
-    "components": {"schemas": {
+    "security": [{"bearer": []}],
+    "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
+                                                  "description": "required when the server sets HEMATOVISION_API_TOKEN"}},
+                   "schemas": {
         "Error": {"type": "object", "required": ["error"], "properties": {"error": {
             "type": "object", "required": ["code", "message"],
             "properties": {"code": {"type": "string"}, "message": {"type": "string"}}}}},

@@ -46,6 +46,7 @@ class Settings:
     max_images_per_job: int = 100_000
     task_time_limit: int = 600
     api_url: str = "http://127.0.0.1:5000"
+    api_token: str = ""  # when set, /api/v1/jobs* requires "Authorization: Bearer <token>"
     page_size: int = 100
 
     def __post_init__(self) -> None:

@@ -286,3 +286,15 @@ def test_many_files_in_one_upload_and_the_file_count_limit(env, migrated_url, tm
     r = upload(capped.test_client(), {f"{i}.jpg": small for i in range(6)})
     assert r.status_code == 400 and "at most 5" in r.get_json()["error"]["message"]
     capped.extensions["hematovision"].db.dispose()
+
+
+def test_api_token_guards_job_routes_only(migrated_url, tmp_path, model_dir):
+    app = create_app(Settings(var_dir=str(tmp_path), database_url=migrated_url, broker_url="memory://",
+                              storage_root=str(tmp_path / "s"), model_dir=str(model_dir), api_token="s3cret"))
+    client = app.test_client()
+    r = client.get("/api/v1/jobs")
+    assert r.status_code == 401 and r.get_json()["error"]["code"] == "unauthorized"
+    assert client.get("/api/v1/jobs", headers={"Authorization": "Bearer wrong"}).status_code == 401
+    assert client.get("/api/v1/jobs", headers={"Authorization": "Bearer s3cret"}).status_code == 200
+    assert client.get("/healthz").status_code == 200 and client.get("/api/v1/openapi.json").status_code == 200
+    app.extensions["hematovision"].db.dispose()
