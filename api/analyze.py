@@ -66,7 +66,8 @@ def analyze(folder: str, out_dir: str, settings: Settings, progress: bool = True
     with st.db.session() as session:
         job = repo.get_job(session, job_id)
         print(f"job {job_id}: {target} queued as '{job.kind}' ({job.kind_source})", flush=True)
-    worker = start_worker(settings)
+    log_path = Path(settings.var_dir) / "worker.log"
+    worker = start_worker(settings, log_path=log_path)
     try:
         status = _wait(st, job_id, worker, progress)
     finally:
@@ -74,7 +75,7 @@ def analyze(folder: str, out_dir: str, settings: Settings, progress: bool = True
         worker.wait(timeout=30)
     if status != JobStatus.SUCCEEDED:
         with st.db.session() as session:
-            raise SystemExit(f"error: job {job_id} ended {status}: {repo.get_job(session, job_id).error}")
+            raise SystemExit(f"error: job {job_id} ended {status}: {repo.get_job(session, job_id).error} (worker log: {log_path})")
     with st.db.session() as session:
         summary = repo.get_summary(session, job_id)
         rows = repo.results_page(session, job_id, 10**9, 0)
