@@ -23,9 +23,8 @@ from db import repository as repo
 from db.migrate import upgrade
 from db.models import JobStatus
 from pipeline.intake import Limits, iter_folder
-from pipeline.report import DifferentialReport
 from pipeline.settings import Settings
-from pipeline.slides import fields_report_csv
+from pipeline.slides import summary_csv
 
 
 def worker_environment(settings: Settings) -> dict[str, str]:
@@ -88,11 +87,10 @@ def analyze(folder: str, out_dir: str, settings: Settings, progress: bool = True
             header = ["path", "cell", "x0", "y0", "x1", "y1", "label", "confidence", "error"]
             results = [[img.path, c.idx, c.x0, c.y0, c.x1, c.y1, c.label, f"{c.confidence:.4f}", ""] for img, _ in rows for c in cells[img.id]]
             results += [[img.path, "", "", "", "", "", "", "", img.error] for img, _ in rows if img.error]
-    report = DifferentialReport.from_dict(summary)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.json").write_text(json.dumps(summary, indent=2))
-    (out / "report.csv").write_text(fields_report_csv(summary) if cells is not None else report.to_csv())
+    (out / "report.csv").write_text(summary_csv(summary))
     with open(out / "results.csv", "w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(header)

@@ -14,8 +14,7 @@ from api.views import job_json, result_json
 from db import repository as repo
 from db.models import JobStatus
 from pipeline.intake import FolderNotAllowed, IntakeError, Limits, clean_relative_path, iter_folder, iter_zip, resolve_allowed_folder
-from pipeline.report import DifferentialReport
-from pipeline.slides import fields_report_csv
+from pipeline.slides import summary_csv
 
 bp = Blueprint("jobs", __name__, url_prefix="/api/v1")
 
@@ -155,8 +154,7 @@ def get_report(job_id: str):
         raise ApiError(409, "job has no stored summary", status=job.status)
     if fmt == "json":
         return jsonify(summary)
-    text = fields_report_csv(summary) if summary.get("kind") == "fields" else DifferentialReport.from_dict(summary).to_csv()
-    return Response(text, mimetype="text/csv",
+    return Response(summary_csv(summary), mimetype="text/csv",
                     headers={"Content-Disposition": f'attachment; filename="hematovision-{job_id}.csv"'})
 
 

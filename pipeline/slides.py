@@ -69,3 +69,8 @@ def fields_report_csv(summary: dict) -> str:
         writer.writerow([name, "summary", "fields", part["n_fields"], "", "", ""])
         writer.writerow([name, "summary", "fields_without_wbc", part["n_fields_without_wbc"], "", "", ""])
     return out.getvalue()
+
+
+def summary_csv(summary: dict) -> str:
+    """The CSV of a stored job summary, whichever kind of job it came from."""
+    return fields_report_csv(summary) if summary.get("kind") == "fields" else DifferentialReport.from_dict(summary).to_csv()

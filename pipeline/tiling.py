@@ -34,19 +34,19 @@ def tiles(height: int, width: int, tile: int, overlap: int) -> Iterator[tuple[in
             yield x, y, min(width, x + tile), min(height, y + tile)
 
 
+def _intersection(a: Detection, b: Detection) -> int:
+    return max(0, min(a.x1, b.x1) - max(a.x0, b.x0)) * max(0, min(a.y1, b.y1) - max(a.y0, b.y0))
+
+
 def iou(a: Detection, b: Detection) -> float:
-    ix = max(0, min(a.x1, b.x1) - max(a.x0, b.x0))
-    iy = max(0, min(a.y1, b.y1) - max(a.y0, b.y0))
-    inter = ix * iy
+    inter = _intersection(a, b)
     union = (a.x1 - a.x0) * (a.y1 - a.y0) + (b.x1 - b.x0) * (b.y1 - b.y0) - inter
     return inter / union if union > 0 else 0.0
 
 
 def _contains_most_of(a: Detection, b: Detection) -> bool:
     """True when ``a`` covers at least 70 % of ``b`` (a cell cut by a tile edge inside a whole one)."""
-    ix = max(0, min(a.x1, b.x1) - max(a.x0, b.x0))
-    iy = max(0, min(a.y1, b.y1) - max(a.y0, b.y0))
-    return ix * iy >= 0.7 * (b.x1 - b.x0) * (b.y1 - b.y0)
+    return _intersection(a, b) >= 0.7 * (b.x1 - b.x0) * (b.y1 - b.y0)
 
 
 def non_max_suppression(detections: list[Detection], threshold: float = 0.3) -> list[Detection]:
