@@ -104,10 +104,10 @@ def main(argv: list[str] | None = None) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="hv-bench-"))
     try:
         paths = collect_images(args.images, tmp / "images")
-        size = load_classifier(base.model_dir, "litert").manifest.input_size
+        manifest = load_classifier(base.model_dir, "litert").manifest
         t0 = time.perf_counter()
         decoded = [decode_image(p.read_bytes(), base.max_image_pixels) for p in paths[: base.batch_size * 4]]
-        batch = prepare_batch(decoded, size)
+        batch = prepare_batch(decoded, manifest)
         prep_rate = len(decoded) / (time.perf_counter() - t0)
         batch = batch[: base.batch_size]
         rates = {"litert": time_classifier("litert", base.model_dir, batch, args.repeats)}
@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
                  for c in args.concurrency.split(",")}
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    print(f"machine: {platform.machine()}, {os.cpu_count()} cores; model {Path(base.model_dir).name} ({size}x{size}); "
+    print(f"machine: {platform.machine()}, {os.cpu_count()} cores; model {Path(base.model_dir).name} ({manifest.input_size}x{manifest.input_size}); "
           f"batch size {base.batch_size}; stack {args.stack}; {args.images} images")
     for backend, rate in rates.items():
         print(f"classifier alone ({backend:11s}): {rate:8.1f} images/s  ({1000 / rate:.2f} ms/image)")

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from sqlalchemy import JSON, DateTime, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.sql import true
 
 
 def utcnow() -> datetime:
@@ -80,6 +81,10 @@ class Prediction(Base):
     probabilities: Mapped[dict] = mapped_column(JSON)
     model_version: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    #: False: the preprocessing found no white cell; kept and listed, not counted in the differential
+    cell_found: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
+    #: distance of the image's features to the training data (pipeline.domain); None for older models
+    ood_score: Mapped[float | None] = mapped_column(Float)
 
 
 class JobSummary(Base):

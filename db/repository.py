@@ -47,6 +47,8 @@ class ResultRow:
     confidence: float | None
     probabilities: dict | None
     error: str | None
+    cell_found: bool = True
+    ood_score: float | None = None
 
 
 def create_job(session: Session, job_id: str, source: str, name: str | None, batch_size: int, images: list[NewImage],
@@ -109,13 +111,15 @@ def record_results(session: Session, job_id: str, rows: list[ResultRow], model_v
         insert = _insert(session)
         stmt = insert(Prediction).values([
             {"job_id": job_id, "image_id": r.image_id, "label": r.label, "confidence": r.confidence,
-             "probabilities": r.probabilities, "model_version": model_version, "created_at": utcnow()}
+             "probabilities": r.probabilities, "model_version": model_version, "created_at": utcnow(),
+             "cell_found": r.cell_found, "ood_score": r.ood_score}
             for r in ok
         ])
         stmt = stmt.on_conflict_do_update(
             index_elements=["job_id", "image_id"],
             set_={"label": stmt.excluded.label, "confidence": stmt.excluded.confidence,
-                  "probabilities": stmt.excluded.probabilities, "model_version": stmt.excluded.model_version},
+                  "probabilities": stmt.excluded.probabilities, "model_version": stmt.excluded.model_version,
+                  "cell_found": stmt.excluded.cell_found, "ood_score": stmt.excluded.ood_score},
         )
         session.execute(stmt)
         session.execute(update(Image).where(Image.job_id == job_id, Image.id.in_([r.image_id for r in ok]))
@@ -159,9 +163,9 @@ def results_page(session: Session, job_id: str, limit: int, offset: int) -> list
     return [(img, pred) for img, pred in session.execute(stmt).all()]
 
 
-def all_outcomes(session: Session, job_id: str) -> list[tuple[str, str | None, float | None, str | None]]:
-    """(path, label, confidence, error) of every image of a job, for the report."""
-    stmt = (select(Image.path, Prediction.label, Prediction.confidence, Image.error)
+def all_outcomes(session: Session, job_id: str) -> list[tuple[str, str | None, float | None, str | None, bool | None, float | None]]:
+    """(path, label, confidence, error, cell_found, ood_score) of every image of a job, for the report."""
+    stmt = (select(Image.path, Prediction.label, Prediction.confidence, Image.error, Prediction.cell_found, Prediction.ood_score)
             .outerjoin(Prediction, (Prediction.image_id == Image.id) & (Prediction.job_id == job_id))
             .where(Image.job_id == job_id).order_by(Image.seq))
     return [tuple(r) for r in session.execute(stmt).all()]

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.classifier import Classifier, prepare_batch
+from pipeline.classifier import Classifier, prepare_cells
 from pipeline.images import ImageRejected, decode_image
 
 
@@ -23,6 +23,10 @@ class ImageResult:
     confidence: float | None = None
     probabilities: dict[str, float] | None = None
     error: str | None = None
+    #: False when the preprocessing found no white cell: kept, listed for review, not counted
+    cell_found: bool = True
+    #: distance to the training data (``pipeline.domain``); None when the model has no domain model
+    ood_score: float | None = None
 
 
 def classify_batch(classifier: Classifier, items: list[tuple[int, bytes]], max_pixels: int) -> list[ImageResult]:
@@ -36,13 +40,18 @@ def classify_batch(classifier: Classifier, items: list[tuple[int, bytes]], max_p
         except ImageRejected as exc:
             results[key] = ImageResult(key, error=str(exc))
     if decoded:
-        probs = classifier.predict(prepare_batch([img for _, img in decoded], manifest.input_size))
-        for (key, _), row in zip(decoded, probs, strict=True):
+        batch, found = prepare_cells([img for _, img in decoded], manifest)
+        probs, features = classifier.predict_with_features(batch)
+        domain = getattr(classifier, "domain", None)
+        scores = domain.score(features) if domain is not None and features is not None else [None] * len(decoded)
+        for (key, _), row, has_cell, score in zip(decoded, probs, found, scores, strict=True):
             best = int(np.argmax(row))
             results[key] = ImageResult(
                 key,
                 label=manifest.classes[best],
                 confidence=float(row[best]),
                 probabilities={c: round(float(p), 6) for c, p in zip(manifest.classes, row, strict=True)},
+                cell_found=has_cell,
+                ood_score=None if score is None else round(float(score), 4),
             )
     return [results[key] for key, _ in items]

@@ -14,8 +14,9 @@ from typing import Protocol
 
 import numpy as np
 
+from pipeline.domain import DomainModel
 from pipeline.manifest import ModelManifest
-from pipeline.preprocess import scale_for_mobilenet, to_model_pixels
+from pipeline.preprocess import model_crop, scale_for_mobilenet
 
 
 def calibrated_softmax(logits: np.ndarray, temperature: float) -> np.ndarray:
@@ -27,10 +28,28 @@ def calibrated_softmax(logits: np.ndarray, temperature: float) -> np.ndarray:
 
 class Classifier(Protocol):
     manifest: ModelManifest
+    #: the model's domain-shift scorer (``ood.npz``), None for models exported before 2.0
+    domain: DomainModel | None
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         """Batch of scaled float32 (N, S, S, 3) -> probabilities (N, classes)."""
         ...
+
+    def predict_with_features(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Probabilities and the pooled features (None when the model file has no feature output)."""
+        ...
+
+
+def _split_outputs(outputs: list[np.ndarray], n_classes: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """Logits and pooled features from a model's outputs, told apart by width (2.0 models have both)."""
+    logits = next(o for o in outputs if o.shape[-1] == n_classes)
+    features = next((o for o in outputs if o.shape[-1] != n_classes), None)
+    return logits, features
+
+
+def load_domain(model_dir: str | Path, manifest: ModelManifest) -> DomainModel | None:
+    ood = manifest.extra.get("ood") or {}
+    return DomainModel.load(Path(model_dir) / ood["file"]) if ood.get("file") else None
 
 
 class LiteRTClassifier:
@@ -40,22 +59,30 @@ class LiteRTClassifier:
         from ai_edge_litert.interpreter import Interpreter
 
         self.manifest = manifest
+        self.domain = load_domain(model_dir, manifest)
         self._interpreter = Interpreter(model_path=str(Path(model_dir) / filename), num_threads=threads or os.cpu_count())
         self._input = self._interpreter.get_input_details()[0]["index"]
-        self._output = self._interpreter.get_output_details()[0]["index"]
+        self._outputs = [d["index"] for d in self._interpreter.get_output_details()]
         self._batch = 0
 
-    def logits(self, batch: np.ndarray) -> np.ndarray:
+    def outputs(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         if batch.shape[0] != self._batch:
             self._interpreter.resize_tensor_input(self._input, list(batch.shape))
             self._interpreter.allocate_tensors()
             self._batch = batch.shape[0]
         self._interpreter.set_tensor(self._input, np.ascontiguousarray(batch, dtype=np.float32))
         self._interpreter.invoke()
-        return np.array(self._interpreter.get_tensor(self._output))
+        return _split_outputs([np.array(self._interpreter.get_tensor(i)) for i in self._outputs], len(self.manifest.classes))
+
+    def logits(self, batch: np.ndarray) -> np.ndarray:
+        return self.outputs(batch)[0]
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         return calibrated_softmax(self.logits(batch), self.manifest.temperature)
+
+    def predict_with_features(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        logits, features = self.outputs(batch)
+        return calibrated_softmax(logits, self.manifest.temperature), features
 
 
 class KerasClassifier:
@@ -65,13 +92,22 @@ class KerasClassifier:
         import keras
 
         self.manifest = manifest
+        self.domain = load_domain(model_dir, manifest)
         self._model = keras.models.load_model(str(Path(model_dir) / "model.keras"), compile=False)
 
+    def outputs(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        out = self._model(batch, training=False)
+        return _split_outputs([np.asarray(o) for o in (out if isinstance(out, list | tuple) else [out])], len(self.manifest.classes))
+
     def logits(self, batch: np.ndarray) -> np.ndarray:
-        return np.asarray(self._model(batch, training=False))
+        return self.outputs(batch)[0]
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         return calibrated_softmax(self.logits(batch), self.manifest.temperature)
+
+    def predict_with_features(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        logits, features = self.outputs(batch)
+        return calibrated_softmax(logits, self.manifest.temperature), features
 
 
 def _int8(model_dir: str | Path, manifest: ModelManifest) -> LiteRTClassifier:
@@ -92,6 +128,12 @@ def load_classifier(model_dir: str | Path, backend: str = "litert") -> Classifie
     return BACKENDS[backend](model_dir, manifest)
 
 
-def prepare_batch(images_bgr: list[np.ndarray], input_size: int) -> np.ndarray:
-    """Decoded BGR images -> one scaled float32 batch, the training recipe exactly."""
-    return scale_for_mobilenet(np.stack([to_model_pixels(img, input_size) for img in images_bgr]))
+def prepare_batch(images_bgr: list[np.ndarray], manifest: ModelManifest) -> np.ndarray:
+    """Decoded BGR images -> one scaled float32 batch, the model's training recipe exactly."""
+    return prepare_cells(images_bgr, manifest)[0]
+
+
+def prepare_cells(images_bgr: list[np.ndarray], manifest: ModelManifest) -> tuple[np.ndarray, list[bool]]:
+    """Like :func:`prepare_batch`, and for each image whether the recipe found a cell in it."""
+    crops = [model_crop(img, manifest.input_size, manifest.preprocessing) for img in images_bgr]
+    return scale_for_mobilenet(np.stack([c.pixels for c in crops])), [c.found for c in crops]

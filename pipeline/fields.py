@@ -97,7 +97,7 @@ def analyze_fields(classifier: Classifier, items: list[tuple[int, bytes]], setti
     counters: dict[int, int] = {}
     for start in range(0, len(pending), batch_size):
         chunk = pending[start : start + batch_size]
-        probs = classifier.predict(prepare_batch([crop for _, _, crop, _ in chunk], manifest.input_size))
+        probs = classifier.predict(prepare_batch([crop for _, _, crop, _ in chunk], manifest))
         for (key, det, _, thumb), row in zip(chunk, probs, strict=True):
             best = int(np.argmax(row))
             index = counters.get(key, 0)

@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline.preprocess import RECIPE
+from pipeline.preprocess import RECIPES
 
 
 def sha256_of(path: Path) -> str:
@@ -55,8 +55,8 @@ class ModelManifest:
             preprocessing=data["preprocessing"], temperature=float(data["temperature"]),
             files=dict(data["files"]), extra={k: v for k, v in data.items() if k not in known},
         )
-        if manifest.preprocessing != RECIPE:
-            raise ValueError(f"model {manifest.label} wants preprocessing {manifest.preprocessing!r}; this version implements {RECIPE!r}")
+        if manifest.preprocessing not in RECIPES:
+            raise ValueError(f"model {manifest.label} wants preprocessing {manifest.preprocessing!r}; this version implements {sorted(RECIPES)}")
         if verify:
             for fname, expected in manifest.files.items():
                 actual = sha256_of(model_dir / fname)

@@ -2,27 +2,31 @@
 
 Training (``training.data``) and inference (``pipeline.classifier``) both call
 these functions, so the pixels a served model sees are produced by exactly the
-code that produced its training pixels. The recipe is recorded in each model's
-manifest (``preprocessing`` key) and checked on load.
+code that produced its training pixels. Each model's manifest names its recipe
+(``preprocessing`` key); every recipe listed in ``RECIPES`` stays loadable so
+older models keep working.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import cv2
 import numpy as np
 
-#: Name of the only preprocessing recipe models are trained with. Stored in
-#: ``manifest.json``; a model asking for another recipe is refused on load.
-RECIPE = "rgb-center-square-area-resize-mobilenet-v2-scale"
+from pipeline.cellcrop import CellCrop, cell_crop
+
+#: The recipe of models up to 1.1: the largest centred square, resized.
+RECIPE_CENTER_SQUARE = "rgb-center-square-area-resize-mobilenet-v2-scale"
+#: From 2.0: background white balance, cell found and centred, crop of four
+#: red-cell diameters (see ``pipeline.cellcrop``).
+RECIPE_CELL_CENTRED = "cell-centred-rbc4-whitebalance-mobilenet-v2-scale"
+#: The recipe new models are trained with.
+RECIPE = RECIPE_CELL_CENTRED
 
 
 def center_square(image: np.ndarray) -> np.ndarray:
-    """Crop the largest centred square.
-
-    Cell crops are centred on the white cell (Kaggle 320x240, PBC 360x363);
-    a centred square keeps the cell and its near context without distorting
-    the aspect ratio, which would change nucleus shape features.
-    """
+    """Crop the largest centred square (no distortion of the nucleus' shape)."""
     h, w = image.shape[:2]
     side = min(h, w)
     y0 = (h - side) // 2
@@ -30,15 +34,45 @@ def center_square(image: np.ndarray) -> np.ndarray:
     return image[y0 : y0 + side, x0 : x0 + side]
 
 
-def to_model_pixels(bgr: np.ndarray, size: int) -> np.ndarray:
-    """Turn a decoded OpenCV BGR image into a ``size x size`` RGB uint8 array."""
+def _as_bgr(bgr: np.ndarray) -> np.ndarray:
     if bgr.ndim == 2:
-        bgr = cv2.cvtColor(bgr, cv2.COLOR_GRAY2BGR)
-    elif bgr.shape[2] == 4:
-        bgr = cv2.cvtColor(bgr, cv2.COLOR_BGRA2BGR)
+        return cv2.cvtColor(bgr, cv2.COLOR_GRAY2BGR)
+    if bgr.shape[2] == 4:
+        return cv2.cvtColor(bgr, cv2.COLOR_BGRA2BGR)
+    return bgr
+
+
+def center_square_crop(bgr: np.ndarray, size: int) -> CellCrop:
+    """The 1.x recipe, reported in the same shape as the cell-centred one (always 'found')."""
+    bgr = _as_bgr(bgr)
+    h, w = bgr.shape[:2]
     rgb = cv2.cvtColor(center_square(bgr), cv2.COLOR_BGR2RGB)
     interpolation = cv2.INTER_AREA if rgb.shape[0] > size else cv2.INTER_LINEAR
-    return cv2.resize(rgb, (size, size), interpolation=interpolation)
+    pixels = cv2.resize(rgb, (size, size), interpolation=interpolation)
+    return CellCrop(pixels, True, (w / 2.0, h / 2.0), None, float(min(h, w)), (1.0, 1.0, 1.0))
+
+
+#: recipe name -> function (decoded BGR image, input size) -> CellCrop
+RECIPES: dict[str, Callable[[np.ndarray, int], CellCrop]] = {
+    RECIPE_CENTER_SQUARE: center_square_crop,
+    RECIPE_CELL_CENTRED: cell_crop,
+}
+
+
+def check_recipe(recipe: str) -> None:
+    if recipe not in RECIPES:
+        raise ValueError(f"unknown preprocessing recipe {recipe!r}; this version implements {sorted(RECIPES)}")
+
+
+def model_crop(bgr: np.ndarray, size: int, recipe: str = RECIPE) -> CellCrop:
+    """Decoded BGR image -> the model's input crop and what was found (cell, scale)."""
+    check_recipe(recipe)
+    return RECIPES[recipe](bgr, size)
+
+
+def to_model_pixels(bgr: np.ndarray, size: int, recipe: str = RECIPE) -> np.ndarray:
+    """Turn a decoded OpenCV BGR image into a ``size x size`` RGB uint8 array."""
+    return model_crop(bgr, size, recipe).pixels
 
 
 def scale_for_mobilenet(pixels: np.ndarray) -> np.ndarray:

@@ -15,6 +15,8 @@ from dataclasses import asdict, dataclass, field, fields
 
 from scipy.stats import beta
 
+from pipeline.domain import SHIFTED, UNAVAILABLE, DomainCheck, DomainModel, check_job
+
 ERYTHROBLAST = "erythroblast"
 PLATELET = "platelet"
 
@@ -37,6 +39,8 @@ class CellPrediction:
     label: str | None
     confidence: float | None
     error: str | None = None
+    cell_found: bool | None = True
+    ood_score: float | None = None
 
 
 @dataclass(frozen=True)
@@ -63,6 +67,11 @@ class DifferentialReport:
     low_confidence_threshold: float
     n_low_confidence: int
     low_confidence_cells: list[dict] = field(default_factory=list)
+    #: images in which no white cell was found: counted in the job, not in the differential
+    n_no_cell_found: int = 0
+    no_cell_found: list[str] = field(default_factory=list)
+    #: is the job's data like the training laboratories' (``pipeline.domain``)
+    domain_check: dict = field(default_factory=lambda: DomainCheck(UNAVAILABLE, None, ["not computed"]).to_dict())
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -89,6 +98,9 @@ class DifferentialReport:
         writer.writerow(["summary", "images_total", self.n_images, "", "", ""])
         writer.writerow(["summary", "images_failed", self.n_failed, "", "", ""])
         writer.writerow(["summary", f"low_confidence_below_{self.low_confidence_threshold:g}", self.n_low_confidence, "", "", ""])
+        writer.writerow(["summary", "no_white_cell_found", self.n_no_cell_found, "", "", ""])
+        check = self.domain_check
+        writer.writerow(["domain_check", check["status"], "" if check["score"] is None else check["score"], "; ".join(check["reasons"]), "", ""])
         return out.getvalue()
 
     def to_table(self) -> str:
@@ -102,7 +114,11 @@ class DifferentialReport:
             lines.append(f"erythroblasts  {self.erythroblasts['count']:>6}  ({self.erythroblasts['per_100_wbc']:.1f} per 100 WBC)")
         if self.platelets is not None:
             lines.append(f"platelets      {self.platelets['count']:>6}")
-        lines.append(f"images {self.n_images}, failed {self.n_failed}, low confidence (<{self.low_confidence_threshold:g}) {self.n_low_confidence}")
+        lines.append(f"images {self.n_images}, failed {self.n_failed}, low confidence (<{self.low_confidence_threshold:g}) "
+                     f"{self.n_low_confidence}, no white cell found {self.n_no_cell_found}")
+        check = self.domain_check
+        lines.append(f"domain check: {check['status']}" + (f" (score {check['score']})" if check["score"] is not None else ""))
+        lines.extend(f"  ! {reason}" for reason in check["reasons"] if check["status"] == SHIFTED)
         return "\n".join(lines)
 
 
@@ -113,9 +129,17 @@ def build_report(
     model: str,
     low_confidence: float,
     max_listed: int = 1000,
+    domain: DomainModel | None = None,
 ) -> DifferentialReport:
-    """Aggregate per-image predictions into a :class:`DifferentialReport`."""
-    classified = [p for p in predictions if p.error is None and p.label is not None]
+    """Aggregate per-image predictions into a :class:`DifferentialReport`.
+
+    Images without a white cell are left out of every count but listed; the
+    domain check compares the job's per-image distances with the model's
+    in-domain thresholds.
+    """
+    processed = [p for p in predictions if p.error is None and p.label is not None]
+    classified = [p for p in processed if p.cell_found is not False]
+    no_cell = [p.path for p in processed if p.cell_found is False]
     counts = Counter(p.label for p in classified)
     wbc_total = sum(counts[c] for c in white_cells)
     differential = []
@@ -133,7 +157,7 @@ def build_report(
         model=model,
         n_images=len(predictions),
         n_classified=len(classified),
-        n_failed=len(predictions) - len(classified),
+        n_failed=len(predictions) - len(processed),
         white_cell_total=wbc_total,
         differential=differential,
         erythroblasts=ery,
@@ -141,4 +165,7 @@ def build_report(
         low_confidence_threshold=low_confidence,
         n_low_confidence=len(low),
         low_confidence_cells=[{"path": p.path, "label": p.label, "confidence": round(p.confidence or 0.0, 4)} for p in low[:max_listed]],
+        n_no_cell_found=len(no_cell),
+        no_cell_found=no_cell[:max_listed],
+        domain_check=check_job([p.ood_score for p in processed], domain, len(no_cell), len(processed)).to_dict(),
     )

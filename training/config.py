@@ -37,6 +37,12 @@ class TrainConfig:
     model_name: str = "hematovision-mnv2-160"
     model_version: str = "1.0.0"
     input_size: int = 160
+    #: preprocessing recipe (``pipeline.preprocess.RECIPES``); written to the manifest
+    recipe: str = "cell-centred-rbc4-whitebalance-mobilenet-v2-scale"
+    #: which laboratories to train on: "both", "pbc" or "kaggle" (leave-one-laboratory-out runs)
+    datasets: str = "both"
+    #: augmentation strength: "v1" (1.x models) or "strong" (large colour casts, HED jitter, scale, shifts)
+    augmentation: str = "strong"
     alpha: float = 1.0
     seed: int = 1337
     #: fractions of source cells (Kaggle) or images (PBC) per split

@@ -19,7 +19,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from pipeline.preprocess import to_model_pixels
+from pipeline.preprocess import RECIPE, RECIPE_CENTER_SQUARE, to_model_pixels
 
 KAGGLE_FOLDERS = {"EOSINOPHIL": "eosinophil", "LYMPHOCYTE": "lymphocyte", "MONOCYTE": "monocyte", "NEUTROPHIL": "neutrophil"}
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"}
@@ -107,24 +107,24 @@ def cap_per_class(samples: list[Sample], cap: int, seed: int) -> list[Sample]:
     return kept
 
 
-def decode_for_training(path: str, size: int) -> np.ndarray:
+def decode_for_training(path: str, size: int, recipe: str = RECIPE) -> np.ndarray:
     bgr = cv2.imread(path, cv2.IMREAD_COLOR)
     if bgr is None:
         raise ValueError(f"cannot decode training image {path}")
-    return to_model_pixels(bgr, size)
+    return to_model_pixels(bgr, size, recipe)
 
 
-def load_pixels(samples: list[Sample], size: int, cache: Path | None = None) -> np.ndarray:
-    """Decode all samples to uint8 (N, size, size, 3), cached on disk by file list."""
+def load_pixels(samples: list[Sample], size: int, cache: Path | None = None, recipe: str = RECIPE) -> np.ndarray:
+    """Decode all samples to uint8 (N, size, size, 3) with the serving recipe, cached on disk by file list and recipe."""
     if cache is not None and cache.exists():
         data = np.load(cache)
-        if list(data["paths"]) == [s.path for s in samples]:
+        if list(data["paths"]) == [s.path for s in samples] and str(data.get("recipe", RECIPE_CENTER_SQUARE)) == recipe:
             return data["pixels"]
     with ThreadPoolExecutor(max_workers=4) as pool:
-        pixels = np.stack(list(pool.map(lambda s: decode_for_training(s.path, size), samples)))
+        pixels = np.stack(list(pool.map(lambda s: decode_for_training(s.path, size, recipe), samples)))
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
-        np.savez(cache, pixels=pixels, paths=np.array([s.path for s in samples]))
+        np.savez(cache, pixels=pixels, paths=np.array([s.path for s in samples]), recipe=np.array(recipe))
     return pixels
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.classifier import load_classifier, prepare_batch
+from pipeline.classifier import load_classifier, prepare_cells
 from pipeline.images import decode_image
 from training.data import IMAGE_SUFFIXES, kaggle_source
 from training.metrics import confusion_matrix, macro_f1, per_class_prf, reliability
@@ -48,17 +48,24 @@ def evaluate(model_dir: str, data_dir: str, backend: str = "litert") -> dict:
     samples, unknown = discover(Path(data_dir), manifest.classes)
     if not samples:
         raise SystemExit(f"error: no images of known classes under {data_dir} (known: {', '.join(manifest.classes)})")
-    probs, t0 = [], time.perf_counter()
+    probs, found, scores, t0 = [], [], [], time.perf_counter()
     for start in range(0, len(samples), BATCH):
         chunk = samples[start : start + BATCH]
         images = [decode_image(p.read_bytes(), 10**9) for p, _ in chunk]
-        probs.append(classifier.predict(prepare_batch(images, manifest.input_size)))
+        batch, has_cell = prepare_cells(images, manifest)
+        batch_probs, features = classifier.predict_with_features(batch)
+        probs.append(batch_probs)
+        found.extend(has_cell)
+        if classifier.domain is not None and features is not None:
+            scores.append(classifier.domain.score(features))
     seconds = time.perf_counter() - t0
     probs_all = np.concatenate(probs)
+    found_all = np.array(found, bool)
     y_true = np.array([y for _, y in samples])
-    y_pred = probs_all.argmax(axis=1)
+    # "no white cell found" is an answer a job gives instead of a class: wrong here
+    y_pred = np.where(found_all, probs_all.argmax(axis=1), -1)
     k = len(manifest.classes)
-    cm = confusion_matrix(y_true, y_pred, k)
+    cm = confusion_matrix(y_true, probs_all.argmax(axis=1), k)  # the model's answers, found or not
     precision, recall, f1, support = per_class_prf(cm)
     ece, bins = reliability(probs_all, y_true)
     result = {
@@ -67,6 +74,8 @@ def evaluate(model_dir: str, data_dir: str, backend: str = "litert") -> dict:
         "data": str(data_dir),
         "n_images": int(len(y_true)),
         "accuracy": float((y_true == y_pred).mean()),
+        "coverage": float(found_all.mean()),
+        "accuracy_on_found": float((y_true == y_pred)[found_all].mean()) if found_all.any() else 0.0,
         "macro_f1": macro_f1(cm),
         "ece": ece,
         "per_class": {c: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]), "support": int(support[i])}
@@ -77,10 +86,26 @@ def evaluate(model_dir: str, data_dir: str, backend: str = "litert") -> dict:
         "unknown_class_folders": unknown,
         "images_per_second": len(y_true) / seconds,
     }
+    if scores:
+        result["domain"] = domain_summary(classifier.domain, np.concatenate(scores), found_all)
     per_source = source_accuracy([p for p, _ in samples], y_true == y_pred)
     if per_source:
         result["per_source_cell"] = per_source
     return result
+
+
+def domain_summary(domain, scores: np.ndarray, found: np.ndarray, job_size: int = 50, jobs: int = 200, seed: int = 0) -> dict:
+    """How often the domain alarm fires on random ``job_size``-image jobs drawn from this folder."""
+    from pipeline.domain import SHIFTED, check_job
+
+    rng = np.random.default_rng(seed)
+    n = min(job_size, len(scores))
+    fired = 0
+    for _ in range(jobs):
+        pick = rng.choice(len(scores), n, replace=False)
+        fired += check_job(list(scores[pick]), domain, int((~found[pick]).sum()), n).status == SHIFTED
+    return {"unusual_image_fraction": float((scores > domain.image_threshold).mean()), "job_size": n, "jobs": jobs,
+            "alarm_rate": fired / jobs, "image_threshold": domain.image_threshold, "job_threshold": domain.job_threshold}
 
 
 def source_accuracy(paths: list[Path], correct: np.ndarray) -> dict | None:
@@ -139,7 +164,12 @@ def _finish(plt, fig, ax, labels: tuple[str, str, str], path: Path) -> Path:
 
 def print_summary(result: dict) -> None:
     print(f"{result['model']} on {result['data']} ({result['backend']}): n={result['n_images']}")
-    print(f"accuracy {result['accuracy']:.4f}  macro-F1 {result['macro_f1']:.4f}  ECE {result['ece']:.4f}")
+    print(f"accuracy {result['accuracy']:.4f}  macro-F1 {result['macro_f1']:.4f}  ECE {result['ece']:.4f}  "
+          f"coverage {result['coverage']:.4f}  accuracy on found {result['accuracy_on_found']:.4f}")
+    if "domain" in result:
+        d = result["domain"]
+        print(f"domain: {d['unusual_image_fraction']:.1%} unusual images; "
+              f"alarm on {d['alarm_rate']:.0%} of {d['jobs']} random {d['job_size']}-image jobs")
     print(f"{'class':<14}{'precision':>10}{'recall':>8}{'f1':>8}{'n':>6}")
     for name, m in result["per_class"].items():
         print(f"{name:<14}{m['precision']:>10.3f}{m['recall']:>8.3f}{m['f1']:>8.3f}{m['support']:>6}")

@@ -94,7 +94,7 @@ def run(data: Path, model_dir: str, subset: str, out: Path | None, overlays: int
             crops = [crop_around(bgr, chosen, size) for size in variants.values()]
             if truth:
                 crops.append(crop_around(bgr, truth[0], variants[next(iter(variants))]))
-            probs = classifier.predict(prepare_batch(crops, classifier.manifest.input_size))
+            probs = classifier.predict(prepare_batch(crops, classifier.manifest))
             predicted = [classifier.manifest.classes[i] for i in probs.argmax(axis=1)]
             for v, p in zip(variants, predicted, strict=False):
                 correct[v] += p == label

@@ -19,7 +19,7 @@ import numpy as np
 
 from pipeline.classifier import calibrated_softmax
 from pipeline.manifest import sha256_of
-from pipeline.preprocess import RECIPE, scale_for_mobilenet
+from pipeline.preprocess import scale_for_mobilenet
 from training.config import CLASS_NAMES, WHITE_CELLS, TrainConfig
 from training.data import Sample
 from training.metrics import confusion_matrix, fit_temperature, macro_f1, reliability
@@ -62,8 +62,30 @@ def litert_logits(tflite_path: Path, batch: np.ndarray, chunk: int = 64) -> np.n
         interpreter.allocate_tensors()
         interpreter.set_tensor(inp, part)
         interpreter.invoke()
-        out.append(np.array(interpreter.get_tensor(interpreter.get_output_details()[0]["index"])))
+        outputs = [np.array(interpreter.get_tensor(d["index"])) for d in interpreter.get_output_details()]
+        out.append(next(o for o in outputs if o.shape[-1] == len(CLASS_NAMES)))
     return np.concatenate(out)
+
+
+def with_features(model):
+    """The same network with a second output, the pooled features the domain check scores."""
+    import keras
+
+    return keras.Model(model.inputs, [model.get_layer("logits").output, model.get_layer("pool").output], name=model.name)
+
+
+def fit_domain(model, train_x: np.ndarray, train_y: np.ndarray, scaled_val: np.ndarray, folder: Path) -> dict:
+    """Fit ``ood.npz`` on training features; thresholds from validation features (``pipeline.domain``)."""
+    from pipeline.domain import fit_domain_model
+
+    _, f_train = model.predict(scale_for_mobilenet(train_x), batch_size=64, verbose=0)
+    _, f_val = model.predict(scaled_val, batch_size=64, verbose=0)
+    domain = fit_domain_model(f_train, train_y, f_val)
+    domain.save(folder / "ood.npz")
+    return {"file": "ood.npz", "method": "Mahalanobis to nearest class centre, shared covariance, PCA 64",
+            "image_threshold": round(domain.image_threshold, 4), "job_threshold": round(domain.job_threshold, 4),
+            "job_size": 50, "in_domain_unusual_fraction": round(domain.expected_fraction, 4),
+            "fitted_on": f"{len(train_x)} training images; thresholds on {len(scaled_val)} validation images"}
 
 
 def try_int8(model, folder: Path, calibration: np.ndarray, scaled_val: np.ndarray, val_y: np.ndarray, fp32_accuracy: float) -> dict:
@@ -79,7 +101,7 @@ def try_int8(model, folder: Path, calibration: np.ndarray, scaled_val: np.ndarra
 
 
 def export_model(model, config: TrainConfig, val_x: np.ndarray, val_y: np.ndarray, splits: dict[str, list[Sample]],
-                 calibration_x: np.ndarray | None = None) -> Path:
+                 calibration_x: np.ndarray | None = None, train: tuple[np.ndarray, np.ndarray] | None = None) -> Path:
     """Write model.keras, model.tflite (and model.int8.tflite if it keeps its accuracy) and manifest.json."""
     out = Path(config.export_dir)
     tmp = out.with_name(out.name + ".tmp")
@@ -91,12 +113,12 @@ def export_model(model, config: TrainConfig, val_x: np.ndarray, val_y: np.ndarra
     # state (clone_model keeps the optimizer's variables and triples the file)
     shipped = keras.Model.from_config(model.get_config())
     shipped.set_weights(model.get_weights())
-    model = shipped
+    model = with_features(shipped)
     model.save(str(tmp / "model.keras"))
     (tmp / "model.tflite").write_bytes(to_tflite(model))
 
     scaled = scale_for_mobilenet(val_x)
-    logits = model.predict(scaled, batch_size=64, verbose=0)
+    logits = model.predict(scaled, batch_size=64, verbose=0)[0]
     temperature = fit_temperature(logits, val_y)
     probs = calibrated_softmax(logits, temperature)
     cm = confusion_matrix(val_y, probs.argmax(axis=1), len(CLASS_NAMES))
@@ -104,14 +126,15 @@ def export_model(model, config: TrainConfig, val_x: np.ndarray, val_y: np.ndarra
     ece, _ = reliability(probs, val_y)
     probe = scaled[:16]
     parity = float(np.max(np.abs(calibrated_softmax(litert_logits(tmp / "model.tflite", probe), temperature)
-                                 - calibrated_softmax(np.asarray(model(probe, training=False)), temperature))))
+                                 - calibrated_softmax(np.asarray(model(probe, training=False)[0]), temperature))))
     if parity > PARITY_TOLERANCE:
         raise RuntimeError(f"LiteRT and Keras disagree by {parity:.2e} (> {PARITY_TOLERANCE})")
     accuracy = float((probs.argmax(axis=1) == val_y).mean())
     int8 = None
     if calibration_x is not None and len(calibration_x):
         int8 = try_int8(model, tmp, scale_for_mobilenet(calibration_x), scaled, val_y, accuracy)
-    files = ["model.keras", "model.tflite"] + ([int8["file"]] if int8 and int8["file"] else [])
+    ood = fit_domain(model, train[0], train[1], scaled, tmp) if train is not None else None
+    files = ["model.keras", "model.tflite"] + ([int8["file"]] if int8 and int8["file"] else []) + (["ood.npz"] if ood else [])
 
     manifest = {
         "name": config.model_name,
@@ -119,7 +142,8 @@ def export_model(model, config: TrainConfig, val_x: np.ndarray, val_y: np.ndarra
         "classes": list(CLASS_NAMES),
         "white_cells": list(WHITE_CELLS),
         "input_size": config.input_size,
-        "preprocessing": RECIPE,
+        "preprocessing": config.recipe,
+        "training_recipe": {"datasets": config.datasets, "augmentation": config.augmentation},
         "output": "logits",
         "temperature": round(temperature, 4),
         "files": {f: sha256_of(tmp / f) for f in files},
@@ -138,6 +162,7 @@ def export_model(model, config: TrainConfig, val_x: np.ndarray, val_y: np.ndarra
         },
         "litert_keras_max_abs_diff": parity,
         "int8": int8,
+        "ood": ood,
     }
     (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
     shutil.rmtree(out, ignore_errors=True)
@@ -167,13 +192,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.export_dir:
         config.export_dir = args.export_dir
     splits = load_splits(work / "splits.json")
-    val_x = load_pixels(splits["val"], config.input_size, work / f"cache_val_{config.input_size}.npz")
+    val_x = load_pixels(splits["val"], config.input_size, work / f"cache_val_{config.input_size}.npz", config.recipe)
     model = keras.models.load_model(str(work / "final.keras"), compile=False)
-    calibration = None
-    if args.calibration_images:
-        train_x = load_pixels(splits["train"], config.input_size, work / f"cache_train_{config.input_size}.npz")
-        calibration = calibration_subset(train_x, args.calibration_images, config.seed)
-    print(export_model(model, config, val_x, labels_of(splits["val"]), splits, calibration))
+    train_x = load_pixels(splits["train"], config.input_size, work / f"cache_train_{config.input_size}.npz", config.recipe)
+    calibration = calibration_subset(train_x, args.calibration_images, config.seed) if args.calibration_images else None
+    print(export_model(model, config, val_x, labels_of(splits["val"]), splits, calibration, (train_x, labels_of(splits["train"]))))
     return 0
 
 

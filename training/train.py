@@ -43,14 +43,17 @@ def make_splits(config: TrainConfig) -> dict[str, list[Sample]]:
     if path.exists():
         return load_splits(path)
     splits: dict[str, list[Sample]] = {"train": [], "val": [], "test": []}
-    if config.kaggle_dir and Path(config.kaggle_dir).is_dir():
+    if config.datasets not in ("both", "pbc", "kaggle"):
+        raise ValueError(f"datasets must be both, pbc or kaggle, not {config.datasets!r}")
+    if config.datasets != "pbc" and config.kaggle_dir and Path(config.kaggle_dir).is_dir():
         kag = split_by_group(kaggle_samples(Path(config.kaggle_dir)), config.split_fractions, config.seed)
         splits["train"] += cap_per_class(kag["train"], config.kaggle_cap_train, config.seed)
         splits["val"] += cap_per_class(kag["val"], config.kaggle_cap_eval, config.seed)
         splits["test"] += kag["test"]
-    pbc = split_by_group(pbc_samples(Path(config.pbc_dir), CLASS_NAMES, config.pbc_limit_per_class), config.split_fractions, config.seed)
-    for name in splits:
-        splits[name] += pbc[name]
+    if config.datasets != "kaggle":
+        pbc = split_by_group(pbc_samples(Path(config.pbc_dir), CLASS_NAMES, config.pbc_limit_per_class), config.split_fractions, config.seed)
+        for name in splits:
+            splits[name] += pbc[name]
     work.mkdir(parents=True, exist_ok=True)
     save_splits(splits, path)
     for name in ("val", "test"):
@@ -140,7 +143,7 @@ def augmented_dataset(config: TrainConfig, pixels: np.ndarray, labels: np.ndarra
         image, label = tf.numpy_function(fetch, [i], [tf.uint8, tf.int32])
         image = tf.ensure_shape(tf.cast(image, tf.float32), [size, size, 3])
         label = tf.ensure_shape(label, [])
-        image = augment(image, size) / 127.5 - 1.0
+        image = augment(image, size, config.augmentation) / 127.5 - 1.0
         return image, tf.one_hot(label, k), tf.gather(weights, label)
 
     ds = tf.data.Dataset.range(len(pixels)).shuffle(len(pixels), seed=config.seed, reshuffle_each_iteration=True).repeat()
@@ -198,8 +201,8 @@ def run(config: TrainConfig) -> Path:
     splits = make_splits(config)
     for name, samples in splits.items():
         log(f"{name}: {len(samples)} images {dict(sorted(Counter((s.dataset, s.label) for s in samples).items()))}")
-    train_x = load_pixels(splits["train"], config.input_size, work / f"cache_train_{config.input_size}.npz")
-    val_x = load_pixels(splits["val"], config.input_size, work / f"cache_val_{config.input_size}.npz")
+    train_x = load_pixels(splits["train"], config.input_size, work / f"cache_train_{config.input_size}.npz", config.recipe)
+    val_x = load_pixels(splits["val"], config.input_size, work / f"cache_val_{config.input_size}.npz", config.recipe)
     train_y, val_y = labels_of(splits["train"]), labels_of(splits["val"])
 
     model = build_model(len(CLASS_NAMES), config.input_size, config.weights or None, config.alpha, config.dropout)
@@ -223,7 +226,7 @@ def run(config: TrainConfig) -> Path:
 
     from training.export import calibration_subset, export_model
 
-    out = export_model(model, config, val_x, val_y, splits, calibration_subset(train_x, 200, config.seed))
+    out = export_model(model, config, val_x, val_y, splits, calibration_subset(train_x, 200, config.seed), (train_x, train_y))
     log(f"exported to {out}")
     return out
 

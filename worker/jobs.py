@@ -62,7 +62,7 @@ def run_batch(ctx: WorkerContext, job_id: str, image_ids: list[int]) -> int:
         finalize(ctx, job_id)
         return written
     results = classify_batch(ctx.classifier, items, ctx.settings.max_image_pixels)
-    rows = missing + [repo.ResultRow(r.key, r.label, r.confidence, r.probabilities, r.error) for r in results]
+    rows = missing + [repo.ResultRow(r.key, r.label, r.confidence, r.probabilities, r.error, r.cell_found, r.ood_score) for r in results]
     with ctx.db.session() as session, session.begin():
         if repo.job_status(session, job_id) in JobStatus.ACTIVE:
             repo.record_results(session, job_id, rows, ctx.manifest.version)
@@ -98,8 +98,9 @@ def summarize(ctx: WorkerContext, session, job_id: str) -> dict:
         report = build_fields_report(out.fields, out.cells, out.failed, manifest.classes, manifest.white_cells, manifest.label,
                                      ctx.settings.low_confidence)
         return {"job_id": job_id, **report}
-    outcomes = [CellPrediction(path, label, conf, err) for path, label, conf, err in repo.all_outcomes(session, job_id)]
-    report = build_report(outcomes, manifest.classes, manifest.white_cells, manifest.label, ctx.settings.low_confidence)
+    outcomes = [CellPrediction(*row) for row in repo.all_outcomes(session, job_id)]
+    report = build_report(outcomes, manifest.classes, manifest.white_cells, manifest.label, ctx.settings.low_confidence,
+                          domain=ctx.classifier.domain)
     return {"job_id": job_id, "kind": "cells", **report.to_dict()}
 
 

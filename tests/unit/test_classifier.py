@@ -17,15 +17,15 @@ from tests.conftest import jpeg_bytes
 pytestmark = pytest.mark.tensorflow
 
 
-def _sample_batch(sample_folder, size: int, n: int = 16) -> np.ndarray:
+def _sample_batch(sample_folder, manifest, n: int = 16) -> np.ndarray:
     paths = sorted(sample_folder.rglob("*.jp*g"))[:n]
-    return prepare_batch([decode_image(p.read_bytes(), 10**8) for p in paths], size)
+    return prepare_batch([decode_image(p.read_bytes(), 10**8) for p in paths], manifest)
 
 
 def test_litert_and_keras_agree_on_sample_images(model_dir, sample_folder):
     lite = load_classifier(model_dir, "litert")
     keras_backend = load_classifier(model_dir, "keras")
-    batch = _sample_batch(sample_folder, lite.manifest.input_size)
+    batch = _sample_batch(sample_folder, lite.manifest)
     p_lite, p_keras = lite.predict(batch), keras_backend.predict(batch)
     assert p_lite.shape == (len(batch), len(lite.manifest.classes))
     assert float(np.max(np.abs(p_lite - p_keras))) <= 1e-4
@@ -83,7 +83,7 @@ def test_int8_model_agrees_with_fp32_and_kept_its_validation_accuracy(model_dir,
     int8_info = ModelManifest.load(model_dir).extra["int8"]
     assert int8_info["shipped"] and int8_info["fp32_val_accuracy"] - int8_info["val_accuracy"] <= 0.005
     fp32, int8 = load_classifier(model_dir, "litert"), load_classifier(model_dir, "litert-int8")
-    batch = _sample_batch(sample_folder, fp32.manifest.input_size, n=54)
+    batch = _sample_batch(sample_folder, fp32.manifest, n=54)
     agree = float(np.mean(fp32.predict(batch).argmax(axis=1) == int8.predict(batch).argmax(axis=1)))
     assert agree >= 0.9
 

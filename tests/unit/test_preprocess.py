@@ -1,6 +1,6 @@
 import numpy as np
 
-from pipeline.preprocess import center_square, scale_for_mobilenet, to_model_pixels
+from pipeline.preprocess import RECIPE_CENTER_SQUARE, center_square, scale_for_mobilenet, to_model_pixels
 
 
 def test_center_square_keeps_the_middle():
@@ -14,7 +14,7 @@ def test_center_square_keeps_the_middle():
 def test_to_model_pixels_converts_bgr_to_rgb_and_resizes():
     bgr = np.zeros((363, 360, 3), np.uint8)
     bgr[..., 0] = 255  # blue in OpenCV order
-    out = to_model_pixels(bgr, 160)
+    out = to_model_pixels(bgr, 160, RECIPE_CENTER_SQUARE)
     assert out.shape == (160, 160, 3) and out.dtype == np.uint8
     assert out[..., 2].min() == 255 and out[..., 0].max() == 0
 

@@ -33,7 +33,9 @@ def test_train_export_evaluate_cli(tmp_path):
     assert manifest["temperature"] > 0 and manifest["litert_keras_max_abs_diff"] <= 1e-4
     int8 = manifest["int8"]
     assert int8["fp32_val_accuracy"] - int8["val_accuracy"] <= int8["max_drop"] if int8["shipped"] else int8["file"] is None
-    assert set(manifest["files"]) == {"model.keras", "model.tflite"} | ({"model.int8.tflite"} if int8["shipped"] else set())
+    assert set(manifest["files"]) == {"model.keras", "model.tflite", "ood.npz"} | ({"model.int8.tflite"} if int8["shipped"] else set())
+    assert manifest["preprocessing"] == "cell-centred-rbc4-whitebalance-mobilenet-v2-scale"
+    assert 0 < manifest["ood"]["job_threshold"] <= 1 and manifest["ood"]["image_threshold"] > 0
 
     again = subprocess.run(train, cwd=REPO, capture_output=True, text=True, timeout=600)  # same command: resumes
     assert again.returncode == 0, again.stderr[-3000:]

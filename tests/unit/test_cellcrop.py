@@ -1,0 +1,78 @@
+"""The cell-centred recipe on synthetic smears with known scale, offset and colour cast."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from pipeline.cellcrop import BACKGROUND_LEVEL, CROP_RBC_DIAMETERS, background_color, cell_crop
+from pipeline.preprocess import RECIPE_CELL_CENTRED, RECIPES, model_crop
+from tests.conftest import synthetic_field
+
+#: conftest's red cells have radii 38-48 px: a diameter of about 86 px
+RBC_DIAMETER = 86.0
+
+
+def cell_image(center=(180, 180), size=360, seed=0, rbc=14) -> np.ndarray:
+    return synthetic_field(size, size, [center], seed=seed, rbc=rbc)
+
+
+def test_red_cell_diameter_is_measured_and_sets_the_crop_side():
+    crop = cell_crop(cell_image(), 160)
+    assert crop.found
+    assert crop.rbc_diameter_px == pytest.approx(RBC_DIAMETER, rel=0.2)
+    assert crop.side_px == pytest.approx(CROP_RBC_DIAMETERS * crop.rbc_diameter_px)
+    assert crop.pixels.shape == (160, 160, 3) and crop.pixels.dtype == np.uint8
+
+
+def test_half_magnification_halves_the_measured_diameter():
+    big = cell_image(size=720, rbc=56, seed=1)
+    small = cv2.resize(big, (360, 360), interpolation=cv2.INTER_AREA)
+    d_big, d_small = cell_crop(big, 160).rbc_diameter_px, cell_crop(small, 160).rbc_diameter_px
+    assert d_small / d_big == pytest.approx(0.5, abs=0.08)
+
+
+def test_off_centre_cell_is_found_and_centred():
+    crop = cell_crop(cell_image(center=(250, 120), seed=2), 160)
+    assert crop.found
+    assert crop.center[0] == pytest.approx(250, abs=20) and crop.center[1] == pytest.approx(120, abs=20)
+    # the crop is centred on the cell: its violet nucleus mass sits in the middle
+    rgb = crop.pixels.astype(np.int16)
+    violet = (rgb[..., 2] - rgb[..., 1]) > 60
+    ys, xs = np.nonzero(violet)
+    assert abs(xs.mean() - 80) < 16 and abs(ys.mean() - 80) < 16
+
+
+@pytest.mark.parametrize("cast", [(0.70, 0.95, 1.10), (1.15, 1.0, 0.80)], ids=["yellow", "blue"])
+def test_colour_cast_is_removed_by_background_white_balance(cast):
+    image = cell_image(seed=3)
+    tinted = np.clip(image * np.array(cast), 0, 255).astype(np.uint8)
+    plain, shifted = cell_crop(image, 160).pixels.astype(np.float32), cell_crop(tinted, 160).pixels.astype(np.float32)
+    glass = background_color(shifted.astype(np.uint8))  # the brightest pixels: bare glass
+    assert np.ptp(glass) < 8 and abs(glass.mean() - BACKGROUND_LEVEL) < 10
+    # the colour of the whole crop comes back to the untinted one's
+    raw_gap = np.abs(tinted.reshape(-1, 3).mean(axis=0) - image.reshape(-1, 3).mean(axis=0)).max()
+    gap = np.abs(plain.reshape(-1, 3).mean(axis=0) - shifted.reshape(-1, 3).mean(axis=0)).max()
+    assert gap < raw_gap / 3
+
+
+def test_image_without_a_white_cell_is_reported_not_found():
+    only_red_cells = synthetic_field(360, 360, [], seed=4, rbc=14)
+    crop = cell_crop(only_red_cells, 160)
+    assert not crop.found
+    assert crop.pixels.shape == (160, 160, 3)
+
+
+def test_blank_and_black_images_do_not_crash():
+    for image in (np.zeros((100, 100, 3), np.uint8), np.full((100, 100, 3), 255, np.uint8)):
+        crop = cell_crop(image, 64)
+        assert not crop.found and crop.pixels.shape == (64, 64, 3)
+
+
+def test_every_recipe_is_registered_and_the_default_is_cell_centred():
+    assert RECIPE_CELL_CENTRED in RECIPES
+    crop = model_crop(cell_image(), 96)
+    assert crop.found and crop.rbc_diameter_px is not None
+    with pytest.raises(ValueError, match="recipe"):
+        model_crop(cell_image(), 96, "no-such-recipe")

@@ -1,0 +1,80 @@
+"""The domain-shift alarm: fitted on in-domain features, quiet on in-domain jobs, loud on shifted ones."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pipeline.domain import OK, SHIFTED, UNAVAILABLE, DomainModel, check_job, fit_domain_model
+from pipeline.report import CellPrediction, build_report
+from tests.unit.test_report import CLASSES, WHITE
+
+D, K = 96, 4
+
+
+def features(n: int, rng: np.random.Generator, shift: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """Class clusters in D dimensions; ``shift`` moves every point along a direction no class uses."""
+    centres = np.eye(K, D) * 6.0
+    labels = rng.integers(0, K, n)
+    x = centres[labels] + rng.normal(0, 1, (n, D))
+    x[:, -1] += shift
+    return x.astype(np.float32), labels
+
+
+@pytest.fixture(scope="module")
+def model() -> DomainModel:
+    rng = np.random.default_rng(0)
+    train_x, train_y = features(2000, rng)
+    val_x, _ = features(600, rng)
+    return fit_domain_model(train_x, train_y, val_x, components=32)
+
+
+def test_thresholds_come_from_validation(model):
+    rng = np.random.default_rng(1)
+    val_scores = model.score(features(2000, rng)[0])
+    assert np.mean(val_scores > model.image_threshold) == pytest.approx(0.05, abs=0.02)
+    assert 0.05 < model.job_threshold < 0.3
+
+
+def test_in_domain_jobs_rarely_alarm_and_shifted_jobs_always_do(model):
+    rng = np.random.default_rng(2)
+    in_domain = [check_job(list(model.score(features(50, rng)[0])), model).status for _ in range(200)]
+    shifted = [check_job(list(model.score(features(50, rng, shift=6.0)[0])), model).status for _ in range(50)]
+    assert in_domain.count(SHIFTED) <= 10  # at most 5 % false alarms
+    assert shifted.count(SHIFTED) == 50
+    report = check_job(list(model.score(features(50, rng, shift=6.0)[0])), model)
+    assert report.score > model.job_threshold and "unlike the training laboratories" in report.reasons[0]
+
+
+def test_save_and_load_round_trip(model, tmp_path):
+    model.save(tmp_path / "ood.npz")
+    again = DomainModel.load(tmp_path / "ood.npz")
+    x = features(20, np.random.default_rng(3))[0]
+    np.testing.assert_allclose(again.score(x), model.score(x), rtol=1e-5)
+    assert again.job_threshold == pytest.approx(model.job_threshold)
+
+
+def test_unavailable_without_a_model_or_with_too_few_images(model):
+    assert check_job([1.0] * 50, None).status == UNAVAILABLE
+    assert check_job([None] * 50, model).status == UNAVAILABLE
+    assert check_job([0.0] * 9, model).status == UNAVAILABLE
+
+
+def test_many_images_without_a_cell_are_a_reason(model):
+    scores = list(model.score(features(50, np.random.default_rng(4))[0]))
+    assert check_job(scores, model, n_no_cell=0, n_images=50).status == OK
+    check = check_job(scores, model, n_no_cell=20, n_images=50)
+    assert check.status == SHIFTED and "no white cell" in check.reasons[-1]
+
+
+def test_report_leaves_no_cell_images_out_of_the_differential_and_carries_the_check(model):
+    rng = np.random.default_rng(5)
+    scores = model.score(features(30, rng, shift=6.0)[0])
+    preds = [CellPrediction(f"n{i}.jpg", "neutrophil", 0.9, None, True, float(s)) for i, s in enumerate(scores)]
+    preds += [CellPrediction("empty.jpg", "lymphocyte", 0.7, None, False, 1.0)]
+    report = build_report(preds, CLASSES, WHITE, "m@2", 0.5, domain=model)
+    assert report.white_cell_total == 30 and report.n_no_cell_found == 1 and report.no_cell_found == ["empty.jpg"]
+    assert report.n_failed == 0 and report.n_classified == 30
+    assert report.domain_check["status"] == SHIFTED
+    assert "domain_check,shifted" in report.to_csv().replace("\r", "")
+    assert "domain check: shifted" in report.to_table()
