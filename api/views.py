@@ -66,5 +66,7 @@ def result_json(image: Image, prediction: Prediction | None, cells: list[Cell] |
         "label": prediction.label if prediction else None,
         "confidence": prediction.confidence if prediction else None,
         "probabilities": prediction.probabilities if prediction else None,
+        "cell_found": prediction.cell_found if prediction else None,
+        "ood_score": prediction.ood_score if prediction else None,
         "error": image.error,
     }
