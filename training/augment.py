@@ -9,7 +9,7 @@ Inputs and outputs are float32 RGB in [0, 255].
 haematoxylin-eosin (HED) optical-density space, larger colour casts and
 gamma, scale jitter of +-25 % with glass-coloured padding (the serving crop
 is four red-cell diameters, measured with about 15 % spread), off-centre
-shifts and JPEG re-compression.
+shifts, lower resolution and JPEG re-compression.
 """
 
 from __future__ import annotations
@@ -65,6 +65,13 @@ def _scale_and_shift(image: tf.Tensor, size: int, zoom_range: tuple[float, float
     return image[y0 : y0 + size, x0 : x0 + size]
 
 
+def _lower_resolution(image: tf.Tensor, size: int) -> tf.Tensor:
+    """Down- then up-sample by 1.5-3x: a lower-resolution camera or a lower objective."""
+    factor = tf.random.uniform([], 1.5, 3.0)
+    low = tf.cast(tf.round(float(size) / factor), tf.int32)
+    return tf.image.resize(tf.image.resize(image, [low, low], antialias=True), [size, size])
+
+
 def _augment_v1(image: tf.Tensor, size: int) -> tf.Tensor:
     image = _dihedral(image)
     # scale: zoom in (crop 75-100 %) or out (pad by reflection up to 15 %)
@@ -100,6 +107,7 @@ def _augment_strong(image: tf.Tensor, size: int) -> tf.Tensor:
     gamma = tf.random.uniform([], 0.75, 1.33)
     image = tf.clip_by_value(image, 0.0, 1.0) ** gamma
     image = tf.cond(tf.random.uniform([]) < 0.35, lambda: _blur(image, 0.3, 2.2), lambda: image)
+    image = tf.cond(tf.random.uniform([]) < 0.3, lambda: _lower_resolution(image, size), lambda: image)
     image = tf.cond(tf.random.uniform([]) < 0.3, lambda: tf.image.random_jpeg_quality(image, 25, 95), lambda: image)
     image = image + tf.random.normal(tf.shape(image), stddev=tf.random.uniform([], 0.0, 0.025))
     return tf.clip_by_value(image, 0.0, 1.0) * 255.0
