@@ -16,6 +16,8 @@ def create_app(settings: Settings | None = None, test_config: dict[str, Any] | N
     from api.health import bp as health_bp
     from api.jobs import bp as jobs_bp
     from api.openapi import bp as openapi_bp
+    from api.reviews import bp as jobs_bp  # noqa: F811  (the jobs blueprint, with the review routes added)
+    from api.web import bp as web_bp
 
     settings = settings or Settings.from_env()
     app = Flask(__name__)
@@ -30,6 +32,7 @@ def create_app(settings: Settings | None = None, test_config: dict[str, Any] | N
     app.register_blueprint(health_bp)
     app.register_blueprint(jobs_bp)
     app.register_blueprint(openapi_bp)
+    app.register_blueprint(web_bp)
     return app
 
 
