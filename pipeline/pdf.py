@@ -110,7 +110,8 @@ def report_pdf(job: dict, report: dict) -> bytes:
             line(f"... {len(slides) - fit} more slides in the CSV report", 8.5)
     y = MARGIN + 44
     signoff = report.get("signoff")
-    line(f"Signed off by {signoff['reviewer']} at {signoff['signed_at']}" if signoff else "Not signed off: preliminary report", 10.5, True)
+    when = signoff["signed_at"][:16].replace("T", " ") + " UTC" if signoff else ""
+    line(f"Signed off by {signoff['reviewer']} at {when}" if signoff else "Not signed off: preliminary report", 10.5, True)
     source = (report.get("reference_intervals") or {}).get("source", "")
     line(f"Reference intervals: {source}"[:150], 7.5, gap=10)
     line("HematoVision is not a medical device; results need review by a qualified person.", 7.5, gap=10)

@@ -1,6 +1,7 @@
 /* HematoVision pages: progressive enhancement only. Every form works without this file. */
 (function () {
   "use strict";
+  document.documentElement.classList.add("js");
   var csrf = (document.getElementById("main") || {}).dataset ? document.getElementById("main").dataset.csrf : "";
 
   function $(sel, root) { return (root || document).querySelector(sel); }
@@ -89,7 +90,7 @@
         if (xhr.status >= 200 && xhr.status < 300 && body.location) { window.location.assign(body.location); return; }
         var msg = (body.error && body.error.message) || ("The upload failed (HTTP " + xhr.status + ").");
         if (body.error && body.error.files) {
-          msg += " " + body.error.files.slice(0, 5).map(function (f) { return f.path + ": " + f.error; }).join("; ");
+          msg += ": " + body.error.files.slice(0, 5).map(function (f) { return f.path + ": " + f.error; }).join("; ");
         }
         errorBox.textContent = msg;
         errorBox.hidden = false;
@@ -153,6 +154,9 @@
           card.classList.add("reviewed");
           card.dataset.label = res.body.label;
           $(".cell-label", card).textContent = res.body.label;
+          var badge = $(".badge", card) || card.querySelector(".cell-info").insertBefore(document.createElement("span"), $(".probs", card));
+          badge.className = res.body.label === card.dataset.modelLabel ? "badge ok" : "badge";
+          badge.textContent = res.body.label === card.dataset.modelLabel ? "confirmed" : "was " + card.dataset.modelLabel;
           $("#review-counts").textContent = res.body.review.n_reviewed + " reviewed, " + res.body.review.n_changed + " changed";
           var i = cards.indexOf(card);
           if (i >= 0 && i + 1 < cards.length) { cards[i + 1].focus(); }
