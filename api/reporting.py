@@ -40,12 +40,15 @@ def _stored(session: Session, job: Job) -> dict:
     return summary
 
 
-def current_report(session: Session, job: Job, settings: Settings) -> dict:
-    """The stored differential recounted over reviewed labels, with review counts, sign-off, reference flags and warnings."""
+def current_report(session: Session, job: Job, settings: Settings, outcomes: rv.ReviewedOutcomes | None = None) -> dict:
+    """The stored differential recounted over reviewed labels, with review counts, sign-off, reference flags and warnings.
+
+    ``outcomes``: the job's reviewed outcomes when the caller has them already (the gallery does).
+    """
     summary = _stored(session, job)
     n_reviewed = n_changed = 0
     if rv.has_reviews(session, job.id):
-        out = rv.reviewed_outcomes(session, job.id, job.kind)
+        out = outcomes or rv.reviewed_outcomes(session, job.id, job.kind)
         summary = recount(summary, [(c.path, c.idx, c.label, c.confidence) for c in out.cells], out.failed, out.paths)
         n_reviewed = sum(c.reviewed for c in out.cells)
         n_changed = sum(c.changed for c in out.cells)

@@ -34,9 +34,10 @@ def _cells_page(job_id: str, review: bool):
         job = job_or_404(session, job_id)
         if job.status != JobStatus.SUCCEEDED:
             return redirect(url_for("web.job_page", job_id=job_id))
-        report = reporting.current_report(session, job, st.settings)
+        outcomes = rv.reviewed_outcomes(session, job_id, job.kind)
+        report = reporting.current_report(session, job, st.settings, outcomes)
         classes = reporting.job_classes(session, job)
-        cells = rv.cell_items(session, job_id, job.kind)
+        cells = outcomes.cells
         kind, name = job.kind, job.name
     chosen = select_cells(cells, flt, classes)
     pages = max(1, -(-len(chosen) // CELLS_PER_PAGE))

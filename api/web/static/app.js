@@ -13,6 +13,7 @@
     var chosen = [];  // [{file, path}]
     var zone = $("#dropzone"), label = $("#chosen"), errorBox = $("#upload-error");
     var showChosen = function () {
+      errorBox.hidden = true;  // a new choice: the last attempt's error no longer applies
       var bytes = chosen.reduce(function (n, c) { return n + c.file.size; }, 0);
       var slides = {};
       chosen.forEach(function (c) { var i = c.path.lastIndexOf("/"); slides[i > 0 ? c.path.slice(0, i) : ""] = 1; });
