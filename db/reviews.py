@@ -63,14 +63,16 @@ def _latest_labels(session: Session, job_id: str) -> dict[tuple[int, int | None]
     return {(image_id, idx): label for image_id, idx, label in rows}
 
 
-def cell_items(session: Session, job_id: str, kind: str) -> list[CellItem]:
-    """Every classified cell of a job in job order, with the newest review applied."""
+def cell_items(session: Session, job_id: str, kind: str, probabilities: bool = True) -> list[CellItem]:
+    """Every classified cell of a job in job order, with the newest review applied (``probabilities=False``: not loaded)."""
     latest = _latest_labels(session, job_id)
     if kind == "fields":
-        stmt = (select(Image.id, Image.seq, Image.path, Cell.idx, Cell.label, Cell.confidence, Cell.probabilities)
+        probs = Cell.probabilities if probabilities else None
+        stmt = (select(Image.id, Image.seq, Image.path, Cell.idx, Cell.label, Cell.confidence, probs)
                 .join(Cell, Cell.image_id == Image.id).where(Image.job_id == job_id).order_by(Image.seq, Cell.idx))
     else:
-        stmt = (select(Image.id, Image.seq, Image.path, None, Prediction.label, Prediction.confidence, Prediction.probabilities)
+        probs = Prediction.probabilities if probabilities else None
+        stmt = (select(Image.id, Image.seq, Image.path, None, Prediction.label, Prediction.confidence, probs)
                 .join(Prediction, (Prediction.image_id == Image.id) & (Prediction.job_id == job_id))
                 .where(Image.job_id == job_id).order_by(Image.seq))
     items = []
@@ -80,10 +82,10 @@ def cell_items(session: Session, job_id: str, kind: str) -> list[CellItem]:
     return items
 
 
-def reviewed_outcomes(session: Session, job_id: str, kind: str) -> ReviewedOutcomes:
+def reviewed_outcomes(session: Session, job_id: str, kind: str, probabilities: bool = True) -> ReviewedOutcomes:
     failed = session.execute(select(Image.path, Image.error).where(Image.job_id == job_id, Image.status == ImageStatus.FAILED)).all()
     paths = session.scalars(select(Image.path).where(Image.job_id == job_id).order_by(Image.seq)).all()
-    return ReviewedOutcomes(cell_items(session, job_id, kind), {p: e or "failed" for p, e in failed}, list(paths))
+    return ReviewedOutcomes(cell_items(session, job_id, kind, probabilities), {p: e or "failed" for p, e in failed}, list(paths))
 
 
 def _lock_job(session: Session, job_id: str) -> Job | None:
