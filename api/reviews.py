@@ -79,3 +79,4 @@ def sign_off(job_id: str):
             raise refused(exc) from None
         out = {"job_id": job_id, "reviewer": signoff.reviewer, "signed_at": signoff.signed_at.isoformat()}
     return jsonify(out), 201
+

@@ -162,3 +162,65 @@ def test_upload_report_review_signoff_pdf_in_a_real_browser(stack, browser_page,
         page.goto(base + path)
         assert no_horizontal_scroll(page), name
         shot(page, name)
+
+
+@pytest.fixture
+def guarded_server(tmp_path, model_dir):
+    """The app alone (no worker: jobs stay queued) with a token set, served over HTTP for the browser."""
+    import threading
+
+    from werkzeug.serving import make_server
+
+    from api import create_app
+    from db.migrate import upgrade
+    from pipeline.settings import Settings
+
+    url = f"sqlite:///{tmp_path / 'hv.sqlite'}"
+    upgrade(url)
+    app = create_app(Settings(var_dir=str(tmp_path), database_url=url, broker_url="memory://", storage_root=str(tmp_path / "s"),
+                              model_dir=str(model_dir), api_token="browser-s3cret"))
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        app.extensions["hematovision"].db.dispose()
+
+
+def test_login_drop_a_zip_and_cancel_in_a_real_browser(guarded_server, browser_page, sample_folder, tmp_path):
+    import zipfile
+
+    page, base = browser_page, guarded_server
+    page.goto(base + "/jobs")
+    assert "/login" in page.url
+    page.fill("#token", "wrong")
+    page.click("button[type=submit]")
+    assert "That token is not right" in page.inner_text("main")
+    page.fill("#token", "browser-s3cret")
+    page.click("button[type=submit]")
+    page.wait_for_url(base + "/jobs")
+    shot(page, "login-jobs")
+
+    page.goto(base + "/")  # a drop of loose files (the script's fallback when the browser gives no directory entries)
+    page.evaluate("""() => {
+        const dt = new DataTransfer();
+        for (const name of ["a.jpg", "b.jpg"]) dt.items.add(new File([new Uint8Array([255, 216, 255])], name, {type: "image/jpeg"}));
+        document.getElementById("dropzone").dispatchEvent(new DragEvent("drop", {dataTransfer: dt, bubbles: true, cancelable: true}));
+    }""")
+    assert page.inner_text("#chosen").startswith("2 file(s)")
+
+    archive = tmp_path / "slides.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for path in sorted(sample_folder.rglob("*.jp*g"))[:6]:
+            zf.write(path, path.relative_to(sample_folder).as_posix())
+    page.set_input_files("#files-input", str(archive))
+    page.click("#upload-button")  # the script posts with the session's CSRF token
+    page.wait_for_url(re.compile(r".*/jobs/[0-9a-f]{32}$"))
+    assert "0 / 6 images" in page.inner_text("#live")
+    page.click("#live button")  # cancel (a plain form post with the CSRF field)
+    page.wait_for_selector("text=It has no report")
+    assert page.inner_text("#job-status") == "canceled"
+    page.goto(base + "/jobs")
+    assert "canceled" in page.inner_text("#job-rows")
