@@ -49,7 +49,7 @@ def current_report(session: Session, job: Job, settings: Settings, outcomes: rv.
     n_reviewed = n_changed = 0
     if rv.has_reviews(session, job.id):
         out = outcomes or rv.reviewed_outcomes(session, job.id, job.kind, probabilities=False)
-        summary = recount(summary, [(c.path, c.idx, c.label, c.confidence) for c in out.cells], out.failed, out.paths)
+        summary = recount(summary, [(c.path, c.idx, c.label, c.confidence, c.cell_found) for c in out.cells], out.failed, out.paths)
         n_reviewed = sum(c.reviewed for c in out.cells)
         n_changed = sum(c.changed for c in out.cells)
     signoff = rv.get_signoff(session, job.id)

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import select, true
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -43,6 +43,7 @@ class CellItem:
     confidence: float  # the model's
     probabilities: dict
     reviewed: bool
+    cell_found: bool = True  # False: the model found no white cell in the image (a reviewed image counts as found)
 
     @property
     def changed(self) -> bool:
@@ -68,17 +69,18 @@ def cell_items(session: Session, job_id: str, kind: str, probabilities: bool = T
     latest = _latest_labels(session, job_id)
     if kind == "fields":
         probs = Cell.probabilities if probabilities else None
-        stmt = (select(Image.id, Image.seq, Image.path, Cell.idx, Cell.label, Cell.confidence, probs)
+        stmt = (select(Image.id, Image.seq, Image.path, Cell.idx, Cell.label, Cell.confidence, probs, true())
                 .join(Cell, Cell.image_id == Image.id).where(Image.job_id == job_id).order_by(Image.seq, Cell.idx))
     else:
         probs = Prediction.probabilities if probabilities else None
-        stmt = (select(Image.id, Image.seq, Image.path, None, Prediction.label, Prediction.confidence, probs)
+        stmt = (select(Image.id, Image.seq, Image.path, None, Prediction.label, Prediction.confidence, probs, Prediction.cell_found)
                 .join(Prediction, (Prediction.image_id == Image.id) & (Prediction.job_id == job_id))
                 .where(Image.job_id == job_id).order_by(Image.seq))
     items = []
-    for image_id, seq, path, idx, label, conf, probs in session.execute(stmt):
+    for image_id, seq, path, idx, label, conf, probs, found in session.execute(stmt):
         override = latest.get((image_id, idx))
-        items.append(CellItem(seq, idx, path, label, override or label, conf, probs or {}, override is not None))
+        items.append(CellItem(seq, idx, path, label, override or label, conf, probs or {}, override is not None,
+                              override is not None or found is not False))
     return items
 
 

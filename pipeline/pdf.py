@@ -69,6 +69,10 @@ def report_pdf(job: dict, report: dict) -> bytes:
     review = report.get("review") or {"n_reviewed": 0, "n_changed": 0}
     line(f"White cells counted {report['white_cell_total']}   low confidence (< {report['low_confidence_threshold']:g}) "
          f"{report['n_low_confidence']}   reviewed {review['n_reviewed']}, changed by review {review['n_changed']}")
+    check = report.get("domain_check") or {}
+    if check:
+        line(f"Domain check {check.get('status')}" + (f": {'; '.join(check.get('reasons') or [])}"[:120] if check.get("status") == "shifted" else "")
+             + (f"   no white cell found in {report['n_no_cell_found']} images" if report.get("n_no_cell_found") else ""))
     for warning in report.get("warnings", []):
         c.setFillColorRGB(0.6, 0.1, 0.0)
         line(f"Warning: {warning}", 9.5, True)

@@ -20,16 +20,21 @@ def classes_of(summary: dict) -> tuple[tuple[str, ...], tuple[str, ...]]:
     return white + extra, white
 
 
-def recount(summary: dict, cells: list[tuple[str, int | None, str, float]], failed: dict[str, str], paths: list[str]) -> dict:
-    """The stored summary with every count rebuilt from ``(path, cell index or None, label, confidence)`` rows."""
+def recount(summary: dict, cells: list[tuple[str, int | None, str, float, bool]], failed: dict[str, str], paths: list[str]) -> dict:
+    """The stored summary with every count rebuilt from ``(path, cell index or None, label, confidence, cell found)`` rows.
+
+    Reviews change labels, not images: the stored domain check (computed from
+    the model's per-image scores, which the rows here do not carry) is kept.
+    """
     classes, white = classes_of(summary)
     model, threshold = summary["model"], summary["low_confidence_threshold"]
     if summary.get("kind") == "fields":
-        body = build_fields_report(paths, [(p, i, label, conf) for p, i, label, conf in cells], failed, classes, white, model, threshold)
+        body = build_fields_report(paths, [(p, i, label, conf) for p, i, label, conf, _ in cells], failed, classes, white, model, threshold)
     else:
-        preds = [CellPrediction(p, label, conf) for p, _, label, conf in cells] + [CellPrediction(p, None, None, e) for p, e in failed.items()]
-        body = build_report(preds, classes, white, model, threshold).to_dict()
-    return {**summary, **body}
+        preds = [CellPrediction(p, label, conf, cell_found=found) for p, _, label, conf, found in cells]
+        body = build_report(preds + [CellPrediction(p, None, None, e) for p, e in failed.items()], classes, white, model, threshold).to_dict()
+    kept = {key: summary[key] for key in ("domain_check",) if key in summary}
+    return {**summary, **body, **kept}
 
 
 def annotate(summary: dict, n_reviewed: int, n_changed: int, signoff: dict | None, intervals: dict[str, Interval], source: str) -> dict:

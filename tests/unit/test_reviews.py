@@ -107,3 +107,21 @@ def test_chart_bars_and_whiskers_carry_the_report_numbers():
     assert whiskers[0].x2 - whiskers[0].x == pytest.approx((87.8 - 26.2) / 60.0 * bars[0].x2)
     svg = to_svg(chart)
     assert svg.startswith("<svg") and 'data-ci-high="87.8"' in svg and "neutrophil 60.0 %" in svg
+
+
+def test_recount_keeps_images_without_a_white_cell_out_and_keeps_the_domain_check():
+    from pipeline.report import CellPrediction, build_report
+    from pipeline.review import recount
+
+    classes = ("basophil", "lymphocyte", "neutrophil", "erythroblast", "platelet")
+    white = ("basophil", "lymphocyte", "neutrophil")
+    preds = [CellPrediction("a.jpg", "neutrophil", 0.9), CellPrediction("b.jpg", "lymphocyte", 0.5),
+             CellPrediction("c.jpg", "neutrophil", 0.4, cell_found=False), CellPrediction("d.jpg", None, None, "truncated")]
+    stored = {"job_id": "x", "kind": "cells", **build_report(preds, classes, white, "m@1", 0.6).to_dict()}
+    stored["domain_check"] = {"status": "shifted", "score": 3.2, "reasons": ["far from training data"]}
+    rows = [("a.jpg", None, "neutrophil", 0.9, True), ("b.jpg", None, "basophil", 0.5, True), ("c.jpg", None, "neutrophil", 0.4, False)]
+    out = recount(stored, rows, {"d.jpg": "truncated"}, ["a.jpg", "b.jpg", "c.jpg", "d.jpg"])
+    counts = {r["cell_type"]: r["count"] for r in out["differential"]}
+    assert counts == {"basophil": 1, "lymphocyte": 0, "neutrophil": 1} and out["white_cell_total"] == 2
+    assert out["n_no_cell_found"] == 1 and out["n_failed"] == 1 and out["domain_check"]["status"] == "shifted"
+    assert out["job_id"] == "x" and out["erythroblasts"]["count"] == 0

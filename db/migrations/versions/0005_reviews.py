@@ -1,7 +1,7 @@
 """reviews and sign-offs
 
 Revision ID: 0005_reviews
-Revises: 0002
+Revises: 0006_domain
 Create Date: 2026-11-27 17:30:00
 """
 
@@ -10,7 +10,7 @@ import sqlalchemy as sa
 
 
 revision = '0005_reviews'
-down_revision = '0002'
+down_revision = '0006_domain'
 branch_labels = None
 depends_on = None
 
