@@ -94,7 +94,7 @@ def to_svg(chart: Chart) -> str:
             parts.append(f'<line class="{s.css}" x1="{s.x:.1f}" y1="{s.y:.1f}" x2="{s.x2:.1f}" y2="{s.y2:.1f}" stroke="{stroke}" '
                          f'stroke-width="{1.5 if s.css == "whisker" else 1}"/>')
         else:
-            parts.append(f'<text class="{s.css}" x="{s.x:.1f}" y="{s.y:.1f}" text-anchor="{s.anchor}" font-size="12" '
-                         f'font-family="sans-serif">{escape(s.text)}</text>')
+            parts.append(f'<text class="{s.css}" x="{s.x:.1f}" y="{s.y:.1f}" text-anchor="{s.anchor}" font-size="13" '
+                         f'font-family="sans-serif">{escape(s.text)}</text>')  # 13 units: about 11 px at the page's width
     parts.append("</svg>")
     return "".join(parts)

@@ -11,7 +11,7 @@ from api import reporting
 from api.reviews import refused
 from api.state import state
 from api.web.gallery import CellFilter, select_cells, slides_of, top_classes
-from api.web.routes import bp, job_or_404, wants_json
+from api.web.routes import bp, job_or_404, local_url, wants_json
 from db import reviews as rv
 from db.models import JobStatus
 from pipeline.overlay import draw_box
@@ -66,8 +66,7 @@ def _answer(job_id: str, reviewer: str, back: str, payload: dict | None = None, 
         response = jsonify(body)
         response.status_code = status
     else:
-        if not back.startswith("/") or back.startswith("//"):
-            back = url_for("web.job_page", job_id=job_id)
+        back = local_url(back, url_for("web.job_page", job_id=job_id))
         if error:
             back += ("&" if "?" in back else "?") + urlencode({"error": error})
         response = redirect(back, 303)

@@ -51,9 +51,19 @@ def _globals() -> dict:
 
 @bp.errorhandler(HTTPException)
 def _page_error(exc: HTTPException):
+    message = exc.description or exc.name
+    if exc.code == 413:
+        message = f"the upload is larger than the limit of {state().settings.max_upload_bytes // (1024 * 1024)} MB: split it into several jobs"
     if wants_json():
-        return error_response(exc.code or 500, _code(exc.code or 500), exc.description or exc.name)
-    return render_template("error.html", code=exc.code, message=exc.description or exc.name), exc.code or 500
+        return error_response(exc.code or 500, _code(exc.code or 500), message)
+    return render_template("error.html", code=exc.code, message=message), exc.code or 500
+
+
+def local_url(target: str | None, default: str) -> str:
+    """``target`` when it is a path on this site, else ``default``: form fields never redirect elsewhere."""
+    if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
+        return default
+    return target
 
 
 def wants_json() -> bool:
@@ -70,9 +80,7 @@ def job_or_404(session, job_id: str):
 @bp.route("/login", methods=["GET", "POST"])
 def login():
     settings = state().settings
-    target = request.values.get("next") or url_for("web.upload_page")
-    if not target.startswith("/") or target.startswith("//"):  # never redirect off-site
-        target = url_for("web.upload_page")
+    target = local_url(request.values.get("next"), url_for("web.upload_page"))
     if not settings.api_token:
         return redirect(target)
     error = None
@@ -139,7 +147,7 @@ def cancel_job(job_id: str):
     with state().db.session() as session, session.begin():
         job_or_404(session, job_id)
         repo.cancel_job(session, job_id)
-    return redirect(request.form.get("back") or url_for("web.job_page", job_id=job_id), 303)
+    return redirect(local_url(request.form.get("back"), url_for("web.job_page", job_id=job_id)), 303)
 
 
 @bp.get("/jobs/<job_id>/progress.json")

@@ -168,3 +168,13 @@ def test_with_a_token_the_pages_need_a_login_and_forms_need_the_csrf_token(guard
     assert client.get("/api/v1/jobs").status_code == 401  # the API still wants its bearer token
     client.post("/logout", data={"csrf_token": token})
     assert client.get("/jobs").status_code == 302
+
+
+def test_forms_never_redirect_off_site_and_a_too_large_upload_is_explained(env):
+    client, _, _ = env
+    job_id = upload(client, {"a.jpg": jpeg_bytes()}).get_json()["id"]
+    for back in ("https://evil.example/", "//evil.example/", "/\\\\evil.example"):
+        r = client.post(f"/jobs/{job_id}/cancel", data={"back": back})
+        assert r.status_code == 303 and r.headers["Location"] == f"/jobs/{job_id}", back
+    r = client.post("/upload", data=b"\x00" * 6_000_000, content_type="multipart/form-data; boundary=x")
+    assert r.status_code == 413 and b"larger than the limit of 4 MB" in r.data and b"<html" in r.data
