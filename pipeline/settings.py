@@ -13,6 +13,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pipeline.reference import parse_intervals
+
 PREFIX = "HEMATOVISION_"
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -59,8 +61,6 @@ class Settings:
             raise ValueError(f"{PREFIX}BATCH_SIZE must be between 1 and 4096, not {self.batch_size}")
         if not 0.0 < self.low_confidence < 1.0:
             raise ValueError(f"{PREFIX}LOW_CONFIDENCE must be between 0 and 1, not {self.low_confidence}")
-        from pipeline.reference import parse_intervals
-
         parse_intervals(self.reference_intervals)  # fail at start-up, not on the first report
 
     @property

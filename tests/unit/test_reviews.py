@@ -10,6 +10,7 @@ from sqlalchemy import select
 from db.models import Prediction, Review
 from pipeline.chart import chart_shapes, to_svg
 from pipeline.reference import DEFAULT_INTERVALS, parse_intervals, reference_block
+from pipeline.settings import Settings
 from tests.unit import test_api
 from tests.unit.test_api import run_queued, upload
 
@@ -94,6 +95,8 @@ def test_reference_intervals_parse_flag_and_refuse_nonsense():
     for bad in ("neutrophil=70-50", "neutrophil:40-60", "neutrophil=x-60", "neutrophil=40-160"):
         with pytest.raises(ValueError):
             parse_intervals(bad)
+    with pytest.raises(ValueError, match="neutrophil=70-50"):  # a bad setting stops the app at start-up
+        Settings.from_env({"HEMATOVISION_REFERENCE_INTERVALS": "neutrophil=70-50"})
 
 
 def test_chart_bars_and_whiskers_carry_the_report_numbers():
