@@ -204,11 +204,12 @@ def results_csv(job_id: str):
         out = rv.reviewed_outcomes(session, job_id, job.kind)
     buf = io.StringIO()
     writer = csv.writer(buf)
-    writer.writerow(["seq", "path", "cell", "model_label", "label", "reviewed", "confidence", "error"])
+    writer.writerow(["seq", "path", "cell", "model_label", "label", "reviewed", "confidence", "white_cell_found", "error"])
     for c in out.cells:
-        writer.writerow([c.seq, c.path, "" if c.idx is None else c.idx, c.model_label, c.label, int(c.reviewed), f"{c.confidence:.4f}", ""])
+        writer.writerow([c.seq, c.path, "" if c.idx is None else c.idx, c.model_label, c.label, int(c.reviewed), f"{c.confidence:.4f}",
+                         int(c.cell_found), ""])
     for path, error in out.failed.items():
-        writer.writerow(["", path, "", "", "", "", "", error])
+        writer.writerow(["", path, "", "", "", "", "", "", error])
     return Response(buf.getvalue(), mimetype="text/csv",
                     headers={"Content-Disposition": f'attachment; filename="hematovision-{job_id}-results.csv"'})
 
