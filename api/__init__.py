@@ -12,10 +12,12 @@ from pipeline.settings import Settings
 
 def create_app(settings: Settings | None = None, test_config: dict[str, Any] | None = None) -> Flask:
     """Build the API from settings (default: ``HEMATOVISION_*`` environment variables)."""
+    import api.reviews  # noqa: F401  (adds the review and sign-off routes to the jobs blueprint)
     from api.errors import register_error_handlers
     from api.health import bp as health_bp
     from api.jobs import bp as jobs_bp
     from api.openapi import bp as openapi_bp
+    from api.web import bp as web_bp
 
     settings = settings or Settings.from_env()
     app = Flask(__name__)
@@ -30,6 +32,7 @@ def create_app(settings: Settings | None = None, test_config: dict[str, Any] | N
     app.register_blueprint(health_bp)
     app.register_blueprint(jobs_bp)
     app.register_blueprint(openapi_bp)
+    app.register_blueprint(web_bp)
     return app
 
 

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 
 from flask import Blueprint, Response, jsonify, request, url_for
 
+from api import reporting
 from api.errors import ApiError
 from api.state import state
 from api.submission import accept_job
@@ -143,17 +144,21 @@ def get_results(job_id: str):
 @bp.get("/jobs/<job_id>/report")
 def get_report(job_id: str):
     fmt = request.args.get("format", "json")
-    if fmt not in ("json", "csv"):
-        raise ApiError(400, "format must be 'json' or 'csv'")
-    with state().db.session() as session:
+    if fmt not in ("json", "csv", "pdf"):
+        raise ApiError(400, "format must be 'json', 'csv' or 'pdf'")
+    st = state()
+    with st.db.session() as session:
         job = _job_or_404(session, job_id)
-        if job.status != JobStatus.SUCCEEDED:
-            raise ApiError(409, f"job is {job.status}; the report exists once it has succeeded", status=job.status)
-        summary = repo.get_summary(session, job_id)
-    if summary is None:
-        raise ApiError(409, "job has no stored summary", status=job.status)
+        try:  # the differential over reviewed labels, with review counts, sign-off and reference flags
+            summary = reporting.current_report(session, job, st.settings)
+            pdf = reporting.pdf_of(job, summary) if fmt == "pdf" else None
+        except reporting.ReportNotReady as exc:
+            raise ApiError(409, str(exc), status=exc.status) from None
     if fmt == "json":
         return jsonify(summary)
+    if pdf is not None:
+        return Response(pdf, mimetype="application/pdf",
+                        headers={"Content-Disposition": f'attachment; filename="hematovision-{job_id}.pdf"'})
     return Response(summary_csv(summary), mimetype="text/csv",
                     headers={"Content-Disposition": f'attachment; filename="hematovision-{job_id}.csv"'})
 

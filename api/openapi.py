@@ -53,8 +53,10 @@ SPEC: dict = {
             "responses": {"200": {"description": "a page of results"}, "404": _ERROR}}},
         "/api/v1/jobs/{job_id}/report": {"get": {
             "summary": "Differential-count report (JSON or CSV)",
-            "parameters": [_JOB_ID, {"name": "format", "in": "query", "schema": {"enum": ["json", "csv"]}}],
-            "responses": {"200": {"description": "the report", "content": {"application/json": {}, "text/csv": {}}},
+            "description": "Counts use each cell's newest review, else the model's label; the JSON adds review counts, "
+                           "the sign-off, reference intervals with flags and warnings. PDF: one page to file.",
+            "parameters": [_JOB_ID, {"name": "format", "in": "query", "schema": {"enum": ["json", "csv", "pdf"]}}],
+            "responses": {"200": {"description": "the report", "content": {"application/json": {}, "text/csv": {}, "application/pdf": {}}},
                           "404": _ERROR, "409": _ERROR}}},
         "/api/v1/jobs/{job_id}/images/{seq}/cells/{idx}/thumbnail.jpg": {"get": {
             "summary": "Crop thumbnail of a white cell found in a field image",
@@ -64,6 +66,24 @@ SPEC: dict = {
         "/api/v1/jobs/{job_id}/enqueue": {"post": {
             "summary": "Re-send a queued or running job to the workers (idempotent; after a 503 at submission)",
             "parameters": [_JOB_ID], "responses": {"202": _JOB, "404": _ERROR, "409": _ERROR, "503": _ERROR}}},
+        "/api/v1/jobs/{job_id}/reviews": {
+            "get": {"summary": "Every review of the job's cells, oldest first, and the sign-off", "parameters": [_JOB_ID],
+                    "responses": {"200": {"description": "reviews"}, "404": _ERROR}},
+            "post": {"summary": "Reclassify one cell (a new review row; the model's prediction is kept)", "parameters": [_JOB_ID],
+                     "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                         "type": "object", "required": ["seq", "label", "reviewer"], "properties": {
+                             "seq": {"type": "integer", "description": "image number in the job"},
+                             "cell": {"type": ["integer", "null"], "description": "cell index in a field image (fields jobs)"},
+                             "label": {"type": "string"}, "reviewer": {"type": "string"}}}}}},
+                     "responses": {"201": {"description": "the review"}, "400": _ERROR, "404": _ERROR,
+                                   "409": {**_ERROR, "description": "job not succeeded, or signed off"}}},
+        },
+        "/api/v1/jobs/{job_id}/signoff": {"post": {
+            "summary": "Sign off the job's report: locks it against further reviews", "parameters": [_JOB_ID],
+            "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                "type": "object", "required": ["reviewer"], "properties": {"reviewer": {"type": "string"}}}}}},
+            "responses": {"201": {"description": "the sign-off"}, "400": _ERROR, "404": _ERROR,
+                          "409": {**_ERROR, "description": "already signed off, or job not succeeded"}}}},
         "/api/v1/jobs/{job_id}/cancel": {"post": {"summary": "Cancel a queued or running job", "parameters": [_JOB_ID],
                                                   "responses": {"200": _JOB, "404": _ERROR, "409": _ERROR}}},
     },

@@ -114,3 +114,32 @@ class Cell(Base):
     confidence: Mapped[float] = mapped_column(Float)
     probabilities: Mapped[dict] = mapped_column(JSON)
     thumbnail_key: Mapped[str | None] = mapped_column(String(80))
+
+
+class Review(Base):
+    """One person's (re)classification of one cell: a new row per review, the prediction is never overwritten.
+
+    ``cell_idx`` is None for a cell image ("cells" jobs) and the cell's index in its field for "fields" jobs.
+    """
+
+    __tablename__ = "reviews"
+    __table_args__ = (Index("ix_reviews_job_target", "job_id", "image_id", "cell_idx"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"))
+    cell_idx: Mapped[int | None] = mapped_column(Integer)
+    old_label: Mapped[str] = mapped_column(String(32))
+    new_label: Mapped[str] = mapped_column(String(32))
+    reviewer: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Signoff(Base):
+    """The sign-off that locks a job's report: at most one per job (the primary key says so)."""
+
+    __tablename__ = "signoffs"
+
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    reviewer: Mapped[str] = mapped_column(String(128))
+    signed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

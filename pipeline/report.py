@@ -74,7 +74,10 @@ class DifferentialReport:
     domain_check: dict = field(default_factory=lambda: DomainCheck(UNAVAILABLE, None, ["not computed"]).to_dict())
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """Plain data (shallow: the low-confidence list is not deep-copied; a 2,000-image report is rebuilt per page view)."""
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        out["differential"] = [asdict(row) for row in self.differential]
+        return out
 
     @classmethod
     def from_dict(cls, data: dict) -> DifferentialReport:

@@ -13,6 +13,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pipeline.reference import parse_intervals
+
 PREFIX = "HEMATOVISION_"
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -48,6 +50,9 @@ class Settings:
     api_url: str = "http://127.0.0.1:5000"
     api_token: str = ""  # when set, /api/v1/jobs* requires "Authorization: Bearer <token>"
     page_size: int = 100
+    reference_intervals: str = ""  # "neutrophil=40-60;..." in % of white cells; default: pipeline.reference.DEFAULT_INTERVALS
+    reference_source: str = ""  # where the ranges come from, printed on every report
+    secret_key: str = ""  # signs the web pages' session cookie; default: derived from api_token
 
     def __post_init__(self) -> None:
         if self.backend not in ("litert", "litert-int8", "keras"):
@@ -56,6 +61,7 @@ class Settings:
             raise ValueError(f"{PREFIX}BATCH_SIZE must be between 1 and 4096, not {self.batch_size}")
         if not 0.0 < self.low_confidence < 1.0:
             raise ValueError(f"{PREFIX}LOW_CONFIDENCE must be between 0 and 1, not {self.low_confidence}")
+        parse_intervals(self.reference_intervals)  # fail at start-up, not on the first report
 
     @property
     def resolved_database_url(self) -> str:
