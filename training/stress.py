@@ -1,0 +1,241 @@
+"""Robustness suite: accuracy, macro-F1 and ECE of a model under controlled shifts of held-out images.
+
+``python -m training.stress --model DIR --data DIR [--json OUT] [--plot OUT.png] [--limit N] [--compare DIR2]``
+
+Each image is decoded once, shifted (``training.shifts``: one family at a time,
+several strengths, the unshifted baseline first) and then goes through the
+serving path of the model under test: ``prepare_batch`` with the model's own
+manifest and ``load_classifier(model_dir, backend)``. So the same command
+measures an old and a new model (another preprocessing recipe, another input
+size) fairly, on the same shifted pixels. ``--compare`` runs a second model in
+the same pass.
+
+A sample counts as "no white cell found" when the serving path's preprocessing
+raises ``pipeline.preprocess.NoWhiteCellFound`` (no current recipe does): it is
+wrong in ``accuracy`` and ``macro_f1``, left out of ``ece`` and
+``accuracy_on_found``, and ``coverage`` is the found fraction.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import time
+import zlib
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pipeline import preprocess
+from pipeline.classifier import Classifier, load_classifier, prepare_batch
+from pipeline.images import ImageRejected, decode_image
+from training.evaluate import BATCH, discover
+from training.metrics import confusion_matrix, macro_f1, reliability
+from training.shifts import FAMILIES, Shift
+
+BASELINE = ("baseline", "none")
+#: What the serving path raises for an image without a white cell; an empty tuple catches nothing.
+NOT_FOUND_ERRORS: tuple[type[Exception], ...] = tuple(
+    err for err in (getattr(preprocess, "NoWhiteCellFound", None),) if isinstance(err, type) and issubclass(err, Exception)
+)
+
+
+@dataclass(frozen=True)
+class Condition:
+    family: str
+    strength: str
+    shift: Shift | None
+
+    def rng(self, seed: int, index: int) -> np.random.Generator:
+        """Per-image generator that depends on the condition's name, not on the run's order or subset."""
+        return np.random.default_rng([seed, zlib.crc32(f"{self.family}/{self.strength}".encode()), index])
+
+    def apply(self, images: list[np.ndarray], seed: int) -> list[np.ndarray]:
+        if self.shift is None:
+            return images
+        return [self.shift(img, self.rng(seed, i)) for i, img in enumerate(images)]
+
+
+def conditions(families: list[str] | None = None) -> list[Condition]:
+    """The unshifted baseline, then every strength of the chosen families (all by default)."""
+    chosen = list(FAMILIES) if families is None else families
+    unknown = sorted(set(chosen) - set(FAMILIES))
+    if unknown:
+        raise ValueError(f"unknown shift families {unknown}; choose from {sorted(FAMILIES)}")
+    return [Condition(*BASELINE, None)] + [Condition(f, name, fn) for f in chosen for name, fn in FAMILIES[f]]
+
+
+def balanced_subsample(samples: list[tuple[Path, int]], limit: int | None, seed: int) -> list[tuple[Path, int]]:
+    """At most ``limit`` samples per class, drawn with ``seed``; order: class, then path."""
+    if limit is None:
+        return list(samples)
+    by_class: dict[int, list[tuple[Path, int]]] = {}
+    for sample in samples:
+        by_class.setdefault(sample[1], []).append(sample)
+    picked = []
+    for label in sorted(by_class):
+        members = sorted(by_class[label])
+        picked.extend(sorted(random.Random(f"{seed}/{label}").sample(members, min(limit, len(members)))))
+    return picked
+
+
+def classify(classifier: Classifier, images: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Serving-path probabilities (NaN rows where no white cell was found) and the found mask."""
+    manifest = classifier.manifest
+    probs = np.full((len(images), len(manifest.classes)), np.nan, dtype=np.float32)
+    found = np.ones(len(images), dtype=bool)
+    for start in range(0, len(images), BATCH):
+        rows, pixels = [], []
+        for i in range(start, min(start + BATCH, len(images))):
+            try:
+                pixels.append(prepare_batch([images[i]], manifest.input_size))
+                rows.append(i)
+            except NOT_FOUND_ERRORS:
+                found[i] = False
+        if rows:
+            probs[rows] = classifier.predict(np.concatenate(pixels))
+    return probs, found
+
+
+def score(probs: np.ndarray, found: np.ndarray, y_true: np.ndarray, k: int) -> dict:
+    """Accuracy and macro-F1 over all samples (not found = wrong), ECE and accuracy over the found ones."""
+    y_pred = np.where(found, np.nan_to_num(probs).argmax(axis=1), k)  # k: an extra "not found" column
+    correct = y_pred == y_true
+    ece = reliability(probs[found], y_true[found])[0] if found.any() else None
+    return {
+        "n_images": int(len(y_true)),
+        "accuracy": float(correct.mean()),
+        "macro_f1": macro_f1(confusion_matrix(y_true, y_pred, k + 1)),
+        "ece": ece,
+        "coverage": float(found.mean()),
+        "accuracy_on_found": float(correct[found].mean()) if found.any() else None,
+    }
+
+
+def run(model_dirs: list[str], data_dir: str, backend: str = "litert", limit: int | None = None, seed: int = 0,
+        families: list[str] | None = None, log=print) -> dict:
+    """Every condition for every model; the first model's classes define the labels."""
+    classifiers = [load_classifier(d, backend) for d in model_dirs]
+    classes = classifiers[0].manifest.classes
+    for clf in classifiers[1:]:
+        if clf.manifest.classes != classes:
+            raise ValueError(f"{clf.manifest.label} has classes {clf.manifest.classes}, not {classes}: cannot compare")
+    samples, unknown = discover(Path(data_dir), classes)
+    samples = balanced_subsample(samples, limit, seed)
+    if not samples:
+        raise ValueError(f"no images of known classes under {data_dir} (known: {', '.join(classes)})")
+    images, y_true, unreadable = [], [], []
+    for path, label in samples:
+        try:
+            images.append(decode_image(path.read_bytes(), 10**9))
+            y_true.append(label)
+        except ImageRejected as exc:
+            unreadable.append(f"{path}: {exc}")
+    y = np.array(y_true)
+    result = {
+        "data": str(data_dir), "backend": backend, "limit_per_class": limit, "seed": seed, "n_images": len(images),
+        "images_per_class": {classes[c]: n for c, n in sorted(Counter(y_true).items())},
+        "unknown_class_folders": unknown, "unreadable": unreadable,
+        "families": {f: [name for name, _ in FAMILIES[f]] for f in (families or FAMILIES)},
+        "models": [{"model": clf.manifest.label, "model_dir": str(d), "preprocessing": clf.manifest.preprocessing, "results": {}}
+                   for clf, d in zip(classifiers, model_dirs, strict=True)],
+    }
+    log(header(result))
+    for condition in conditions(families):
+        t0 = time.perf_counter()
+        shifted = condition.apply(images, seed)
+        for clf, out in zip(classifiers, result["models"], strict=True):
+            metrics = score(*classify(clf, shifted), y, len(classes))
+            out["results"].setdefault(condition.family, {})[condition.strength] = metrics
+        log(format_row(condition.family, condition.strength, [m["results"][condition.family][condition.strength] for m in result["models"]])
+            + f"  {time.perf_counter() - t0:5.1f}s")
+    return result
+
+
+def _pct(value: float | None) -> str:
+    return "   -  " if value is None else f"{100 * value:5.1f}%"
+
+
+def format_row(family: str, strength: str, metrics: list[dict]) -> str:
+    cells = [f"{_pct(m['accuracy'])} {m['macro_f1']:.3f} {_pct(m['ece'])} {_pct(m['coverage'])}" for m in metrics]
+    return f"{family:<16}{strength:<13}" + " | ".join(cells)
+
+
+def header(result: dict) -> str:
+    models = " | ".join(f"{m['model'][:30]:<30}" for m in result["models"])
+    columns = " | ".join(f"{'acc':>6} {'F1':>5} {'ECE':>6} {'cover':>6}" for _ in result["models"])
+    return f"{'':<29}{models}\n{'family':<16}{'strength':<13}{columns}"
+
+
+def write_plot(result: dict, path: Path) -> Path:
+    """Accuracy vs strength, one panel per family, one line per model, baseline dashed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    families = list(result["families"])
+    cols = 4
+    rows = -(-len(families) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.7 * rows), sharey=True, squeeze=False)
+    for ax, family in zip(axes.flat, families, strict=False):
+        strengths = result["families"][family]
+        for i, model in enumerate(result["models"]):
+            colour = f"C{i}"
+            ax.plot(range(len(strengths)), [model["results"][family][s]["accuracy"] for s in strengths], "o-", color=colour,
+                    label=f"{model['model']} ({Path(model['model_dir']).name})")
+            ax.axhline(model["results"][BASELINE[0]][BASELINE[1]]["accuracy"], color=colour, ls="--", lw=1)
+        ax.set_title(family, fontsize=10)
+        ax.set_xticks(range(len(strengths)), strengths, rotation=30, fontsize=7)
+        ax.set_ylim(0, 1.02)
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(families):]:
+        ax.axis("off")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8)
+    fig.suptitle(f"accuracy under shift (dashed: unshifted), {result['data']}, n={result['n_images']}", fontsize=10)
+    fig.tight_layout(rect=(0, 0.04, 1, 1))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m training.stress", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", required=True, help="exported model directory (models/<name>)")
+    parser.add_argument("--data", required=True, help="folder with one subfolder per class (held-out images)")
+    parser.add_argument("--compare", help="a second model directory, run on the same shifted images")
+    parser.add_argument("--json", help="write every number here")
+    parser.add_argument("--plot", help="write accuracy vs strength here (PNG)")
+    parser.add_argument("--limit", type=int, help="at most N images per class (balanced, seeded subsample)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--families", help=f"comma-separated subset of: {', '.join(FAMILIES)}")
+    parser.add_argument("--backend", choices=("litert", "litert-int8", "keras"), default="litert")
+    args = parser.parse_args(argv)
+    families = args.families.split(",") if args.families else None
+    models = [args.model] + ([args.compare] if args.compare else [])
+    try:
+        result = run(models, args.data, args.backend, args.limit, args.seed, families, lambda line: print(line, flush=True))
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"{result['n_images']} images {result['images_per_class']}; not counted: {result['unknown_class_folders'] or 'none'}")
+    if args.json:
+        out = Path(args.json)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=2))
+        print(f"wrote {out}")
+    if args.plot:
+        out = Path(args.plot)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        print(f"wrote {write_plot(result, out)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
