@@ -34,7 +34,7 @@ from pipeline import preprocess
 from pipeline.classifier import Classifier, load_classifier, prepare_batch
 from pipeline.images import ImageRejected, decode_image
 from training.evaluate import BATCH, discover
-from training.metrics import confusion_matrix, macro_f1, reliability
+from training.metrics import confusion_matrix, macro_f1, per_class_prf, reliability
 from training.shifts import FAMILIES, Shift
 
 BASELINE = ("baseline", "none")
@@ -101,18 +101,27 @@ def classify(classifier: Classifier, images: list[np.ndarray]) -> tuple[np.ndarr
     return probs, found
 
 
-def score(probs: np.ndarray, found: np.ndarray, y_true: np.ndarray, k: int) -> dict:
-    """Accuracy and macro-F1 over all samples (not found = wrong), ECE and accuracy over the found ones."""
+def score(probs: np.ndarray, found: np.ndarray, y_true: np.ndarray, classes: tuple[str, ...]) -> dict:
+    """Accuracy and macro-F1 over all samples (not found = wrong), ECE and accuracy over the found ones.
+
+    ``confusion`` has one row per true class present and the columns of ``classes``
+    plus ``"not found"``, so a colour shortcut (neutrophils read as eosinophils) shows.
+    """
+    k = len(classes)
     y_pred = np.where(found, np.nan_to_num(probs).argmax(axis=1), k)  # k: an extra "not found" column
     correct = y_pred == y_true
-    ece = reliability(probs[found], y_true[found])[0] if found.any() else None
+    cm = confusion_matrix(y_true, y_pred, k + 1)
+    _, recall, _, support = per_class_prf(cm)
+    present = [i for i in range(k) if support[i] > 0]
     return {
         "n_images": int(len(y_true)),
         "accuracy": float(correct.mean()),
-        "macro_f1": macro_f1(confusion_matrix(y_true, y_pred, k + 1)),
-        "ece": ece,
+        "macro_f1": macro_f1(cm),
+        "ece": reliability(probs[found], y_true[found])[0] if found.any() else None,
         "coverage": float(found.mean()),
         "accuracy_on_found": float(correct[found].mean()) if found.any() else None,
+        "recall": {classes[i]: float(recall[i]) for i in present},
+        "confusion": {classes[i]: dict(zip([*classes, "not found"], map(int, cm[i]), strict=True)) for i in present},
     }
 
 
@@ -149,7 +158,7 @@ def run(model_dirs: list[str], data_dir: str, backend: str = "litert", limit: in
         t0 = time.perf_counter()
         shifted = condition.apply(images, seed)
         for clf, out in zip(classifiers, result["models"], strict=True):
-            metrics = score(*classify(clf, shifted), y, len(classes))
+            metrics = score(*classify(clf, shifted), y, classes)
             out["results"].setdefault(condition.family, {})[condition.strength] = metrics
         log(format_row(condition.family, condition.strength, [m["results"][condition.family][condition.strength] for m in result["models"]])
             + f"  {time.perf_counter() - t0:5.1f}s")

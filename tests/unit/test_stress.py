@@ -15,19 +15,22 @@ from training.shifts import FAMILIES
 def test_score_counts_not_found_as_wrong_and_reports_coverage():
     probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.7, 0.3], [np.nan, np.nan]], np.float32)
     found = np.array([True, True, True, False])
-    metrics = stress.score(probs, found, np.array([0, 1, 1, 1]), 2)
+    metrics = stress.score(probs, found, np.array([0, 1, 1, 1]), ("a", "b"))
     assert metrics["accuracy"] == pytest.approx(0.5)
     assert metrics["coverage"] == pytest.approx(0.75)
     assert metrics["accuracy_on_found"] == pytest.approx(2 / 3)
     # class 0: P 1/2, R 1 -> F1 2/3; class 1: P 1, R 1/3 -> F1 1/2 (the not-found sample lowers recall)
     assert metrics["macro_f1"] == pytest.approx((2 / 3 + 1 / 2) / 2)
     assert metrics["ece"] == pytest.approx((0.1 + 0.2 + 0.7) / 3, abs=1e-6)  # three bins of one: |1-0.9|, |1-0.8|, |0-0.7|
+    assert metrics["recall"] == pytest.approx({"a": 1.0, "b": 1 / 3})
+    assert metrics["confusion"] == {"a": {"a": 1, "b": 0, "not found": 0}, "b": {"a": 1, "b": 1, "not found": 1}}
 
 
 def test_score_with_nothing_found_has_no_ece():
-    metrics = stress.score(np.full((2, 3), np.nan, np.float32), np.zeros(2, bool), np.array([0, 2]), 3)
+    metrics = stress.score(np.full((2, 3), np.nan, np.float32), np.zeros(2, bool), np.array([0, 2]), ("a", "b", "c"))
     assert metrics["accuracy"] == 0.0 and metrics["coverage"] == 0.0
     assert metrics["ece"] is None and metrics["accuracy_on_found"] is None
+    assert metrics["confusion"]["c"] == {"a": 0, "b": 0, "c": 0, "not found": 1} and "b" not in metrics["recall"]
 
 
 def test_balanced_subsample_caps_each_class_and_depends_only_on_the_seed():
