@@ -50,14 +50,14 @@ class Condition:
     strength: str
     shift: Shift | None
 
-    def rng(self, seed: int, index: int) -> np.random.Generator:
-        """Per-image generator that depends on the condition's name, not on the run's order or subset."""
-        return np.random.default_rng([seed, zlib.crc32(f"{self.family}/{self.strength}".encode()), index])
+    def rng(self, seed: int, image_key: str) -> np.random.Generator:
+        """Per-image generator from the condition's and the image's names: the same shift whatever else runs."""
+        return np.random.default_rng([seed, zlib.crc32(f"{self.family}/{self.strength}".encode()), zlib.crc32(image_key.encode())])
 
-    def apply(self, images: list[np.ndarray], seed: int) -> list[np.ndarray]:
+    def apply(self, images: list[np.ndarray], keys: list[str], seed: int) -> list[np.ndarray]:
         if self.shift is None:
             return images
-        return [self.shift(img, self.rng(seed, i)) for i, img in enumerate(images)]
+        return [self.shift(img, self.rng(seed, key)) for img, key in zip(images, keys, strict=True)]
 
 
 def conditions(families: list[str] | None = None) -> list[Condition]:
@@ -133,17 +133,20 @@ def run(model_dirs: list[str], data_dir: str, backend: str = "litert", limit: in
     for clf in classifiers[1:]:
         if clf.manifest.classes != classes:
             raise ValueError(f"{clf.manifest.label} has classes {clf.manifest.classes}, not {classes}: cannot compare")
+    todo = conditions(families)
     samples, unknown = discover(Path(data_dir), classes)
     samples = balanced_subsample(samples, limit, seed)
     if not samples:
         raise ValueError(f"no images of known classes under {data_dir} (known: {', '.join(classes)})")
-    images, y_true, unreadable = [], [], []
+    images, keys, y_true, unreadable = [], [], [], []
     for path, label in samples:
         try:
             images.append(decode_image(path.read_bytes(), 10**9))
-            y_true.append(label)
         except ImageRejected as exc:
             unreadable.append(f"{path}: {exc}")
+            continue
+        keys.append(f"{path.parent.name}/{path.name}")
+        y_true.append(label)
     y = np.array(y_true)
     result = {
         "data": str(data_dir), "backend": backend, "limit_per_class": limit, "seed": seed, "n_images": len(images),
@@ -154,9 +157,9 @@ def run(model_dirs: list[str], data_dir: str, backend: str = "litert", limit: in
                    for clf, d in zip(classifiers, model_dirs, strict=True)],
     }
     log(header(result))
-    for condition in conditions(families):
+    for condition in todo:
         t0 = time.perf_counter()
-        shifted = condition.apply(images, seed)
+        shifted = condition.apply(images, keys, seed)
         for clf, out in zip(classifiers, result["models"], strict=True):
             metrics = score(*classify(clf, shifted), y, classes)
             out["results"].setdefault(condition.family, {})[condition.strength] = metrics
