@@ -183,6 +183,21 @@ def header(result: dict) -> str:
     return f"{'':<29}{models}\n{'family':<16}{'strength':<13}{columns}"
 
 
+def markdown_table(result: dict) -> str:
+    """The model card's table: one row per condition, accuracy / macro-F1 / ECE / coverage per model."""
+    models = result["models"]
+    head = "| shift | strength | " + " | ".join(f"{m['model']}: accuracy | macro-F1 | ECE | coverage" for m in models) + " |"
+    lines = [head, "|---|---|" + "---:|" * (4 * len(models))]
+    for family, strengths in models[0]["results"].items():
+        for strength in strengths:
+            cells = []
+            for m in models:
+                r = m["results"][family][strength]
+                cells += [_pct(r["accuracy"]).strip(), f"{r['macro_f1']:.3f}", _pct(r["ece"]).strip(), _pct(r["coverage"]).strip()]
+            lines.append(f"| {family} | {strength} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def write_plot(result: dict, path: Path) -> Path:
     """Accuracy vs strength, one panel per family, one line per model, baseline dashed."""
     import matplotlib
@@ -224,6 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compare", help="a second model directory, run on the same shifted images")
     parser.add_argument("--json", help="write every number here")
     parser.add_argument("--plot", help="write accuracy vs strength here (PNG)")
+    parser.add_argument("--markdown", help="write the table here (Markdown, for the model card)")
     parser.add_argument("--limit", type=int, help="at most N images per class (balanced, seeded subsample)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--families", help=f"comma-separated subset of: {', '.join(FAMILIES)}")
@@ -237,15 +253,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"{result['n_images']} images {result['images_per_class']}; not counted: {result['unknown_class_folders'] or 'none'}")
-    if args.json:
-        out = Path(args.json)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(result, indent=2))
-        print(f"wrote {out}")
-    if args.plot:
-        out = Path(args.plot)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        print(f"wrote {write_plot(result, out)}")
+    outputs = [(args.json, lambda path: path.write_text(json.dumps(result, indent=2))),
+               (args.markdown, lambda path: path.write_text(markdown_table(result))),
+               (args.plot, lambda path: write_plot(result, path))]
+    for target, write in outputs:
+        if target:
+            out = Path(target)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            write(out)
+            print(f"wrote {out}")
     return 0
 
 

@@ -52,9 +52,9 @@ def test_conditions_start_with_the_baseline_and_refuse_unknown_families():
 
 @pytest.mark.tensorflow  # matplotlib comes with the train extra
 def test_stress_run_on_the_shipped_model_covers_every_family_and_strength(model_dir, sample_folder, tmp_path, capsys):
-    out, plot = tmp_path / "stress.json", tmp_path / "stress.png"
+    out, plot, table = tmp_path / "stress.json", tmp_path / "stress.png", tmp_path / "stress.md"
     code = stress.main(["--model", str(model_dir), "--data", str(sample_folder / "pbc"), "--limit", "1",
-                        "--json", str(out), "--plot", str(plot)])
+                        "--json", str(out), "--plot", str(plot), "--markdown", str(table)])
     assert code == 0
     result = json.loads(out.read_text())
     assert result["n_images"] == 8 and set(result["images_per_class"].values()) == {1}
@@ -67,6 +67,8 @@ def test_stress_run_on_the_shipped_model_covers_every_family_and_strength(model_
             assert m["coverage"] == 1.0 and m["n_images"] == 8
     assert model["results"]["baseline"]["none"]["accuracy"] >= 0.75  # held-out sample images, not an accuracy claim
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    rows = table.read_text().splitlines()
+    assert len(rows) == 2 + sum(len(s) for s in expected.values()) and rows[2].startswith("| baseline | none |")
     printed = capsys.readouterr().out
     assert "baseline" in printed and "off_centre" in printed
 
