@@ -56,7 +56,7 @@ stress: install-dev
 	$(PY) -m training.splits --config $(CONFIG)
 	for split in kaggle_val pbc_val; do \
 	  $(PY) -m training.stress --model $(MODEL) --data $(SPLITS)/$$split --limit $(STRESS_LIMIT) \
-	    --json $(MODEL)/eval/stress_$$split.json --plot $(MODEL)/eval/stress_$$split.png || exit 1; done
+	    --json $(MODEL)/eval/stress_$$split.json --plot $(MODEL)/eval/stress_$$split.png --markdown $(MODEL)/eval/stress_$$split.md || exit 1; done
 
 clean:
 	rm -rf var report bench/out .pytest_cache
