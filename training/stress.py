@@ -4,16 +4,16 @@
 
 Each image is decoded once, shifted (``training.shifts``: one family at a time,
 several strengths, the unshifted baseline first) and then goes through the
-serving path of the model under test: ``prepare_batch`` with the model's own
-manifest and ``load_classifier(model_dir, backend)``. So the same command
-measures an old and a new model (another preprocessing recipe, another input
-size) fairly, on the same shifted pixels. ``--compare`` runs a second model in
-the same pass.
+serving path of the model under test: ``prepare_cells`` with the model's own
+manifest (its preprocessing recipe and input size) and ``load_classifier(model_dir,
+backend)``. So the same command measures an old and a new model fairly, on the
+same shifted pixels. ``--compare`` runs a second model in the same pass.
 
-A sample counts as "no white cell found" when the serving path's preprocessing
-raises ``pipeline.preprocess.NoWhiteCellFound`` (no current recipe does): it is
-wrong in ``accuracy`` and ``macro_f1``, left out of ``ece`` and
-``accuracy_on_found``, and ``coverage`` is the found fraction.
+The figures are ``training.evaluate``'s, per condition (the baseline row equals
+its output on the same images): ``accuracy`` counts an image whose recipe reports
+"no white cell found" as wrong, ``coverage`` is the found fraction and
+``accuracy_on_found`` the accuracy on the rest; ``macro_f1``, ``ece`` and the
+confusion are the model's answers on every image, with the not-found count per class beside them.
 """
 
 from __future__ import annotations
@@ -30,18 +30,13 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import preprocess
-from pipeline.classifier import Classifier, load_classifier, prepare_batch
+from pipeline.classifier import Classifier, load_classifier, prepare_cells
 from pipeline.images import ImageRejected, decode_image
 from training.evaluate import BATCH, discover
 from training.metrics import confusion_matrix, macro_f1, per_class_prf, reliability
 from training.shifts import FAMILIES, Shift
 
 BASELINE = ("baseline", "none")
-#: What the serving path raises for an image without a white cell; an empty tuple catches nothing.
-NOT_FOUND_ERRORS: tuple[type[Exception], ...] = tuple(
-    err for err in (getattr(preprocess, "NoWhiteCellFound", None),) if isinstance(err, type) and issubclass(err, Exception)
-)
 
 
 @dataclass(frozen=True)
@@ -84,44 +79,37 @@ def balanced_subsample(samples: list[tuple[Path, int]], limit: int | None, seed:
 
 
 def classify(classifier: Classifier, images: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """Serving-path probabilities (NaN rows where no white cell was found) and the found mask."""
-    manifest = classifier.manifest
-    probs = np.full((len(images), len(manifest.classes)), np.nan, dtype=np.float32)
-    found = np.ones(len(images), dtype=bool)
+    """Serving-path probabilities and, per image, whether the model's recipe found a white cell."""
+    probs, found = [], []
     for start in range(0, len(images), BATCH):
-        rows, pixels = [], []
-        for i in range(start, min(start + BATCH, len(images))):
-            try:
-                pixels.append(prepare_batch([images[i]], manifest.input_size))
-                rows.append(i)
-            except NOT_FOUND_ERRORS:
-                found[i] = False
-        if rows:
-            probs[rows] = classifier.predict(np.concatenate(pixels))
-    return probs, found
+        batch, has_cell = prepare_cells(images[start : start + BATCH], classifier.manifest)
+        probs.append(classifier.predict(batch))
+        found.extend(has_cell)
+    return np.concatenate(probs), np.array(found, bool)
 
 
 def score(probs: np.ndarray, found: np.ndarray, y_true: np.ndarray, classes: tuple[str, ...]) -> dict:
-    """Accuracy and macro-F1 over all samples (not found = wrong), ECE and accuracy over the found ones.
+    """``training.evaluate``'s figures for one condition, plus recall and confusion per class.
 
-    ``confusion`` has one row per true class present and the columns of ``classes``
-    plus ``"not found"``, so a colour shortcut (neutrophils read as eosinophils) shows.
+    The confusion (one row per true class present) shows shortcuts such as
+    neutrophils read as eosinophils; ``not found`` counts that class's images
+    the recipe found no white cell in.
     """
-    k = len(classes)
-    y_pred = np.where(found, np.nan_to_num(probs).argmax(axis=1), k)  # k: an extra "not found" column
-    correct = y_pred == y_true
-    cm = confusion_matrix(y_true, y_pred, k + 1)
+    answers = probs.argmax(axis=1)
+    correct = found & (answers == y_true)
+    cm = confusion_matrix(y_true, answers, len(classes))
     _, recall, _, support = per_class_prf(cm)
-    present = [i for i in range(k) if support[i] > 0]
+    present = [i for i in range(len(classes)) if support[i] > 0]
     return {
         "n_images": int(len(y_true)),
         "accuracy": float(correct.mean()),
         "macro_f1": macro_f1(cm),
-        "ece": reliability(probs[found], y_true[found])[0] if found.any() else None,
+        "ece": reliability(probs, y_true)[0],
         "coverage": float(found.mean()),
-        "accuracy_on_found": float(correct[found].mean()) if found.any() else None,
+        "accuracy_on_found": float(correct[found].mean()) if found.any() else 0.0,
         "recall": {classes[i]: float(recall[i]) for i in present},
-        "confusion": {classes[i]: dict(zip([*classes, "not found"], map(int, cm[i]), strict=True)) for i in present},
+        "confusion": {classes[i]: dict(zip(classes, map(int, cm[i]), strict=True)) | {"not found": int((~found & (y_true == i)).sum())}
+                      for i in present},
     }
 
 
@@ -168,8 +156,8 @@ def run(model_dirs: list[str], data_dir: str, backend: str = "litert", limit: in
     return result
 
 
-def _pct(value: float | None) -> str:
-    return "   -  " if value is None else f"{100 * value:5.1f}%"
+def _pct(value: float) -> str:
+    return f"{100 * value:5.1f}%"
 
 
 def format_row(family: str, strength: str, metrics: list[dict]) -> str:

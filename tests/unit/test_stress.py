@@ -3,34 +3,36 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from tests.conftest import encode_jpeg, synthetic_field
 from training import stress
 from training.shifts import FAMILIES
 
 
-def test_score_counts_not_found_as_wrong_and_reports_coverage():
-    probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.7, 0.3], [np.nan, np.nan]], np.float32)
+def test_score_counts_not_found_as_wrong_and_reports_coverage_like_evaluate():
+    probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.7, 0.3], [0.4, 0.6]], np.float32)
     found = np.array([True, True, True, False])
     metrics = stress.score(probs, found, np.array([0, 1, 1, 1]), ("a", "b"))
-    assert metrics["accuracy"] == pytest.approx(0.5)
+    assert metrics["accuracy"] == pytest.approx(0.5)  # the right answer on a not-found image is still wrong
     assert metrics["coverage"] == pytest.approx(0.75)
     assert metrics["accuracy_on_found"] == pytest.approx(2 / 3)
-    # class 0: P 1/2, R 1 -> F1 2/3; class 1: P 1, R 1/3 -> F1 1/2 (the not-found sample lowers recall)
-    assert metrics["macro_f1"] == pytest.approx((2 / 3 + 1 / 2) / 2)
-    assert metrics["ece"] == pytest.approx((0.1 + 0.2 + 0.7) / 3, abs=1e-6)  # three bins of one: |1-0.9|, |1-0.8|, |0-0.7|
-    assert metrics["recall"] == pytest.approx({"a": 1.0, "b": 1 / 3})
-    assert metrics["confusion"] == {"a": {"a": 1, "b": 0, "not found": 0}, "b": {"a": 1, "b": 1, "not found": 1}}
+    # the model's answers: class a P 1/2 R 1 -> F1 2/3; class b P 1 R 2/3 -> F1 4/5
+    assert metrics["macro_f1"] == pytest.approx((2 / 3 + 4 / 5) / 2)
+    # four bins of one: |1-0.9|, |1-0.8|, |0-0.7|, |1-0.6|
+    assert metrics["ece"] == pytest.approx((0.1 + 0.2 + 0.7 + 0.4) / 4, abs=1e-6)
+    assert metrics["recall"] == pytest.approx({"a": 1.0, "b": 2 / 3})
+    assert metrics["confusion"] == {"a": {"a": 1, "b": 0, "not found": 0}, "b": {"a": 1, "b": 2, "not found": 1}}
 
 
-def test_score_with_nothing_found_has_no_ece():
-    metrics = stress.score(np.full((2, 3), np.nan, np.float32), np.zeros(2, bool), np.array([0, 2]), ("a", "b", "c"))
-    assert metrics["accuracy"] == 0.0 and metrics["coverage"] == 0.0
-    assert metrics["ece"] is None and metrics["accuracy_on_found"] is None
-    assert metrics["confusion"]["c"] == {"a": 0, "b": 0, "c": 0, "not found": 1} and "b" not in metrics["recall"]
+def test_score_with_nothing_found_is_all_wrong():
+    metrics = stress.score(np.array([[0.8, 0.1, 0.1]] * 2, np.float32), np.zeros(2, bool), np.array([0, 2]), ("a", "b", "c"))
+    assert metrics["accuracy"] == 0.0 and metrics["coverage"] == 0.0 and metrics["accuracy_on_found"] == 0.0
+    assert metrics["confusion"]["c"] == {"a": 1, "b": 0, "c": 0, "not found": 1} and "b" not in metrics["recall"]
 
 
 def test_balanced_subsample_caps_each_class_and_depends_only_on_the_seed():
@@ -63,14 +65,47 @@ def test_stress_run_on_the_shipped_model_covers_every_family_and_strength(model_
     assert {f: list(s) for f, s in model["results"].items()} == expected
     for family, strengths in model["results"].items():
         for name, m in strengths.items():
-            assert 0.0 <= m["accuracy"] <= 1.0 and 0.0 <= m["macro_f1"] <= 1.0 and 0.0 <= m["ece"] <= 1.0, (family, name)
-            assert m["coverage"] == 1.0 and m["n_images"] == 8
-    assert model["results"]["baseline"]["none"]["accuracy"] >= 0.75  # held-out sample images, not an accuracy claim
+            for key in ("accuracy", "macro_f1", "ece", "coverage", "accuracy_on_found"):
+                assert 0.0 <= m[key] <= 1.0, (family, name, key)
+            assert m["n_images"] == 8
+    baseline = model["results"]["baseline"]["none"]
+    assert baseline["coverage"] == 1.0 and baseline["accuracy"] >= 0.75  # held-out sample images, not an accuracy claim
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     rows = table.read_text().splitlines()
     assert len(rows) == 2 + sum(len(s) for s in expected.values()) and rows[2].startswith("| baseline | none |")
     printed = capsys.readouterr().out
     assert "baseline" in printed and "off_centre" in printed
+
+
+def test_baseline_row_is_what_training_evaluate_reports(model_dir, sample_folder):
+    from training.evaluate import evaluate
+
+    expected = evaluate(str(model_dir), str(sample_folder / "pbc"))
+    result = stress.run([str(model_dir)], str(sample_folder / "pbc"), families=["jpeg"], log=lambda line: None)
+    baseline = result["models"][0]["results"]["baseline"]["none"]
+    assert baseline["n_images"] == expected["n_images"] == result["n_images"]
+    for key in ("accuracy", "macro_f1", "ece", "coverage", "accuracy_on_found"):
+        assert baseline[key] == pytest.approx(expected[key], abs=1e-6), key
+
+
+def test_images_without_a_white_cell_lower_coverage_and_count_as_wrong(model_dir, sample_folder, tmp_path):
+    """The shipped weights served with the cell-centred recipe: a red-cells-only field has no white cell."""
+    from pipeline.preprocess import RECIPE_CELL_CENTRED
+
+    served = tmp_path / "model"
+    shutil.copytree(model_dir, served)
+    manifest = json.loads((served / "manifest.json").read_text())
+    manifest["preprocessing"] = RECIPE_CELL_CENTRED
+    (served / "manifest.json").write_text(json.dumps(manifest))
+    data = tmp_path / "data" / "lymphocyte"
+    data.mkdir(parents=True)
+    shutil.copy(sorted((sample_folder / "pbc" / "lymphocyte").glob("*.jpg"))[0], data / "cell.jpg")
+    (data / "red_cells_only.jpg").write_bytes(encode_jpeg(synthetic_field(320, 240, [], rbc=10)))
+    result = stress.run([str(served)], str(tmp_path / "data"), families=["jpeg"], log=lambda line: None)
+    baseline = result["models"][0]["results"]["baseline"]["none"]
+    assert result["models"][0]["preprocessing"] == RECIPE_CELL_CENTRED
+    assert baseline["coverage"] == 0.5 and baseline["accuracy"] <= 0.5
+    assert baseline["confusion"]["lymphocyte"]["not found"] == 1
 
 
 def test_compare_runs_a_second_model_on_the_same_shifted_images(model_dir, sample_folder, tmp_path):
