@@ -32,7 +32,7 @@ import numpy as np
 
 from pipeline.classifier import Classifier, load_classifier, prepare_cells
 from pipeline.images import ImageRejected, decode_image
-from training.evaluate import BATCH, discover
+from training.evaluate import BATCH, discover, domain_summary
 from training.metrics import confusion_matrix, macro_f1, per_class_prf, reliability
 from training.shifts import FAMILIES, Shift
 
@@ -78,14 +78,26 @@ def balanced_subsample(samples: list[tuple[Path, int]], limit: int | None, seed:
     return picked
 
 
-def classify(classifier: Classifier, images: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """Serving-path probabilities and, per image, whether the model's recipe found a white cell."""
-    probs, found = [], []
+def classify(classifier: Classifier, images: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Serving-path probabilities, whether the recipe found a white cell, and domain scores (None without a domain model)."""
+    probs, found, scores = [], [], []
     for start in range(0, len(images), BATCH):
         batch, has_cell = prepare_cells(images[start : start + BATCH], classifier.manifest)
-        probs.append(classifier.predict(batch))
+        batch_probs, features = classifier.predict_with_features(batch)
+        probs.append(batch_probs)
         found.extend(has_cell)
-    return np.concatenate(probs), np.array(found, bool)
+        if classifier.domain is not None and features is not None:
+            scores.append(classifier.domain.score(features))
+    return np.concatenate(probs), np.array(found, bool), np.concatenate(scores) if scores else None
+
+
+def measure(classifier: Classifier, images: list[np.ndarray], y_true: np.ndarray) -> dict:
+    """One model on one condition's images: ``score`` plus, for models with a domain model, how often the alarm fires."""
+    probs, found, domain_scores = classify(classifier, images)
+    metrics = score(probs, found, y_true, classifier.manifest.classes)
+    if domain_scores is not None:
+        metrics["domain"] = domain_summary(classifier.domain, domain_scores, found)
+    return metrics
 
 
 def score(probs: np.ndarray, found: np.ndarray, y_true: np.ndarray, classes: tuple[str, ...]) -> dict:
@@ -149,39 +161,45 @@ def run(model_dirs: list[str], data_dir: str, backend: str = "litert", limit: in
         t0 = time.perf_counter()
         shifted = condition.apply(images, keys, seed)
         for clf, out in zip(classifiers, result["models"], strict=True):
-            metrics = score(*classify(clf, shifted), y, classes)
+            metrics = measure(clf, shifted, y)
             out["results"].setdefault(condition.family, {})[condition.strength] = metrics
         log(format_row(condition.family, condition.strength, [m["results"][condition.family][condition.strength] for m in result["models"]])
             + f"  {time.perf_counter() - t0:5.1f}s")
     return result
 
 
+#: per model and condition; "alarm": share of random 50-image jobs the domain check calls shifted
+COLUMNS = ("accuracy", "macro-F1", "ECE", "coverage", "alarm")
+
+
 def _pct(value: float) -> str:
-    return f"{100 * value:5.1f}%"
+    return f"{100 * value:.1f}%"
+
+
+def _cells(metrics: dict) -> list[str]:
+    alarm = _pct(metrics["domain"]["alarm_rate"]) if "domain" in metrics else "-"
+    return [_pct(metrics["accuracy"]), f"{metrics['macro_f1']:.3f}", _pct(metrics["ece"]), _pct(metrics["coverage"]), alarm]
 
 
 def format_row(family: str, strength: str, metrics: list[dict]) -> str:
-    cells = [f"{_pct(m['accuracy'])} {m['macro_f1']:.3f} {_pct(m['ece'])} {_pct(m['coverage'])}" for m in metrics]
-    return f"{family:<16}{strength:<13}" + " | ".join(cells)
+    return f"{family:<16}{strength:<13}" + " | ".join(" ".join(f"{c:>8}" for c in _cells(m)) for m in metrics)
 
 
 def header(result: dict) -> str:
-    models = " | ".join(f"{m['model'][:30]:<30}" for m in result["models"])
-    columns = " | ".join(f"{'acc':>6} {'F1':>5} {'ECE':>6} {'cover':>6}" for _ in result["models"])
+    width = 9 * len(COLUMNS) - 1
+    models = " | ".join(f"{m['model'][:width]:<{width}}" for m in result["models"])
+    columns = " | ".join(" ".join(f"{c:>8}" for c in COLUMNS) for _ in result["models"])
     return f"{'':<29}{models}\n{'family':<16}{'strength':<13}{columns}"
 
 
 def markdown_table(result: dict) -> str:
-    """The model card's table: one row per condition, accuracy / macro-F1 / ECE / coverage per model."""
+    """The model card's table: one row per condition, the ``COLUMNS`` of each model."""
     models = result["models"]
-    head = "| shift | strength | " + " | ".join(f"{m['model']}: accuracy | macro-F1 | ECE | coverage" for m in models) + " |"
-    lines = [head, "|---|---|" + "---:|" * (4 * len(models))]
+    head = "| shift | strength | " + " | ".join(f"{m['model']}: " + " | ".join(COLUMNS) for m in models) + " |"
+    lines = [head, "|---|---|" + "---:|" * (len(COLUMNS) * len(models))]
     for family, strengths in models[0]["results"].items():
         for strength in strengths:
-            cells = []
-            for m in models:
-                r = m["results"][family][strength]
-                cells += [_pct(r["accuracy"]).strip(), f"{r['macro_f1']:.3f}", _pct(r["ece"]).strip(), _pct(r["coverage"]).strip()]
+            cells = [c for m in models for c in _cells(m["results"][family][strength])]
             lines.append(f"| {family} | {strength} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

@@ -108,6 +108,37 @@ def test_images_without_a_white_cell_lower_coverage_and_count_as_wrong(model_dir
     assert baseline["confusion"]["lymphocyte"]["not found"] == 1
 
 
+class MeanColourClassifier:
+    """A toy with the Classifier interface: its features are the mean colour, so a colour cast is a domain shift."""
+
+    def __init__(self, manifest, domain=None) -> None:
+        self.manifest, self.domain = manifest, domain
+
+    def predict_with_features(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        probs = np.full((len(batch), len(self.manifest.classes)), 0.1, np.float32)
+        probs[:, 0] = 1.0 - 0.1 * (probs.shape[1] - 1)
+        return probs, batch.mean(axis=(1, 2))
+
+
+def test_domain_alarm_rate_is_reported_per_condition_for_models_with_a_domain_model(model_dir):
+    from pipeline.classifier import prepare_cells
+    from pipeline.domain import fit_domain_model
+    from pipeline.manifest import ModelManifest
+
+    manifest = ModelManifest.load(model_dir, verify=False)
+    fields = [synthetic_field(96, 96, [(48, 48)], seed=s, rbc=4) for s in range(120)]
+    y = np.zeros(60, int)
+    toy = MeanColourClassifier(manifest)
+    assert "domain" not in stress.measure(toy, fields[60:], y)
+    train_features, val_features = (toy.predict_with_features(prepare_cells(part, manifest)[0])[1] for part in (fields[:60], fields[60:]))
+    toy.domain = fit_domain_model(train_features, np.arange(60) % 2, val_features)
+    in_domain = stress.measure(toy, fields[60:], y)["domain"]
+    yellow = dict(FAMILIES["yellow_cast"])["1"]
+    shifted = stress.measure(toy, [yellow(f, np.random.default_rng(0)) for f in fields[60:]], y)["domain"]
+    assert in_domain["alarm_rate"] <= 0.2 and shifted["alarm_rate"] == 1.0
+    assert shifted["unusual_image_fraction"] > 0.9
+
+
 def test_compare_runs_a_second_model_on_the_same_shifted_images(model_dir, sample_folder, tmp_path):
     result = stress.run([str(model_dir), str(model_dir)], str(sample_folder / "kaggle"), limit=2,
                         families=["off_centre", "jpeg"], log=lambda line: None)
