@@ -131,12 +131,16 @@ def tight_crop(bgr: np.ndarray, rng: np.random.Generator, fraction: float) -> np
 
 
 def wide_context(bgr: np.ndarray, rng: np.random.Generator, factor: float) -> np.ndarray:
-    """Grow the field of view to ``factor`` times each side with reflected smear around the cell."""
+    """Grow the field of view to ``factor`` times each side with reflected smear around the cell.
+
+    Reflection is done in steps of at most a quarter of the current side, so the
+    new context is mirrored from the outer band (red cells, glass) and never
+    contains a mirrored copy of the centred white cell.
+    """
     h, w = bgr.shape[:2]
     py, px = round(h * (factor - 1.0) / 2), round(w * (factor - 1.0) / 2)
-    # reflection of a reflection when the pad is wider than the image
     while py or px:
-        sy, sx = min(py, h - 1), min(px, w - 1)
+        sy, sx = min(py, h // 4), min(px, w // 4)
         bgr = cv2.copyMakeBorder(bgr, sy, sy, sx, sx, cv2.BORDER_REFLECT_101)
         py, px = py - sy, px - sx
         h, w = bgr.shape[:2]

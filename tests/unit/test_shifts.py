@@ -114,6 +114,8 @@ def test_wide_context_grows_the_field_around_the_unchanged_centre():
     assert out.shape == (480, 640, 3)
     np.testing.assert_array_equal(out[120:360, 160:480], img)
     assert shifts.wide_context(img, rng(), 3.5).shape == (840, 1120, 3)  # pad wider than the image
+    dark = (cv2.cvtColor(out, cv2.COLOR_BGR2GRAY) < 150).astype(np.uint8)
+    assert cv2.connectedComponents(dark)[0] == 2  # background + the one cell: no mirrored copy in the context
 
 
 @pytest.mark.parametrize("fraction", [0.1, 0.4])
