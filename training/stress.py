@@ -41,6 +41,8 @@ BASELINE = ("baseline", "none")
 
 @dataclass(frozen=True)
 class Condition:
+    """One row of the suite: a shift family at one strength (no shift for the baseline)."""
+
     family: str
     strength: str
     shift: Shift | None
@@ -125,6 +127,22 @@ def score(probs: np.ndarray, found: np.ndarray, y_true: np.ndarray, classes: tup
     }
 
 
+def load_images(samples: list[tuple[Path, int]]) -> tuple[list[np.ndarray], list[str], list[int], list[str]]:
+    """Decode every sample once: images, their keys ("class/file"), labels, and the undecodable ones with the reason."""
+    images, keys, labels, unreadable = [], [], [], []
+    for path, label in samples:
+        try:
+            images.append(decode_image(path.read_bytes(), 10**9))
+        except ImageRejected as exc:
+            unreadable.append(f"{path}: {exc}")
+            continue
+        keys.append(f"{path.parent.name}/{path.name}")
+        labels.append(label)
+    if not images:
+        raise ValueError(f"none of the {len(samples)} images could be decoded: {unreadable[:3]}")
+    return images, keys, labels, unreadable
+
+
 def run(model_dirs: list[str], data_dir: str, backend: str = "litert", limit: int | None = None, seed: int = 0,
         families: list[str] | None = None, log=print) -> dict:
     """Every condition for every model; the first model's classes define the labels."""
@@ -138,15 +156,7 @@ def run(model_dirs: list[str], data_dir: str, backend: str = "litert", limit: in
     samples = balanced_subsample(samples, limit, seed)
     if not samples:
         raise ValueError(f"no images of known classes under {data_dir} (known: {', '.join(classes)})")
-    images, keys, y_true, unreadable = [], [], [], []
-    for path, label in samples:
-        try:
-            images.append(decode_image(path.read_bytes(), 10**9))
-        except ImageRejected as exc:
-            unreadable.append(f"{path}: {exc}")
-            continue
-        keys.append(f"{path.parent.name}/{path.name}")
-        y_true.append(label)
+    images, keys, y_true, unreadable = load_images(samples)
     y = np.array(y_true)
     result = {
         "data": str(data_dir), "backend": backend, "limit_per_class": limit, "seed": seed, "n_images": len(images),

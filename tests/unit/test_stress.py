@@ -151,3 +151,14 @@ def test_unknown_data_folder_is_an_error_message_not_a_traceback(model_dir, tmp_
     (tmp_path / "not_a_class").mkdir()
     assert stress.main(["--model", str(model_dir), "--data", str(tmp_path)]) == 2
     assert "no images of known classes" in capsys.readouterr().err
+
+
+def test_undecodable_images_are_listed_not_scored(model_dir, sample_folder, tmp_path, capsys):
+    data = tmp_path / "data" / "neutrophil"
+    data.mkdir(parents=True)
+    (data / "junk.jpg").write_bytes(b"not an image")
+    assert stress.main(["--model", str(model_dir), "--data", str(tmp_path / "data")]) == 2
+    assert "none of the 1 images could be decoded" in capsys.readouterr().err
+    shutil.copy(sorted((sample_folder / "pbc" / "neutrophil").glob("*.jpg"))[0], data / "cell.jpg")
+    result = stress.run([str(model_dir)], str(tmp_path / "data"), families=["blur"], log=lambda line: None)
+    assert result["n_images"] == 1 and len(result["unreadable"]) == 1 and "junk.jpg" in result["unreadable"][0]
