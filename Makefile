@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 
-.PHONY: demo test install install-dev services lint bench train evaluate clean
+.PHONY: demo test install install-dev services lint bench train evaluate stress clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -49,6 +49,14 @@ evaluate: install-dev
 	for split in kaggle_val pbc_val kaggle_test pbc_test; do \
 	  $(PY) -m training.evaluate --model $(MODEL) --data $(SPLITS)/$$split --json $(MODEL)/eval/$$split.json || exit 1; done
 	$(PY) -m training.evaluate_fields --data ../shared/data/bccd --model $(MODEL) --subset odd --out $(MODEL)/eval/fields
+
+## stress: the robustness suite (shifted validation images, never the test split); STRESS_LIMIT images per class
+STRESS_LIMIT ?= 200
+stress: install-dev
+	$(PY) -m training.splits --config $(CONFIG)
+	for split in kaggle_val pbc_val; do \
+	  $(PY) -m training.stress --model $(MODEL) --data $(SPLITS)/$$split --limit $(STRESS_LIMIT) \
+	    --json $(MODEL)/eval/stress_$$split.json --plot $(MODEL)/eval/stress_$$split.png --markdown $(MODEL)/eval/stress_$$split.md || exit 1; done
 
 clean:
 	rm -rf var report bench/out .pytest_cache

@@ -1,0 +1,205 @@
+"""Controlled domain shifts of cell images, one family at a time (NumPy/OpenCV only).
+
+The robustness suite (``training.stress``) applies each shift to the decoded
+BGR uint8 image *before* the serving path's own preprocessing, so a shift
+stands in for another laboratory's stain, camera, magnification or cropping
+habit, not for a change of our own recipe. Every function is deterministic:
+the only randomness (the direction a cell is moved off-centre) comes from the
+``numpy.random.Generator`` passed in, which the suite seeds per image.
+
+``FAMILIES`` maps a family name to its ``(strength_name, shift)`` list, mildest
+first; ``shift(bgr, rng) -> bgr``. Shifts may change the image size (tight
+crop, wide context, black padding) as other laboratories' crops do.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import partial
+
+import cv2
+import numpy as np
+
+Shift = Callable[[np.ndarray, np.random.Generator], np.ndarray]
+
+#: Ruifrok & Johnston (2001) haematoxylin, eosin, DAB optical-density vectors (RGB rows),
+#: the matrix of skimage's ``rgb2hed``. Romanowsky stains are not H&E, but the violet /
+#: pink split of this basis separates nucleus-like from cytoplasm-like stain well enough
+#: to shift their balance.
+_HED_FROM_RGB_OD = np.linalg.inv(np.array([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]]))
+_RGB_OD_FROM_HED = np.linalg.inv(_HED_FROM_RGB_OD)
+
+#: Per-channel gains (B, G, R) at full strength. Yellow/brown: blue absorbed, a little
+#: green (rapid stains, old slides, warm lamps). Blue/grey: red absorbed (cold LED light,
+#: under-stained films), plus desaturation (``_GREY_AT_FULL``).
+_YELLOW_GAINS = np.array([0.55, 0.88, 1.0])
+_BLUE_GAINS = np.array([1.0, 0.92, 0.72])
+_GREY_AT_FULL = 0.5
+
+
+def _to_uint8(image: np.ndarray) -> np.ndarray:
+    return np.clip(np.rint(image), 0, 255).astype(np.uint8)
+
+
+def background_colour(bgr: np.ndarray, brightest: float = 0.2) -> tuple[int, int, int]:
+    """Median colour of the brightest pixels: the smear's plasma/glass background.
+
+    Padding with it (instead of black or white) keeps the padded area looking
+    like empty smear under the same stain and lamp.
+    """
+    grey = cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)
+    threshold = np.quantile(grey, 1.0 - brightest)
+    pixels = bgr[grey >= threshold]
+    return tuple(int(v) for v in np.median(pixels, axis=0))
+
+
+def colour_cast(bgr: np.ndarray, rng: np.random.Generator, gains: np.ndarray, strength: float, grey: float = 0.0) -> np.ndarray:
+    """Multiply channels towards ``gains`` (and mix towards grey) by ``strength`` in [0, 1]."""
+    image = bgr.astype(np.float32)
+    if grey:
+        luminance = image.mean(axis=2, keepdims=True)
+        image = image + strength * grey * (luminance - image)
+    return _to_uint8(image * (1.0 + strength * (gains - 1.0)).astype(np.float32))
+
+
+def optical_density(bgr: np.ndarray) -> np.ndarray:
+    """Beer-Lambert optical density per channel (white glass = 0)."""
+    return -np.log((bgr.astype(np.float64) + 1.0) / 256.0)
+
+
+def from_optical_density(od: np.ndarray) -> np.ndarray:
+    return _to_uint8(256.0 * np.exp(-od) - 1.0)
+
+
+def stain_intensity(bgr: np.ndarray, rng: np.random.Generator, factor: float) -> np.ndarray:
+    """Scale the amount of stain (optical density) by ``factor``: < 1 lighter, > 1 darker; glass stays white."""
+    return from_optical_density(optical_density(bgr) * factor)
+
+
+def to_hed(bgr: np.ndarray) -> np.ndarray:
+    """Colour deconvolution: per-pixel haematoxylin, eosin, DAB concentrations (H, W, 3)."""
+    od_rgb = optical_density(bgr)[..., ::-1]
+    return od_rgb @ _HED_FROM_RGB_OD
+
+
+def from_hed(hed: np.ndarray) -> np.ndarray:
+    return from_optical_density((hed @ _RGB_OD_FROM_HED)[..., ::-1])
+
+
+def stain_balance(bgr: np.ndarray, rng: np.random.Generator, h_factor: float, e_factor: float) -> np.ndarray:
+    """Scale the haematoxylin-like (violet) and eosin-like (pink) stain separately."""
+    hed = to_hed(bgr)
+    hed[..., 0] *= h_factor
+    hed[..., 1] *= e_factor
+    return from_hed(hed)
+
+
+def hue_rotation(bgr: np.ndarray, rng: np.random.Generator, degrees: float) -> np.ndarray:
+    """Rotate every pixel's hue by ``degrees`` (saturation and value unchanged)."""
+    hsv = cv2.cvtColor(bgr.astype(np.float32) / 255.0, cv2.COLOR_BGR2HSV)
+    hsv[..., 0] = np.mod(hsv[..., 0] + degrees, 360.0)
+    return _to_uint8(cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR) * 255.0)
+
+
+def scale_content(bgr: np.ndarray, rng: np.random.Generator, factor: float) -> np.ndarray:
+    """Magnify the content by ``factor`` keeping the image size.
+
+    > 1: centre crop of 1/factor and enlarge (higher magnification). < 1: shrink and
+    centre on the image's own background colour (lower magnification: cells look
+    smaller, with more, empty, context around them).
+    """
+    h, w = bgr.shape[:2]
+    if factor >= 1.0:
+        ch, cw = max(1, round(h / factor)), max(1, round(w / factor))
+        y0, x0 = (h - ch) // 2, (w - cw) // 2
+        return cv2.resize(bgr[y0 : y0 + ch, x0 : x0 + cw], (w, h), interpolation=cv2.INTER_LINEAR)
+    sh, sw = max(1, round(h * factor)), max(1, round(w * factor))
+    small = cv2.resize(bgr, (sw, sh), interpolation=cv2.INTER_AREA)
+    canvas = np.empty_like(bgr)
+    canvas[:] = background_colour(bgr)
+    y0, x0 = (h - sh) // 2, (w - sw) // 2
+    canvas[y0 : y0 + sh, x0 : x0 + sw] = small
+    return canvas
+
+
+def tight_crop(bgr: np.ndarray, rng: np.random.Generator, fraction: float) -> np.ndarray:
+    """Central square of ``fraction`` of the short side at native resolution: the cell fills a small image."""
+    h, w = bgr.shape[:2]
+    side = max(8, round(min(h, w) * fraction))
+    y0, x0 = (h - side) // 2, (w - side) // 2
+    return bgr[y0 : y0 + side, x0 : x0 + side].copy()
+
+
+def wide_context(bgr: np.ndarray, rng: np.random.Generator, factor: float) -> np.ndarray:
+    """Grow the field of view to ``factor`` times each side with reflected smear around the cell.
+
+    Reflection is done in steps of at most a quarter of the current side, so the
+    new context is mirrored from the outer band (red cells, glass) and never
+    contains a mirrored copy of the centred white cell.
+    """
+    h, w = bgr.shape[:2]
+    py, px = round(h * (factor - 1.0) / 2), round(w * (factor - 1.0) / 2)
+    while py or px:
+        sy, sx = min(py, h // 4), min(px, w // 4)
+        bgr = cv2.copyMakeBorder(bgr, sy, sy, sx, sx, cv2.BORDER_REFLECT_101)
+        py, px = py - sy, px - sx
+        h, w = bgr.shape[:2]
+    return bgr
+
+
+def off_centre(bgr: np.ndarray, rng: np.random.Generator, fraction: float) -> np.ndarray:
+    """Move the content by ``fraction`` of the image extent, left, right, up or down (drawn from ``rng``).
+
+    A horizontal move is ``fraction`` of the width, a vertical one of the height;
+    the uncovered strip is filled with the background colour.
+    """
+    h, w = bgr.shape[:2]
+    direction = int(rng.integers(4))
+    dx = (round(fraction * w), -round(fraction * w), 0, 0)[direction]
+    dy = (0, 0, round(fraction * h), -round(fraction * h))[direction]
+    matrix = np.float32([[1, 0, dx], [0, 1, dy]])
+    return cv2.warpAffine(bgr, matrix, (w, h), flags=cv2.INTER_NEAREST, borderMode=cv2.BORDER_CONSTANT,
+                          borderValue=background_colour(bgr))
+
+
+def black_padding(bgr: np.ndarray, rng: np.random.Generator, fraction: float) -> np.ndarray:
+    """Black borders of ``fraction`` of the height (top, bottom) and width (left, right) on each side."""
+    h, w = bgr.shape[:2]
+    py, px = round(fraction * h), round(fraction * w)
+    return cv2.copyMakeBorder(bgr, py, py, px, px, cv2.BORDER_CONSTANT, value=(0, 0, 0))
+
+
+def gaussian_blur(bgr: np.ndarray, rng: np.random.Generator, sigma: float) -> np.ndarray:
+    """Defocus: Gaussian blur of ``sigma`` pixels at the image's own resolution."""
+    return cv2.GaussianBlur(bgr, (0, 0), sigmaX=sigma, sigmaY=sigma)
+
+
+def jpeg(bgr: np.ndarray, rng: np.random.Generator, quality: int) -> np.ndarray:
+    """Re-encode as JPEG at ``quality`` (the camera or export setting of another lab)."""
+    ok, buffer = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, quality])
+    if not ok:
+        raise ValueError("OpenCV could not JPEG-encode the image")
+    return cv2.imdecode(buffer, cv2.IMREAD_COLOR)
+
+
+def _family(fn: Callable[..., np.ndarray], name_format: str, values: list, keyword: str) -> list[tuple[str, Shift]]:
+    return [(name_format.format(v), partial(fn, **{keyword: v})) for v in values]
+
+
+FAMILIES: dict[str, list[tuple[str, Shift]]] = {
+    "yellow_cast": _family(partial(colour_cast, gains=_YELLOW_GAINS), "{:g}", [0.25, 0.5, 0.75, 1.0], "strength"),
+    "blue_grey_cast": _family(partial(colour_cast, gains=_BLUE_GAINS, grey=_GREY_AT_FULL), "{:g}", [0.25, 0.5, 0.75, 1.0], "strength"),
+    "stain_intensity": _family(stain_intensity, "x{:g}", [0.5, 0.75, 1.5, 2.0], "factor"),
+    "stain_balance": [
+        ("H+40%,E-30%", partial(stain_balance, h_factor=1.4, e_factor=0.7)),
+        ("H-30%,E+40%", partial(stain_balance, h_factor=0.7, e_factor=1.4)),
+    ],
+    "hue_rotation": _family(hue_rotation, "{:+g}deg", [-30, -15, 15, 30], "degrees"),
+    "scale": _family(scale_content, "x{:g}", [0.5, 0.75, 1.5, 2.0], "factor"),
+    "tight_crop": _family(tight_crop, "{:.0%}", [0.7, 0.6, 0.5], "fraction"),
+    "wide_context": _family(wide_context, "x{:g}", [1.5, 2.0], "factor"),
+    "off_centre": _family(off_centre, "{:.0%}", [0.1, 0.2, 0.3, 0.4], "fraction"),
+    "black_padding": _family(black_padding, "{:.0%}", [0.1, 0.2, 0.3], "fraction"),
+    "blur": _family(gaussian_blur, "sigma{:g}", [1.0, 2.0, 4.0], "sigma"),
+    "jpeg": _family(jpeg, "q{:d}", [90, 50, 20], "quality"),
+}
