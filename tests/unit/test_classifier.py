@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 
 from pipeline.batch import classify_batch
-from pipeline.classifier import calibrated_softmax, load_classifier, prepare_batch
+from pipeline.classifier import calibrated_softmax, load_classifier, prepare_batch, prepare_cells
 from pipeline.images import decode_image
 from pipeline.manifest import ModelManifest
+from pipeline.preprocess import RECIPES, model_crop, scale_for_mobilenet
 from tests.conftest import jpeg_bytes
 
 pytestmark = pytest.mark.tensorflow
@@ -97,3 +98,22 @@ def test_int8_backend_refused_when_the_model_has_none(model_dir, tmp_path):
     (copy / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ValueError, match="no int8"):
         load_classifier(copy, "litert-int8")
+
+
+@pytest.mark.parametrize("recipe", sorted(RECIPES))
+def test_every_recipe_round_trips_through_the_manifest_and_serves(model_dir, sample_folder, tmp_path, recipe):
+    """A model names its recipe; 1.x models (centre square) and 2.x (cell-centred) both load and classify."""
+    copy = tmp_path / "model"
+    shutil.copytree(model_dir, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["preprocessing"] = recipe
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    classifier = load_classifier(copy, "litert")
+    assert classifier.manifest.preprocessing == recipe
+    images = [decode_image(p.read_bytes(), 10**8) for p in sorted(sample_folder.rglob("*.jp*g"))[:8]]
+    batch, found = prepare_cells(images, classifier.manifest)
+    expected = np.stack([model_crop(img, classifier.manifest.input_size, recipe).pixels for img in images])
+    np.testing.assert_array_equal(batch, scale_for_mobilenet(expected))
+    assert all(found)  # every sample is a single-cell image
+    probs, features = classifier.predict_with_features(batch)
+    assert probs.shape == (8, len(classifier.manifest.classes)) and np.allclose(probs.sum(axis=1), 1.0, atol=1e-5)
