@@ -181,9 +181,10 @@ def cell_thumbnail(job_id: str, seq: int, idx: int):
 
 @bp.post("/jobs/<job_id>/enqueue")
 def enqueue(job_id: str):
-    """Send a queued job to the workers again (after a 503 at submission, or a broker that lost its messages).
+    """Send an active job to the workers again (after a 503 at submission, or a broker that lost its messages).
 
-    Safe to repeat: workers skip images that already have results.
+    Only batches not in flight are re-sent: a batch held by a live worker's lease is left alone, and a
+    duplicate of a queued batch is refused at its claim. The reaper does the same on its own.
     """
     st = state()
     with st.db.session() as session:
@@ -191,7 +192,7 @@ def enqueue(job_id: str):
         if job.status not in JobStatus.ACTIVE:
             raise ApiError(409, f"job is already {job.status}", status=job.status)
     try:
-        st.enqueue_job(job_id)
+        st.enqueue_job(job_id, resend_queued=True)
     except Exception as exc:
         raise ApiError(503, f"the broker is unreachable: {exc.__class__.__name__}", job_id=job_id) from None
     with st.db.session() as session:

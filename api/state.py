@@ -10,8 +10,7 @@ from flask import current_app
 from db.engine import Database
 from pipeline.settings import Settings, celery_config
 from pipeline.storage import ImageStore
-
-START_JOB = "hematovision.start_job"  # the worker's task name; the API sends by name only
+from worker.names import START_JOB  # the API sends by name only, never importing the worker's code
 
 
 @dataclass
@@ -27,8 +26,9 @@ class AppState:
         celery.conf.update(celery_config(settings))
         return cls(settings, Database(settings.resolved_database_url), ImageStore(settings.resolved_storage_root), celery)
 
-    def enqueue_job(self, job_id: str) -> None:
-        self.celery.send_task(START_JOB, args=[job_id])
+    def enqueue_job(self, job_id: str, resend_queued: bool = False) -> None:
+        """Send the job to the workers; ``resend_queued`` also re-sends its batches still queued (never those running)."""
+        self.celery.send_task(START_JOB, args=[job_id, resend_queued])
 
 
 def state() -> AppState:

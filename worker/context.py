@@ -55,5 +55,5 @@ def reset_context() -> None:
     """Forget per-process resources (called after fork and in tests)."""
     global _context
     if _context is not None and "db" in _context.__dict__:
-        _context.db.dispose()
+        _context.db.engine.dispose(close=False)  # the parent's connections stay the parent's
     _context = None
