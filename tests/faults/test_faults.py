@@ -1,0 +1,94 @@
+"""Fault injection with real processes: every job reaches a terminal state and nothing is lost or counted twice.
+
+Each case: 24 sample cell images in batches of 6, one Celery worker process,
+private Redis and Postgres. Every batch sleeps 1.5 s (``sleep:.jp:1.5``) so a
+fault lands mid-batch.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+
+from db.models import ErrorCode, JobStatus
+from tests.conftest import REPO
+from tests.faults.conftest import assert_every_image_accounted_for, holder_pid, kill_group
+
+pytestmark = pytest.mark.faults
+SLOW_BATCHES = "sleep:.jp:1.5"
+RECOVERY = 90  # seconds: a 5 s lease and a 1 s reaper recover in well under this
+
+
+def cells(n: int = 24, rename: dict[int, str] | None = None) -> dict[str, bytes]:
+    paths = sorted((REPO / "samples" / "cells").rglob("*.jp*g"))[:n]
+    names = {i: f"{p.parent.name}/{p.name}" for i, p in enumerate(paths)}
+    names.update(rename or {})
+    return {names[i]: p.read_bytes() for i, p in enumerate(paths)}
+
+
+def test_sigkill_of_the_pool_process_mid_batch(stack):
+    stack.start_worker(faults=SLOW_BATCHES)
+    job_id = stack.submit(cells())
+    os.kill(holder_pid(stack.running_batch(job_id)), signal.SIGKILL)
+    assert stack.wait_terminal(job_id, RECOVERY) == JobStatus.SUCCEEDED
+    assert assert_every_image_accounted_for(stack, job_id) == {"done": 24, "failed": 0, "codes": []}
+
+
+def test_sigkill_of_the_whole_worker_then_a_new_worker(stack):
+    worker = stack.start_worker(faults=SLOW_BATCHES)
+    job_id = stack.submit(cells())
+    stack.running_batch(job_id)
+    kill_group(worker)
+    stack.start_worker(faults=SLOW_BATCHES)
+    assert stack.wait_terminal(job_id, RECOVERY) == JobStatus.SUCCEEDED
+    assert assert_every_image_accounted_for(stack, job_id)["done"] == 24
+
+
+def test_redis_restarted_mid_job_without_persistence(stack, redis_server):
+    stack.start_worker(faults=SLOW_BATCHES)
+    job_id = stack.submit(cells())
+    stack.running_batch(job_id)
+    redis_server.stop()  # every queued message is gone
+    redis_server.start()
+    assert stack.wait_terminal(job_id, RECOVERY) == JobStatus.SUCCEEDED
+    assert assert_every_image_accounted_for(stack, job_id)["done"] == 24
+
+
+@pytest.mark.parametrize("outage", [20, pytest.param(90, marks=pytest.mark.slow)])
+def test_postgres_stopped(stack, postgres, outage):
+    stack.start_worker(faults=SLOW_BATCHES)
+    job_id = stack.submit(cells())
+    stack.running_batch(job_id)
+    postgres.stop()
+    try:
+        time.sleep(outage)
+    finally:
+        postgres.start()
+    assert stack.wait_terminal(job_id, RECOVERY) == JobStatus.SUCCEEDED
+    assert assert_every_image_accounted_for(stack, job_id)["done"] == 24
+
+
+def test_batch_over_the_soft_time_limit_fails_its_images_and_the_job_goes_on(stack):
+    stack.start_worker(faults="sleep:slow-:60")  # 60 s against a 10 s soft limit
+    job_id = stack.submit(cells(rename={0: "slow-one.jpg"}))
+    assert stack.wait_terminal(job_id, RECOVERY) == JobStatus.SUCCEEDED
+    outcome = assert_every_image_accounted_for(stack, job_id)
+    assert outcome == {"done": 18, "failed": 6, "codes": [ErrorCode.TIMEOUT]}
+
+
+def test_poison_batch_that_kills_its_process(stack):
+    stack.start_worker(faults="kill:poison-")
+    job_id = stack.submit(cells(rename={7: "poison-pill.jpg"}))
+    assert stack.wait_terminal(job_id, RECOVERY) == JobStatus.SUCCEEDED
+    outcome = assert_every_image_accounted_for(stack, job_id)
+    assert outcome == {"done": 18, "failed": 6, "codes": [ErrorCode.POISON]}
+
+
+def test_a_job_whose_every_batch_is_poison_fails_with_a_code(stack):
+    stack.start_worker(faults="kill:.jp")
+    job_id = stack.submit(cells(6))
+    assert stack.wait_terminal(job_id, RECOVERY) == JobStatus.FAILED
+    assert assert_every_image_accounted_for(stack, job_id) == {"done": 0, "failed": 6, "codes": [ErrorCode.POISON]}
