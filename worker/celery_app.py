@@ -25,7 +25,7 @@ def make_celery(settings: Settings | None = None) -> Celery:
 @worker_process_init.connect
 def _fresh_resources_after_fork(**_kwargs) -> None:
     """A forked child must not reuse the parent's DB connections."""
-    reset_context()
+    reset_context(close=False)
 
 
 @worker_ready.connect

@@ -4,9 +4,9 @@ Some faults cannot be caused from outside deterministically: an image whose
 processing kills its process every time (a poison batch) or one that makes a
 batch run past its time limit. The variable holds ``;``-separated rules
 ``action:match[:seconds]``: when a client path in the batch contains ``match``,
-``kill`` SIGKILLs the processing process and ``sleep`` sleeps ``seconds``
-(inside the task, so the real soft time limit interrupts it). Never set it in
-production.
+``kill`` SIGKILLs the processing process, ``sleep`` sleeps ``seconds``
+(inside the task, so the real soft time limit interrupts it) and ``raise``
+raises an unexpected error. Never set it in production.
 """
 
 from __future__ import annotations
@@ -16,6 +16,10 @@ import signal
 import time
 
 VARIABLE = "HEMATOVISION_FAULT_INJECTION"
+
+
+class InjectedFault(RuntimeError):
+    """An unexpected error, on purpose."""
 
 
 def inject(paths: list[str]) -> None:
@@ -28,3 +32,5 @@ def inject(paths: list[str]) -> None:
             os.kill(os.getpid(), signal.SIGKILL)
         elif action == "sleep":
             time.sleep(float(seconds or 60))
+        elif action == "raise":
+            raise InjectedFault(f"injected fault for {match!r}")

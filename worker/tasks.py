@@ -36,7 +36,7 @@ def _retry_or_give_up(task, exc: Exception) -> None:
 def register(app: Celery) -> None:
     """Attach the tasks to ``app`` (one app per process, built by ``make_celery``)."""
 
-    @app.task(name=CLASSIFY_BATCH, bind=True, acks_late=True)
+    @app.task(name=CLASSIFY_BATCH, bind=True, acks_late=True, shared=False)
     def classify_batch(self, job_id: str, batch_id: int) -> int:
         ctx = get_context()
         try:
@@ -57,7 +57,7 @@ def register(app: Celery) -> None:
             jobs.fail_batch(ctx, job_id, batch_id, ErrorCode.INTERNAL, "an internal error stopped this image's batch (see the worker log)")
         return 0
 
-    @app.task(name=START_JOB, bind=True, acks_late=True)
+    @app.task(name=START_JOB, bind=True, acks_late=True, shared=False)
     def start_job(self, job_id: str, resend_queued: bool = False) -> int:
         ctx = get_context()
         try:
@@ -70,6 +70,6 @@ def register(app: Celery) -> None:
             jobs.fail(ctx, job_id, ErrorCode.INTERNAL, "the job could not start (see the worker log)")
         return 0
 
-    @app.task(name=FINALIZE_JOB, acks_late=True)
+    @app.task(name=FINALIZE_JOB, acks_late=True, shared=False)
     def finalize_job(job_id: str) -> bool:
         return jobs.finalize(get_context(), job_id)
