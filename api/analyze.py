@@ -28,7 +28,7 @@ from db.migrate import upgrade
 from db.models import JobStatus
 from pipeline.intake import Limits, iter_folder
 from pipeline.settings import PREFIX, Settings
-from pipeline.slides import summary_csv
+from pipeline.slides import spreadsheet_safe, summary_csv
 
 
 def worker_environment(settings: Settings) -> dict[str, str]:
@@ -155,7 +155,7 @@ def analyze(folder: str, out_dir: str, settings: Settings, progress: bool = True
     with open(out / "results.csv", "w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(header)
-        writer.writerows(results)
+        writer.writerows([spreadsheet_safe(cell) for cell in row] for row in results)
     st.db.dispose()
     return summary
 

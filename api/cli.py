@@ -65,9 +65,32 @@ def cmd_serve(args) -> int:
     from db.migrate import upgrade
 
     settings = Settings.from_env()
+    app = create_app(settings, bind_host=args.host)  # refuses a non-local bind without tokens
     upgrade(settings.resolved_database_url)
-    create_app(settings).run(host=args.host, port=args.port, threaded=True)
+    app.run(host=args.host, port=args.port, threaded=True)
     return 0
+
+
+def cmd_token(args) -> int:
+    from api.auth import new_token
+
+    token, entry = new_token(args.name, args.admin)
+    print(f"token for {args.name!r} (shown once; the server stores only its hash):\n  {token}\n"
+          f"add to HEMATOVISION_API_TOKENS (comma-separated):\n  {entry}")
+    return 0
+
+
+def cmd_flower(args) -> int:
+    """Flower, the Celery monitor, behind HTTP basic auth (refused without credentials unless anonymous is allowed)."""
+    import os
+
+    settings = Settings.from_env()
+    auth = settings.flower_auth or os.environ.get("FLOWER_BASIC_AUTH", "")
+    if not auth and not settings.allow_anonymous:
+        raise ValueError("set HEMATOVISION_FLOWER_AUTH=user:password (or HEMATOVISION_ALLOW_ANONYMOUS=1) to run Flower")
+    env = {**os.environ, "FLOWER_BASIC_AUTH": auth} if auth else dict(os.environ)
+    os.execvpe(sys.executable, [sys.executable, "-m", "celery", "-A", "worker.make_celery", "flower", f"--port={args.port}"], env)
+    return 0  # not reached
 
 
 def cmd_worker(args) -> int:
@@ -123,6 +146,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=5000)
     p.set_defaults(func=cmd_serve)
+    p = sub.add_parser("token", help="make a named API token (prints the token once and its hashed settings entry)")
+    p.add_argument("name")
+    p.add_argument("--admin", action="store_true", help="this token sees every job")
+    p.set_defaults(func=cmd_token)
+    p = sub.add_parser("flower", help="run Flower (Celery monitor) behind basic auth from HEMATOVISION_FLOWER_AUTH")
+    p.add_argument("--port", type=int, default=5555)
+    p.set_defaults(func=cmd_flower)
     p = sub.add_parser("worker", help="run a Celery worker")
     p.add_argument("--concurrency", type=int)
     p.add_argument("--loglevel", default="INFO")
@@ -149,6 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run a command; domain errors become one line on stderr and an exit code, never a traceback."""
     args = build_parser().parse_args(argv)
     from api.analyze import AnalyzeError, DeadlineExceeded, Interrupted
+    from api.auth import InsecureConfiguration
     from api.client import ApiClientError
     from api.submission import BrokerUnavailable
     from pipeline.intake import IntakeError
@@ -161,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     except Interrupted as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except (ApiClientError, AnalyzeError, IntakeError, BrokerUnavailable, ValueError) as exc:
+    except (ApiClientError, AnalyzeError, IntakeError, BrokerUnavailable, InsecureConfiguration, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAILED
 

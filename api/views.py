@@ -30,6 +30,7 @@ def job_json(job: Job, progress: Progress) -> dict:
         "kind_source": job.kind_source,
         "source": job.source,
         "name": job.name,
+        "owner": job.owner,
         "batch_size": job.batch_size,
         "images": {"total": progress.total, "done": progress.done, "failed": progress.failed, "pending": progress.pending},
         "model": {"name": job.model_name, "version": job.model_version},

@@ -71,9 +71,11 @@ def get_job(session: Session, job_id: str) -> Job | None:
     return session.get(Job, job_id)
 
 
-def list_jobs(session: Session, limit: int, offset: int) -> tuple[list[Job], int]:
-    total = session.scalar(select(func.count()).select_from(Job)) or 0
-    jobs = session.scalars(select(Job).order_by(Job.created_at.desc(), Job.id).limit(limit).offset(offset)).all()
+def list_jobs(session: Session, limit: int, offset: int, owner: str | None = None) -> tuple[list[Job], int]:
+    """A page of jobs, newest first; only ``owner``'s when given."""
+    where = [Job.owner == owner] if owner is not None else []
+    total = session.scalar(select(func.count()).select_from(Job).where(*where)) or 0
+    jobs = session.scalars(select(Job).where(*where).order_by(Job.created_at.desc(), Job.id).limit(limit).offset(offset)).all()
     return list(jobs), total
 
 

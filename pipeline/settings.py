@@ -67,7 +67,8 @@ class Settings:
     api_url: str = "http://127.0.0.1:5000"
     api_token: str = ""  # one admin token sent as "Authorization: Bearer <token>" (also what the CLI sends)
     api_tokens: str = ""  # named tokens, stored hashed: "name:sha256hex[:admin],..." (see `hematovision token`)
-    allow_anonymous: int = 0  # 1 = serve a non-local bind without any token (not recommended)
+    allow_anonymous: int = 0  # 1 = serve a non-local bind (and Flower) without any token (not recommended)
+    flower_auth: str = ""  # "user:password[,user2:password2]" for Flower's HTTP basic auth
     max_json_bytes: int = 64 * 1024  # a JSON request body larger than this is refused (413)
     max_name_length: int = 255  # longest client file name or job name accepted
     page_size: int = 100
