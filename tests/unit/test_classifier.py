@@ -1,4 +1,8 @@
-"""Classifier backends over a model directory: parity, calibration, manifest checks."""
+"""Classifier backends over a model directory: parity, calibration, manifest checks.
+
+Marked ``litert`` (the serving runtime); only the Keras parity test also needs TensorFlow, so
+``-m "not tensorflow"`` still runs every LiteRT serving test.
+"""
 
 from __future__ import annotations
 
@@ -14,7 +18,7 @@ from pipeline.images import decode_image
 from pipeline.manifest import ModelManifest
 from tests.conftest import jpeg_bytes
 
-pytestmark = pytest.mark.tensorflow
+pytestmark = pytest.mark.litert
 
 
 def _sample_batch(sample_folder, manifest, n: int = 16) -> np.ndarray:
@@ -22,6 +26,7 @@ def _sample_batch(sample_folder, manifest, n: int = 16) -> np.ndarray:
     return prepare_batch([decode_image(p.read_bytes(), 10**8) for p in paths], manifest)
 
 
+@pytest.mark.tensorflow
 def test_litert_and_keras_agree_on_sample_images(model_dir, sample_folder):
     lite = load_classifier(model_dir, "litert")
     keras_backend = load_classifier(model_dir, "keras")
