@@ -142,6 +142,12 @@ class FaultStack:
     db: Database
     tmp: Path
     workers: list[subprocess.Popen] = field(default_factory=list)
+    fault_at: float | None = None
+    submitted_at: float = 0.0
+
+    def fault(self) -> None:
+        """Note when the fault was injected: recovery time is printed from here (README's fault table)."""
+        self.fault_at = time.monotonic()
 
     def start_worker(self, concurrency: int = 1, faults: str = "") -> subprocess.Popen:
         log = self.tmp / f"worker-{len(self.workers)}.log"
@@ -150,6 +156,7 @@ class FaultStack:
         return worker
 
     def submit(self, files: dict[str, bytes], batch_size: int = 6) -> str:
+        self.submitted_at = time.monotonic()
         return accept_job(self.state, iter(files.items()), "upload", "fault case", batch_size, "cells")
 
     def running_batch(self, job_id: str, timeout: float = 60.0) -> Batch:
@@ -172,6 +179,8 @@ class FaultStack:
             except Exception:  # the database may be the thing that is down
                 status = None
             if status in JobStatus.FINISHED:
+                since = self.fault_at if self.fault_at is not None else self.submitted_at
+                print(f"\n[faults] job {status} {time.monotonic() - since:.1f} s after the fault")
                 return status
             time.sleep(0.2)
         raise AssertionError(f"job {job_id} not finished within {timeout} s\n{self.logs()}")

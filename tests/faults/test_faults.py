@@ -33,6 +33,7 @@ def test_sigkill_of_the_pool_process_mid_batch(stack):
     stack.start_worker(faults=SLOW_BATCHES)
     job_id = stack.submit(cells())
     os.kill(holder_pid(stack.running_batch(job_id)), signal.SIGKILL)
+    stack.fault()
     assert stack.wait_terminal(job_id, RECOVERY) == JobStatus.SUCCEEDED
     assert assert_every_image_accounted_for(stack, job_id) == {"done": 24, "failed": 0, "codes": []}
 
@@ -42,6 +43,7 @@ def test_sigkill_of_the_whole_worker_then_a_new_worker(stack):
     job_id = stack.submit(cells())
     stack.running_batch(job_id)
     kill_group(worker)
+    stack.fault()
     stack.start_worker(faults=SLOW_BATCHES)
     assert stack.wait_terminal(job_id, RECOVERY) == JobStatus.SUCCEEDED
     assert assert_every_image_accounted_for(stack, job_id)["done"] == 24
@@ -53,6 +55,7 @@ def test_redis_restarted_mid_job_without_persistence(stack, redis_server):
     stack.running_batch(job_id)
     redis_server.stop()  # every queued message is gone
     redis_server.start()
+    stack.fault()
     assert stack.wait_terminal(job_id, RECOVERY) == JobStatus.SUCCEEDED
     assert assert_every_image_accounted_for(stack, job_id)["done"] == 24
 
@@ -67,6 +70,7 @@ def test_postgres_stopped(stack, postgres, outage):
         time.sleep(outage)
     finally:
         postgres.start()
+        stack.fault()  # recovery is timed from the database's return
     assert stack.wait_terminal(job_id, RECOVERY) == JobStatus.SUCCEEDED
     assert assert_every_image_accounted_for(stack, job_id)["done"] == 24
 
