@@ -147,6 +147,10 @@ def jobs_needing_attention(session: Session, started_before: datetime) -> tuple[
     return list(unplanned), list(finished)
 
 
+def existing_jobs(session: Session, job_ids: list[str]) -> set[str]:
+    return set(session.scalars(select(Job.id).where(Job.id.in_(job_ids)))) if job_ids else set()
+
+
 def acquire_lock(session: Session, name: str, holder: str, seconds: float) -> bool:
     """Take the named lock for ``seconds`` if it is free or expired: one winner per round among all workers."""
     now = utcnow()

@@ -31,6 +31,7 @@ BOUNDS = (
     ("lease_seconds", 5, 3_600),
     ("reaper_interval", 1, 600),
     ("max_deliveries", 1, 20),
+    ("orphan_seconds", 1, 30 * 86_400),
     ("analyze_deadline", 10, 7 * 86_400),
     ("max_json_bytes", 1_024, 10 * 1024 * 1024),
     ("max_name_length", 16, 4_096),
@@ -63,6 +64,7 @@ class Settings:
     lease_seconds: int = 60  # a running batch's lease, renewed by its worker every third of it
     reaper_interval: int = 15  # how often (s) one worker re-sends lost batches and finalizes finished jobs
     max_deliveries: int = 3  # a batch whose worker died this many times has its images failed ("poison")
+    orphan_seconds: int = 3600  # stored files of an upload that never became a job (API killed mid-upload) are removed after this
     analyze_deadline: int = 3600  # `hematovision analyze` gives up (exit 3) after this many seconds
     api_url: str = "http://127.0.0.1:5000"
     api_token: str = ""  # one admin token sent as "Authorization: Bearer <token>" (also what the CLI sends)

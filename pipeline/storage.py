@@ -11,6 +11,7 @@ import os
 import re
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 _KEY = re.compile(r"^jobs/[0-9a-f]{32}/([0-9]{7}|cells/[0-9]{7}_[0-9]{5})\.[a-z]{3,4}$")
@@ -68,6 +69,18 @@ class ImageStore:
             raise
         except OSError as exc:
             raise StorageUnavailable(f"storage read failed for {key!r}: {exc.strerror or exc.__class__.__name__}") from None
+
+    def job_folders_older_than(self, seconds: float) -> list[str]:
+        """Job ids whose storage folder was last changed more than ``seconds`` ago (candidates for the orphan sweep)."""
+        jobs = self.root / "jobs"
+        if not jobs.is_dir():
+            return []
+        cutoff = time.time() - seconds
+        out = []
+        for entry in os.scandir(jobs):
+            if re.fullmatch(r"[0-9a-f]{32}", entry.name) and entry.is_dir(follow_symlinks=False) and entry.stat().st_mtime < cutoff:
+                out.append(entry.name)
+        return out
 
     def delete_job(self, job_id: str) -> None:
         if not re.fullmatch(r"[0-9a-f]{32}", job_id):

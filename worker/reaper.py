@@ -6,7 +6,9 @@ It is what makes a job end without a person when a message was lost:
 - when the broker's queue is empty, batches queued longer than a lease and
   jobs never planned are lost messages (a broker restart without persistence,
   a crash between commit and send): they are re-sent;
-- an active job with nothing pending gets a finalize task.
+- an active job with nothing pending gets a finalize task;
+- stored files of an upload that never became a job (the API died mid-upload)
+  are removed once older than ``orphan_seconds``.
 It runs in the worker's main process and never loads the model.
 """
 
@@ -25,6 +27,7 @@ from db import leases
 from db.engine import Database
 from db.models import utcnow
 from pipeline.settings import Settings
+from pipeline.storage import ImageStore
 from worker.lease import worker_identity
 from worker.names import CLASSIFY_BATCH, FINALIZE_JOB, START_JOB
 
@@ -39,10 +42,12 @@ class Round:
     started: list[str] = field(default_factory=list)
     resent: list[int] = field(default_factory=list)
     finalized: list[str] = field(default_factory=list)
+    orphans: list[str] = field(default_factory=list)
 
 
-def reap(db: Database, settings: Settings, send: Callable[[str, list], None], queue_depth: Callable[[], int | None]) -> Round:
-    """One round: if this process wins the lock, re-send lost work and finalize finished jobs."""
+def reap(db: Database, settings: Settings, send: Callable[[str, list], None], queue_depth: Callable[[], int | None],
+         store: ImageStore | None = None) -> Round:
+    """One round: if this process wins the lock, re-send lost work, finalize finished jobs, sweep orphan uploads."""
     result = Round()
     now = utcnow()
     grace = now - timedelta(seconds=settings.lease_seconds)
@@ -54,6 +59,11 @@ def reap(db: Database, settings: Settings, send: Callable[[str, list], None], qu
         unplanned, finished = leases.jobs_needing_attention(session, grace)
         lost = leases.batches_to_send(session, None, grace if idle else None)
         leases.mark_sent(session, [b for _, b in lost])
+        if store is not None:
+            candidates = store.job_folders_older_than(settings.orphan_seconds)
+            result.orphans = sorted(set(candidates) - leases.existing_jobs(session, candidates))
+    for job_id in result.orphans:
+        store.delete_job(job_id)
     result.started = unplanned if idle else []
     for job_id in result.started:
         send(START_JOB, [job_id])
@@ -63,8 +73,9 @@ def reap(db: Database, settings: Settings, send: Callable[[str, list], None], qu
     for job_id in finished:
         send(FINALIZE_JOB, [job_id])
         result.finalized.append(job_id)
-    if result.started or result.resent or result.finalized:
-        log.warning("reaper: started %s, re-sent batches %s, finalizing %s", result.started, result.resent, result.finalized)
+    if result.started or result.resent or result.finalized or result.orphans:
+        log.warning("reaper: started %s, re-sent batches %s, finalizing %s, removed orphan uploads %s", result.started, result.resent,
+                    result.finalized, result.orphans)
     return result
 
 
@@ -89,6 +100,7 @@ class ReaperThread(threading.Thread):
 
     def run(self) -> None:
         db = Database(self.settings.resolved_database_url)
+        store = ImageStore(self.settings.resolved_storage_root)
         queue = self.settings.queue
 
         def send(name: str, args: list) -> None:
@@ -97,7 +109,7 @@ class ReaperThread(threading.Thread):
         try:
             while not self.stopped.wait(self.settings.reaper_interval * random.uniform(0.8, 1.0)):
                 try:
-                    reap(db, self.settings, send, lambda: broker_queue_depth(self.app, queue))
+                    reap(db, self.settings, send, lambda: broker_queue_depth(self.app, queue), store)
                 except Exception as exc:  # database or broker away: the next round tries again
                     log.warning("reaper round failed: %s", exc.__class__.__name__)
         finally:

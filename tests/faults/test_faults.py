@@ -7,15 +7,23 @@ fault lands mid-batch.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
+import socket
+import subprocess
+import sys
+import threading
 import time
 
 import pytest
+import requests
+from sqlalchemy import func, select
 
-from db.models import ErrorCode, JobStatus
-from tests.conftest import REPO
-from tests.faults.conftest import assert_every_image_accounted_for, holder_pid, kill_group
+from api.analyze import worker_environment
+from db.models import ErrorCode, Job, JobStatus
+from tests.conftest import REPO, jpeg_bytes
+from tests.faults.conftest import assert_every_image_accounted_for, free_port, holder_pid, kill_group
 
 pytestmark = pytest.mark.faults
 SLOW_BATCHES = "sleep:.jp:1.5"
@@ -96,3 +104,45 @@ def test_a_job_whose_every_batch_is_poison_fails_with_a_code(stack):
     job_id = stack.submit(cells(6))
     assert stack.wait_terminal(job_id, RECOVERY) == JobStatus.FAILED
     assert assert_every_image_accounted_for(stack, job_id) == {"done": 0, "failed": 6, "codes": [ErrorCode.POISON]}
+
+
+def test_api_killed_mid_upload_leaves_no_job_and_its_files_are_swept(stack, tmp_path):
+    """SIGKILL of the API while it writes an upload to storage: no half-created job; the reaper removes the files."""
+    port = free_port()
+    api = subprocess.Popen([sys.executable, "-m", "api.cli", "serve", "--port", str(port)], cwd=REPO, env=worker_environment(stack.settings),
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                break
+            except OSError:
+                time.sleep(0.1)
+        small = jpeg_bytes(size=(40, 40))
+        files = [("files", (f"cells/{i:05d}.jpg", small, "image/jpeg")) for i in range(1500)]
+        threading.Thread(target=_post_ignoring_errors, args=(f"http://127.0.0.1:{port}/api/v1/jobs", files), daemon=True).start()
+        jobs_dir = stack.settings.resolved_storage_root / "jobs"
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not (jobs_dir.is_dir() and any(jobs_dir.rglob("*.jpg"))):
+            time.sleep(0.005)
+        api.kill()
+    finally:
+        api.kill()
+        api.wait()
+    stack.fault()
+    written = list(jobs_dir.rglob("*.jpg"))
+    with stack.db.session() as s:
+        assert s.scalar(select(func.count()).select_from(Job)) == 0  # no half-created job
+    assert 0 < len(written) < 1500
+    stack.start_worker()
+    deadline = time.monotonic() + 30
+    while any(jobs_dir.iterdir()) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not any(jobs_dir.iterdir()), stack.logs()
+    print(f"\n[faults] {len(written)} orphan files removed {time.monotonic() - stack.fault_at:.1f} s after the kill")
+
+
+def _post_ignoring_errors(url: str, files: list) -> None:
+    with contextlib.suppress(requests.RequestException):  # the API is killed mid-request: expected
+        requests.post(url, files=files, timeout=60)

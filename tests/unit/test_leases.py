@@ -124,3 +124,40 @@ def test_reaper_starts_a_job_whose_start_message_was_lost(migrated_url, tmp_path
     assert reap(db, settings, lambda name, args: sent.append((name, args)), lambda: 0).started == [JOB]
     assert sent == [(START_JOB, [JOB])]
     db.dispose()
+
+
+def test_reaper_removes_stored_files_of_uploads_that_never_became_jobs(migrated_url, tmp_path):
+    import os
+    import time
+
+    from pipeline.storage import ImageStore
+
+    db = Database(migrated_url)
+    _job(db)
+    store = ImageStore(tmp_path / "storage")
+    orphan = "c" * 32
+    for job_id in (JOB, orphan):
+        store.put(f"jobs/{job_id}/0000001.jpg", b"x")
+        old = time.time() - 120
+        os.utime(tmp_path / "storage" / "jobs" / job_id, (old, old))
+    settings = Settings(var_dir=str(tmp_path), database_url=migrated_url, orphan_seconds=60)
+    assert reap(db, settings, lambda *a: None, lambda: 3, store).orphans == [orphan]
+    assert sorted(p.name for p in (tmp_path / "storage" / "jobs").iterdir()) == [JOB]  # the real job's files stay
+    db.dispose()
+
+
+def test_field_cells_are_upserted_so_two_deliveries_never_collide(migrated_url):
+    db = Database(migrated_url)
+    _job(db)
+    with db.session() as s:
+        image_id = repo.pending_image_ids(s, JOB)[0]
+
+    def cells(n):
+        return [repo.CellRow(i, (i, i, i + 5, i + 5), 0.9, "neutrophil", 0.8, {"neutrophil": 0.8}, None) for i in range(n)]
+
+    for n in (3, 2):  # a redelivered batch writes the same field again, finding fewer cells
+        with db.session() as s, s.begin():
+            repo.record_field(s, JOB, image_id, cells(n), None)
+    with db.session() as s:
+        assert [c.idx for c in repo.cells_of_images(s, JOB, [image_id])[image_id]] == [0, 1]
+    db.dispose()
