@@ -83,20 +83,15 @@ def test_postgres_stopped(stack, postgres, outage):
     assert assert_every_image_accounted_for(stack, job_id)["done"] == 24
 
 
-def test_batch_over_the_soft_time_limit_fails_its_images_and_the_job_goes_on(stack):
-    stack.start_worker(faults="sleep:slow-:60")  # 60 s against a 10 s soft limit
-    job_id = stack.submit(cells(rename={0: "slow-one.jpg"}))
+@pytest.mark.parametrize(("faults", "image", "code"), [
+    ("sleep:slow-:60", "slow-one.jpg", ErrorCode.TIMEOUT),  # a batch over the soft time limit (60 s against 10 s)
+    ("kill:poison-", "poison-pill.jpg", ErrorCode.POISON),  # a batch that SIGKILLs its process on every delivery
+], ids=["over-soft-time-limit", "poison-batch"])
+def test_a_bad_batch_fails_its_images_with_a_code_and_the_job_goes_on(stack, faults, image, code):
+    stack.start_worker(faults=faults)
+    job_id = stack.submit(cells(rename={7: image}))
     assert stack.wait_terminal(job_id, RECOVERY) == JobStatus.SUCCEEDED
-    outcome = assert_every_image_accounted_for(stack, job_id)
-    assert outcome == {"done": 18, "failed": 6, "codes": [ErrorCode.TIMEOUT]}
-
-
-def test_poison_batch_that_kills_its_process(stack):
-    stack.start_worker(faults="kill:poison-")
-    job_id = stack.submit(cells(rename={7: "poison-pill.jpg"}))
-    assert stack.wait_terminal(job_id, RECOVERY) == JobStatus.SUCCEEDED
-    outcome = assert_every_image_accounted_for(stack, job_id)
-    assert outcome == {"done": 18, "failed": 6, "codes": [ErrorCode.POISON]}
+    assert assert_every_image_accounted_for(stack, job_id) == {"done": 18, "failed": 6, "codes": [code]}
 
 
 def test_a_job_whose_every_batch_is_poison_fails_with_a_code(stack):
