@@ -185,3 +185,30 @@ def test_exif_rotated_jpeg_is_decoded_upright():
 
 def test_openapi_is_json(make_app):
     assert json.loads(make_app().get("/api/v1/openapi.json").get_data())["components"]["schemas"]["Job"]["properties"]["owner"]
+
+
+def test_the_pages_log_in_with_named_tokens_and_show_only_their_jobs(make_app):
+    import re
+
+    alice, alice_entry = new_token("alice")
+    bob, bob_entry = new_token("bob")
+    client = make_app(api_tokens=f"{alice_entry},{bob_entry}")
+
+    def log_in(token):
+        client.post("/logout", data={"csrf_token": _csrf(client)})
+        assert client.post("/login", data={"token": token}).status_code == 303
+
+    def _csrf(c):
+        found = re.search(r'name="csrf_token" value="([^"]+)"', c.get("/").get_data(as_text=True))
+        return found.group(1) if found else ""
+
+    assert client.post("/login", data={"token": "wrong"}).status_code == 401
+    log_in(alice)
+    r = client.post("/upload", data={"files": [(io.BytesIO(jpeg_bytes()), "a.jpg")], "csrf_token": _csrf(client)},
+                    content_type="multipart/form-data", headers={"Accept": "application/json"})
+    assert r.status_code == 201, r.get_data(as_text=True)[:300]
+    job_page = r.get_json()["location"]
+    assert client.get(job_page).status_code == 200
+    log_in(bob)
+    assert client.get(job_page).status_code == 404  # another owner's job is as good as absent
+    assert job_page.rsplit("/", 1)[1] not in client.get("/jobs").get_data(as_text=True)
