@@ -10,9 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from api import create_app
 from pipeline.intake import MAX_PATH_CHARS, IntakeError, Limits, clean_relative_path, iter_zip
-from pipeline.settings import Settings
 from tests.conftest import jpeg_bytes
 from tests.unit.test_api import upload
 
@@ -55,16 +53,8 @@ def test_a_damaged_real_zip_gives_clean_items_or_an_intake_error(members, cut):
 
 
 @pytest.fixture(scope="module")
-def client(tmp_path_factory, model_dir):
-    tmp = tmp_path_factory.mktemp("props")
-    from db.migrate import upgrade
-
-    url = f"sqlite:///{tmp / 'hv.sqlite'}"
-    upgrade(url)
-    app = create_app(Settings(var_dir=str(tmp), database_url=url, broker_url="memory://", storage_root=str(tmp / "s"), model_dir=str(model_dir),
-                              max_upload_bytes=2_000_000))
-    yield app.test_client()
-    app.extensions["hematovision"].db.dispose()
+def client(module_app):
+    return module_app.test_client()
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -6,20 +6,10 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 
-from api import create_app
-from db.migrate import upgrade
-from pipeline.settings import Settings
-
 
 @pytest.fixture(scope="module")
-def api_schema(tmp_path_factory, model_dir):
-    tmp = tmp_path_factory.mktemp("fuzz")
-    url = f"sqlite:///{tmp / 'hv.sqlite'}"
-    upgrade(url)
-    app = create_app(Settings(var_dir=str(tmp), database_url=url, broker_url="memory://", storage_root=str(tmp / "s"), model_dir=str(model_dir),
-                              allowed_folder_root=str(tmp), max_upload_bytes=2_000_000))
-    yield schemathesis.openapi.from_wsgi("/api/v1/openapi.json", app)
-    app.extensions["hematovision"].db.dispose()
+def api_schema(module_app):
+    return schemathesis.openapi.from_wsgi("/api/v1/openapi.json", module_app)
 
 
 def test_no_route_answers_5xx(api_schema):
