@@ -20,7 +20,11 @@ log = logging.getLogger(__name__)
 
 
 def worker_identity() -> str:
-    """``host:pid`` of this process: a lease holder a later claim on the same host can check is alive."""
+    """``host:pid`` of this process: a lease holder a later claim on the same host can check is alive.
+
+    Per process, because workers use Celery's prefork pool (one task at a time per process); a
+    thread pool would need the thread in the identity too.
+    """
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
