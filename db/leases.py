@@ -20,6 +20,7 @@ from sqlalchemy import case, select, update
 from sqlalchemy.orm import Session
 
 from db.models import Batch, BatchStatus, Image, ImageStatus, Job, JobStatus, Lock, utcnow
+from db.repository import fail_pending_images  # the one place that moves images out of pending
 
 
 def _aware(value: datetime | None) -> datetime | None:
@@ -105,8 +106,10 @@ def close_batch(session: Session, batch_id: int, status: str = BatchStatus.DONE)
 
 def fail_batch_images(session: Session, batch_id: int, code: str, message: str) -> int:
     """Mark the still-pending images of a batch failed with a reason code, and close the batch; returns how many."""
-    n = session.execute(update(Image).where(Image.batch_id == batch_id, Image.status == ImageStatus.PENDING)
-                        .values(status=ImageStatus.FAILED, error=message, error_code=code)).rowcount
+    batch = session.get(Batch, batch_id)
+    if batch is None:
+        return 0
+    n = fail_pending_images(session, batch.job_id, batch_image_ids(session, batch_id), message, code)
     close_batch(session, batch_id, BatchStatus.FAILED)
     return n
 

@@ -134,6 +134,15 @@ def record_results(session: Session, job_id: str, rows: list[ResultRow], model_v
                             .values(status=ImageStatus.FAILED, error=r.error, error_code=r.code or ErrorCode.BAD_IMAGE))
 
 
+def fail_pending_images(session: Session, job_id: str, image_ids: list[int], message: str, code: str) -> int:
+    """Fail those of ``image_ids`` still pending (a timed-out or poison batch); returns how many moved."""
+    if not image_ids:
+        return 0
+    stmt = (update(Image).where(Image.job_id == job_id, Image.id.in_(image_ids), Image.status == ImageStatus.PENDING)
+            .values(status=ImageStatus.FAILED, error=message, error_code=code))
+    return session.execute(stmt).rowcount
+
+
 def finalize_if_complete(session: Session, job_id: str, build_summary: Callable[[], dict]) -> bool:
     """If no image is pending, mark the job succeeded and store its summary; True for the one winner."""
     if progress(session, job_id).pending:
