@@ -23,9 +23,31 @@ def error_response(http_status: int, code: str, message: str, **details: Any):
 
 
 def register_error_handlers(app: Flask) -> None:
+    """Domain errors become HTTP here and only here; anything unexpected is a JSON 500 without details."""
+    from api.submission import BrokerUnavailable, NothingUsable
+    from pipeline.intake import FolderNotAllowed, IntakeError
+
     @app.errorhandler(ApiError)
     def _api_error(exc: ApiError):
         return error_response(exc.http_status, _code(exc.http_status), exc.message, **exc.details)
+
+    @app.errorhandler(IntakeError)
+    def _intake_error(exc: IntakeError):
+        if isinstance(exc, NothingUsable):
+            return error_response(422, _code(422), str(exc), files=exc.files)
+        status = 403 if isinstance(exc, FolderNotAllowed) else 400
+        return error_response(status, _code(status), str(exc))
+
+    @app.errorhandler(BrokerUnavailable)
+    def _broker_unavailable(exc: BrokerUnavailable):
+        return error_response(503, _code(503), str(exc), job_id=exc.job_id)
+
+    @app.errorhandler(Exception)
+    def _unexpected(exc: Exception):
+        if isinstance(exc, HTTPException):
+            return _http_error(exc)
+        app.logger.exception("unhandled error on %s %s", request.method, request.path)
+        return error_response(500, "internal", "internal error (details are in the server log)")
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException):

@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
-import hmac
+import json
 from collections.abc import Iterator
 
 from flask import Blueprint, Response, jsonify, request, url_for
 
 from api import reporting
+from api.auth import NotAuthenticated, authenticate, caller
 from api.errors import ApiError
 from api.state import state
 from api.submission import accept_job
 from api.views import job_json, result_json
 from db import repository as repo
 from db.models import JobStatus
-from pipeline.intake import FolderNotAllowed, IntakeError, Limits, clean_relative_path, iter_folder, iter_zip, resolve_allowed_folder
+from pipeline.intake import IntakeError, Limits, check_text, clean_relative_path, iter_folder, iter_zip, resolve_allowed_folder
+from pipeline.settings import MAX_BATCH_SIZE
 from pipeline.slides import summary_csv
 
 bp = Blueprint("jobs", __name__, url_prefix="/api/v1")
@@ -22,14 +24,11 @@ bp = Blueprint("jobs", __name__, url_prefix="/api/v1")
 
 @bp.before_request
 def require_token():
-    """With HEMATOVISION_API_TOKEN set, every job route needs ``Authorization: Bearer <token>``."""
-    token = state().settings.api_token
-    if not token:
-        return None
-    sent = request.headers.get("Authorization", "")
-    if not hmac.compare_digest(sent.encode(), f"Bearer {token}".encode()):
-        raise ApiError(401, "missing or wrong API token (send 'Authorization: Bearer <token>')")
-    return None
+    """With tokens configured, every job route needs ``Authorization: Bearer <token>``; the caller is kept for the route."""
+    try:
+        authenticate(state().tokens)
+    except NotAuthenticated:
+        raise ApiError(401, "missing or wrong API token (send 'Authorization: Bearer <token>')") from None
 
 
 def _limits() -> Limits:
@@ -70,32 +69,56 @@ def _batch_size(raw) -> int | None:
         value = int(raw)
     except (TypeError, ValueError):
         raise ApiError(400, "batch_size must be an integer") from None
-    if not 1 <= value <= 4096:
-        raise ApiError(400, "batch_size must be between 1 and 4096")
+    if not 1 <= value <= MAX_BATCH_SIZE:
+        raise ApiError(400, f"batch_size must be between 1 and {MAX_BATCH_SIZE}")
     return value
+
+
+def _json_body() -> dict:
+    """The JSON body, size-capped before reading and parsed without letting deep nesting reach the server's stack."""
+    limit = state().settings.max_json_bytes
+    if request.content_length is not None and request.content_length > limit:
+        raise ApiError(413, f"JSON body is larger than the limit of {limit} bytes")
+    raw = request.stream.read(limit + 1)
+    if len(raw) > limit:
+        raise ApiError(413, f"JSON body is larger than the limit of {limit} bytes")
+    try:
+        body = json.loads(raw)
+    except RecursionError:
+        raise ApiError(400, "JSON body is nested too deeply") from None
+    except ValueError:
+        raise ApiError(400, "the body is not valid JSON") from None
+    if not isinstance(body, dict) or not isinstance(body.get("folder"), str):
+        raise ApiError(400, 'JSON submissions must look like {"folder": "relative/or/absolute/path"}')
+    return body
+
+
+def _name(raw) -> str | None:
+    if raw in (None, ""):
+        return None
+    if not isinstance(raw, str):
+        raise ApiError(400, "name must be a string")
+    return check_text("name", raw, state().settings.max_name_length)
 
 
 @bp.post("/jobs")
 def submit_job():
     st = state()
     if request.is_json:
-        body = request.get_json(silent=True)
-        if not isinstance(body, dict) or not isinstance(body.get("folder"), str):
-            raise ApiError(400, 'JSON submissions must look like {"folder": "relative/or/absolute/path"}')
-        try:
-            folder = resolve_allowed_folder(body["folder"], st.settings.allowed_folder_root)
-        except FolderNotAllowed as exc:
-            raise ApiError(403, str(exc)) from None
-        except IntakeError as exc:
-            raise ApiError(400, str(exc)) from None
-        items, source, name, batch = iter_folder(folder, _limits()), "folder", body.get("name"), body.get("batch_size")
-        kind = body.get("kind") or "auto"
+        body = _json_body()
+        source, name, batch, kind = "folder", body.get("name"), body.get("batch_size"), body.get("kind") or "auto"
     elif request.files:
-        items, source, name, batch = _uploaded_items(), "upload", request.form.get("name"), request.form.get("batch_size")
-        kind = request.form.get("kind") or "auto"
+        source, name, batch, kind = "upload", request.form.get("name"), request.form.get("batch_size"), request.form.get("kind") or "auto"
     else:
         raise ApiError(400, "send files as multipart 'files' (or one .zip), or JSON {\"folder\": ...}")
-    job_id = accept_job(st, items, source, name, _batch_size(batch), kind)
+    if not isinstance(kind, str):
+        raise ApiError(400, "kind must be a string")
+    name, batch = _name(name), _batch_size(batch)
+    if source == "folder":
+        items = iter_folder(resolve_allowed_folder(body["folder"], st.settings.allowed_folder_root), _limits())
+    else:
+        items = _uploaded_items()
+    job_id = accept_job(st, items, source, name, batch, kind, owner=caller().name)
     with st.db.session() as session:
         body = job_json(repo.get_job(session, job_id), repo.progress(session, job_id))
     response = jsonify(body)
@@ -105,8 +128,9 @@ def submit_job():
 
 
 def _job_or_404(session, job_id: str):
+    """The job, if it exists and the caller may see it (another owner's job is as good as absent)."""
     job = repo.get_job(session, job_id)
-    if job is None:
+    if job is None or not caller().may_see(job.owner):
         raise ApiError(404, f"no job with id {job_id!r}")
     return job
 
@@ -116,7 +140,8 @@ def list_jobs():
     limit = _int_arg("limit", 20, 1, 200)
     offset = _int_arg("offset", 0, 0, 10**9)
     with state().db.session() as session:
-        jobs, total = repo.list_jobs(session, limit, offset)
+        who = caller()
+        jobs, total = repo.list_jobs(session, limit, offset, owner=None if who.admin else who.name)
         items = [job_json(j, repo.progress(session, j.id)) for j in jobs]
     return jsonify({"items": items, "total": total, "limit": limit, "offset": offset})
 
@@ -181,9 +206,10 @@ def cell_thumbnail(job_id: str, seq: int, idx: int):
 
 @bp.post("/jobs/<job_id>/enqueue")
 def enqueue(job_id: str):
-    """Send a queued job to the workers again (after a 503 at submission, or a broker that lost its messages).
+    """Send an active job to the workers again (after a 503 at submission, or a broker that lost its messages).
 
-    Safe to repeat: workers skip images that already have results.
+    Only batches not in flight are re-sent: a batch held by a live worker's lease is left alone, and a
+    duplicate of a queued batch is refused at its claim. The reaper does the same on its own.
     """
     st = state()
     with st.db.session() as session:
@@ -191,7 +217,7 @@ def enqueue(job_id: str):
         if job.status not in JobStatus.ACTIVE:
             raise ApiError(409, f"job is already {job.status}", status=job.status)
     try:
-        st.enqueue_job(job_id)
+        st.enqueue_job(job_id, resend_queued=True)
     except Exception as exc:
         raise ApiError(503, f"the broker is unreachable: {exc.__class__.__name__}", job_id=job_id) from None
     with st.db.session() as session:

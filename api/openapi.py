@@ -64,7 +64,7 @@ SPEC: dict = {
                            {"name": "idx", "in": "path", "required": True, "schema": {"type": "integer"}}],
             "responses": {"200": {"description": "JPEG", "content": {"image/jpeg": {}}}, "404": _ERROR}}},
         "/api/v1/jobs/{job_id}/enqueue": {"post": {
-            "summary": "Re-send a queued or running job to the workers (idempotent; after a 503 at submission)",
+            "summary": "Re-send the batches of a queued or running job that no live worker holds (idempotent; after a 503)",
             "parameters": [_JOB_ID], "responses": {"202": _JOB, "404": _ERROR, "409": _ERROR, "503": _ERROR}}},
         "/api/v1/jobs/{job_id}/reviews": {
             "get": {"summary": "Every review of the job's cells, oldest first, and the sign-off", "parameters": [_JOB_ID],
@@ -89,7 +89,8 @@ SPEC: dict = {
     },
     "security": [{"bearer": []}],
     "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
-                                                  "description": "required when the server sets HEMATOVISION_API_TOKEN"}},
+                                                  "description": "required when the server has tokens (HEMATOVISION_API_TOKEN(S)); "
+                                                                 "a token sees only its own jobs, an admin token all"}},
                    "schemas": {
         "Error": {"type": "object", "required": ["error"], "properties": {"error": {
             "type": "object", "required": ["code", "message"],
@@ -98,6 +99,9 @@ SPEC: dict = {
             "id": {"type": "string"},
             "status": {"enum": ["queued", "running", "succeeded", "failed", "canceled"]},
             "images": {"type": "object", "properties": {k: {"type": "integer"} for k in ("total", "done", "failed", "pending")}},
+            "owner": {"type": ["string", "null"], "description": "name of the token that submitted the job"},
+            "error": {"type": ["string", "null"]},
+            "error_code": {"type": ["string", "null"], "description": "why it failed: nothing_usable, internal, ..."},
             "model": {"type": "object"}, "timings": {"type": "object"}, "links": {"type": "object"}}},
     }},
 }

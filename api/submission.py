@@ -11,7 +11,6 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterable
 
-from api.errors import ApiError
 from api.state import AppState
 from db import repository as repo
 from pipeline.fields import looks_like_fields
@@ -21,8 +20,25 @@ from pipeline.intake import IntakeError
 KINDS = ("cells", "fields", "auto")
 
 
+class NothingUsable(IntakeError):
+    """Every submitted file was refused: a job with nothing usable is never created."""
+
+    def __init__(self, message: str, files: list[dict]) -> None:
+        super().__init__(message)
+        self.files = files
+
+
+class BrokerUnavailable(RuntimeError):
+    """The job is stored but could not be sent to the workers; ``POST /enqueue`` (or the reaper) sends it later."""
+
+    def __init__(self, job_id: str, reason: str) -> None:
+        super().__init__(f"job {job_id} is stored but the broker is unreachable ({reason}); "
+                         f"retry with POST /api/v1/jobs/{job_id}/enqueue")
+        self.job_id = job_id
+
+
 def accept_job(st: AppState, items: Iterable[tuple[str, bytes]], source: str, name: str | None, batch_size: int | None,
-               kind: str = "auto") -> str:
+               kind: str = "auto", owner: str | None = None) -> str:
     """Store ``(relative path, bytes)`` items as a new job and enqueue it; returns the job id.
 
     ``kind`` is "cells" (one cell per image), "fields" (field/slide images) or
@@ -30,7 +46,7 @@ def accept_job(st: AppState, items: Iterable[tuple[str, bytes]], source: str, na
     """
     settings = st.settings
     if kind not in KINDS:
-        raise ApiError(400, f"kind must be one of {', '.join(KINDS)}")
+        raise IntakeError(f"kind must be one of {', '.join(KINDS)}")
     job_id = uuid.uuid4().hex
     images: list[repo.NewImage] = []
     pixels: dict[int, tuple[int, int]] = {}
@@ -52,23 +68,19 @@ def accept_job(st: AppState, items: Iterable[tuple[str, bytes]], source: str, na
             kind = "fields" if looks_like_fields(list(pixels.values())) else "cells"
         images = _apply_pixel_limit(st, images, pixels, settings.max_field_pixels if kind == "fields" else settings.max_image_pixels)
         if not images:
-            raise ApiError(400, "the submission contains no files")
+            raise IntakeError("the submission contains no files")
         if all(i.error for i in images):
-            raise ApiError(422, "none of the submitted files is a usable image",
-                           files=[{"path": i.path, "error": i.error} for i in images[:100]])
+            raise NothingUsable("none of the submitted files is a usable image",
+                                [{"path": i.path, "error": i.error} for i in images[:100]])
         with st.db.session() as session, session.begin():
-            repo.create_job(session, job_id, source, name, batch_size or settings.batch_size, images, kind, kind_source)
-    except IntakeError as exc:
-        st.store.delete_job(job_id)
-        raise ApiError(400, str(exc)) from None
+            repo.create_job(session, job_id, source, name, batch_size or settings.batch_size, images, kind, kind_source, owner)
     except BaseException:
         st.store.delete_job(job_id)
         raise
     try:
         st.enqueue_job(job_id)
     except Exception as exc:  # job and files are safe; say so and how to retry
-        raise ApiError(503, f"job {job_id} is stored but the broker is unreachable ({exc.__class__.__name__}); "
-                       f"retry with POST /api/v1/jobs/{job_id}/enqueue", job_id=job_id) from None
+        raise BrokerUnavailable(job_id, exc.__class__.__name__) from None
     return job_id
 
 

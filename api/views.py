@@ -30,10 +30,12 @@ def job_json(job: Job, progress: Progress) -> dict:
         "kind_source": job.kind_source,
         "source": job.source,
         "name": job.name,
+        "owner": job.owner,
         "batch_size": job.batch_size,
         "images": {"total": progress.total, "done": progress.done, "failed": progress.failed, "pending": progress.pending},
         "model": {"name": job.model_name, "version": job.model_version},
         "error": job.error,
+        "error_code": job.error_code,
         "timings": {
             "created_at": _iso(job.created_at),
             "started_at": _iso(job.started_at),
@@ -58,7 +60,7 @@ def cell_json(image: Image, cell: Cell) -> dict:
 def result_json(image: Image, prediction: Prediction | None, cells: list[Cell] | None = None) -> dict:
     if cells is not None:  # a field image of a "fields" job
         return {"seq": image.seq, "path": image.path, "status": image.status, "cells": [cell_json(image, c) for c in cells],
-                "error": image.error}
+                "error": image.error, "error_code": image.error_code}
     return {
         "seq": image.seq,
         "path": image.path,
@@ -69,4 +71,5 @@ def result_json(image: Image, prediction: Prediction | None, cells: list[Cell] |
         "cell_found": prediction.cell_found if prediction else None,
         "ood_score": prediction.ood_score if prediction else None,
         "error": image.error,
+        "error_code": image.error_code,
     }

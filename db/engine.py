@@ -27,7 +27,8 @@ def make_engine(url: str) -> Engine:
         return engine
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url[len("postgresql://") :]
-    return create_engine(url, pool_pre_ping=True)
+    # a database host that does not answer must not hang a worker, its heartbeat or the reaper: fail, retry later
+    return create_engine(url, pool_pre_ping=True, connect_args={"connect_timeout": 10})
 
 
 class Database:

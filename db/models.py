@@ -37,6 +37,51 @@ class ImageStatus:
     FAILED = "failed"
 
 
+class ErrorCode:
+    """Why an image or a job failed: stable codes for clients; the message says it in words."""
+
+    BAD_IMAGE = "bad_image"  # refused at intake or by the decoder
+    TIMEOUT = "timeout"  # its batch ran past HEMATOVISION_TASK_TIME_LIMIT
+    POISON = "poison"  # its batch's worker died HEMATOVISION_MAX_DELIVERIES times
+    STORAGE = "storage"  # the stored file stayed unreadable through every retry
+    MISSING_FILE = "missing_file"  # the stored file is gone although the job's folder exists
+    INTERNAL = "internal"  # an unexpected error in the worker (details in its log)
+    NOTHING_USABLE = "nothing_usable"  # job: no image could be processed
+
+
+class BatchStatus:
+    QUEUED = "queued"  # sent (or to be re-sent) to the broker
+    RUNNING = "running"  # claimed by a worker whose lease is renewed while it works
+    DONE = "done"
+    FAILED = "failed"
+    OPEN = (QUEUED, RUNNING)
+
+
+class Batch(Base):
+    """A unit of work with a lease: who holds it, until when, and how often it was delivered."""
+
+    __tablename__ = "batches"
+    __table_args__ = (Index("ix_batches_job_status", "job_id", "status"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    status: Mapped[str] = mapped_column(String(16), default=BatchStatus.QUEUED)
+    deliveries: Mapped[int] = mapped_column(Integer, default=0)  # claims that did not end cleanly
+    holder: Mapped[str | None] = mapped_column(String(128))  # "host:pid" of the claiming worker process
+    lease_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    queued_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Lock(Base):
+    """Named time-limited locks (the reaper's: one worker wins each round)."""
+
+    __tablename__ = "locks"
+
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    holder: Mapped[str | None] = mapped_column(String(128))
+    until: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
 class Job(Base):
     __tablename__ = "jobs"
 
@@ -50,7 +95,9 @@ class Job(Base):
     batch_size: Mapped[int] = mapped_column(Integer)
     model_name: Mapped[str | None] = mapped_column(String(128))
     model_version: Mapped[str | None] = mapped_column(String(64))
-    error: Mapped[str | None] = mapped_column(Text)
+    error: Mapped[str | None] = mapped_column(Text)  # a safe message; details are in the worker log
+    error_code: Mapped[str | None] = mapped_column(String(32))
+    owner: Mapped[str | None] = mapped_column(String(64), index=True)  # name of the API token that submitted it
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
@@ -67,6 +114,8 @@ class Image(Base):
     storage_key: Mapped[str | None] = mapped_column(String(64))
     status: Mapped[str] = mapped_column(String(16), default=ImageStatus.PENDING)
     error: Mapped[str | None] = mapped_column(Text)
+    error_code: Mapped[str | None] = mapped_column(String(32))  # see ErrorCode
+    batch_id: Mapped[int | None] = mapped_column(ForeignKey("batches.id", ondelete="SET NULL"), index=True)
 
 
 class Prediction(Base):

@@ -14,7 +14,7 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from db.models import Cell, Image, ImageStatus, Job, JobStatus, JobSummary, Prediction, utcnow
+from db.models import Cell, ErrorCode, Image, ImageStatus, Job, JobStatus, JobSummary, Prediction, utcnow
 
 
 @dataclass(frozen=True)
@@ -49,17 +49,19 @@ class ResultRow:
     error: str | None
     cell_found: bool = True
     ood_score: float | None = None
+    code: str | None = None  # reason code of a failure (default ErrorCode.BAD_IMAGE)
 
 
 def create_job(session: Session, job_id: str, source: str, name: str | None, batch_size: int, images: list[NewImage],
-               kind: str = "cells", kind_source: str = "client") -> Job:
+               kind: str = "cells", kind_source: str = "client", owner: str | None = None) -> Job:
     job = Job(id=job_id, status=JobStatus.QUEUED, kind=kind, kind_source=kind_source, source=source, name=name,
-              images_total=len(images), batch_size=batch_size, created_at=utcnow())
+              images_total=len(images), batch_size=batch_size, created_at=utcnow(), owner=owner)
     session.add(job)
     session.flush()
     session.add_all(
         Image(job_id=job_id, seq=i.seq, path=i.path, storage_key=i.storage_key,
-              status=ImageStatus.FAILED if i.error else ImageStatus.PENDING, error=i.error)
+              status=ImageStatus.FAILED if i.error else ImageStatus.PENDING, error=i.error,
+              error_code=ErrorCode.BAD_IMAGE if i.error else None)
         for i in images
     )
     return job
@@ -69,9 +71,11 @@ def get_job(session: Session, job_id: str) -> Job | None:
     return session.get(Job, job_id)
 
 
-def list_jobs(session: Session, limit: int, offset: int) -> tuple[list[Job], int]:
-    total = session.scalar(select(func.count()).select_from(Job)) or 0
-    jobs = session.scalars(select(Job).order_by(Job.created_at.desc(), Job.id).limit(limit).offset(offset)).all()
+def list_jobs(session: Session, limit: int, offset: int, owner: str | None = None) -> tuple[list[Job], int]:
+    """A page of jobs, newest first; only ``owner``'s when given."""
+    where = [Job.owner == owner] if owner is not None else []
+    total = session.scalar(select(func.count()).select_from(Job).where(*where)) or 0
+    jobs = session.scalars(select(Job).where(*where).order_by(Job.created_at.desc(), Job.id).limit(limit).offset(offset)).all()
     return list(jobs), total
 
 
@@ -127,7 +131,16 @@ def record_results(session: Session, job_id: str, rows: list[ResultRow], model_v
     for r in rows:
         if r.error is not None:
             session.execute(update(Image).where(Image.job_id == job_id, Image.id == r.image_id)
-                            .values(status=ImageStatus.FAILED, error=r.error))
+                            .values(status=ImageStatus.FAILED, error=r.error, error_code=r.code or ErrorCode.BAD_IMAGE))
+
+
+def fail_pending_images(session: Session, job_id: str, image_ids: list[int], message: str, code: str) -> int:
+    """Fail those of ``image_ids`` still pending (a timed-out or poison batch); returns how many moved."""
+    if not image_ids:
+        return 0
+    stmt = (update(Image).where(Image.job_id == job_id, Image.id.in_(image_ids), Image.status == ImageStatus.PENDING)
+            .values(status=ImageStatus.FAILED, error=message, error_code=code))
+    return session.execute(stmt).rowcount
 
 
 def finalize_if_complete(session: Session, job_id: str, build_summary: Callable[[], dict]) -> bool:
@@ -143,9 +156,17 @@ def finalize_if_complete(session: Session, job_id: str, build_summary: Callable[
     return True
 
 
-def fail_job(session: Session, job_id: str, error: str) -> None:
-    session.execute(update(Job).where(Job.id == job_id, Job.status.in_(JobStatus.ACTIVE))
-                    .values(status=JobStatus.FAILED, error=error, finished_at=utcnow()))
+def fail_job(session: Session, job_id: str, error: str, code: str = ErrorCode.INTERNAL) -> bool:
+    """Mark an active job failed with a reason code and a safe message; True for the one winner."""
+    return session.execute(update(Job).where(Job.id == job_id, Job.status.in_(JobStatus.ACTIVE))
+                           .values(status=JobStatus.FAILED, error=error, error_code=code, finished_at=utcnow())).rowcount == 1
+
+
+def failure_codes(session: Session, job_id: str) -> dict[str, int]:
+    """How many images of a job failed, per reason code."""
+    stmt = (select(Image.error_code, func.count()).where(Image.job_id == job_id, Image.status == ImageStatus.FAILED)
+            .group_by(Image.error_code))
+    return {code or ErrorCode.BAD_IMAGE: n for code, n in session.execute(stmt).all()}
 
 
 def cancel_job(session: Session, job_id: str) -> bool:
@@ -190,15 +211,26 @@ class CellRow:
 
 
 def record_field(session: Session, job_id: str, image_id: int, cells: list[CellRow], error: str | None) -> None:
-    """Replace the cells of one field (idempotent on redelivery) and set the field's status."""
-    session.execute(delete(Cell).where(Cell.job_id == job_id, Cell.image_id == image_id))
-    session.add_all(
-        Cell(job_id=job_id, image_id=image_id, idx=c.idx, x0=c.box[0], y0=c.box[1], x1=c.box[2], y1=c.box[3], score=c.score,
-             label=c.label, confidence=c.confidence, probabilities=c.probabilities, thumbnail_key=c.thumbnail_key)
-        for c in cells
-    )
+    """Upsert the cells of one field on (job, image, index), drop cells past the new count, set the field's status.
+
+    Two deliveries of the same batch may write at once (a lease that expired while its worker was
+    alive): upserts never collide on the unique constraint, and the last writer's cells stand.
+    """
+    if cells:
+        insert = _insert(session)
+        stmt = insert(Cell).values([
+            {"job_id": job_id, "image_id": image_id, "idx": c.idx, "x0": c.box[0], "y0": c.box[1], "x1": c.box[2], "y1": c.box[3],
+             "score": c.score, "label": c.label, "confidence": c.confidence, "probabilities": c.probabilities,
+             "thumbnail_key": c.thumbnail_key} for c in cells
+        ])
+        stmt = stmt.on_conflict_do_update(index_elements=["job_id", "image_id", "idx"],
+                                          set_={k: stmt.excluded[k] for k in ("x0", "y0", "x1", "y1", "score", "label", "confidence",
+                                                                              "probabilities", "thumbnail_key")})
+        session.execute(stmt)
+    session.execute(delete(Cell).where(Cell.job_id == job_id, Cell.image_id == image_id, Cell.idx >= len(cells)))
     status = ImageStatus.FAILED if error else ImageStatus.DONE
-    session.execute(update(Image).where(Image.job_id == job_id, Image.id == image_id).values(status=status, error=error))
+    session.execute(update(Image).where(Image.job_id == job_id, Image.id == image_id)
+                    .values(status=status, error=error, error_code=ErrorCode.BAD_IMAGE if error else None))
 
 
 @dataclass(frozen=True)

@@ -45,12 +45,22 @@ def sniff_format(data: bytes, max_pixels: int) -> tuple[str, int, int]:
     return fmt, width, height
 
 
+def _exif_transposes(data: bytes) -> bool:
+    """True when the EXIF orientation (5-8) turns the image by 90 degrees; OpenCV applies it while decoding."""
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            return img.getexif().get(0x0112, 1) in (5, 6, 7, 8)
+    except Exception:  # unreadable EXIF: treat as upright, the decoder decides
+        return False
+
+
 def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
-    """Decode to an OpenCV BGR uint8 array after the header checks."""
+    """Decode to an OpenCV BGR uint8 array after the header checks, turned upright by its EXIF orientation."""
     fmt, width, height = sniff_format(data, max_pixels)
     if fmt == "JPEG" and b"\xff\xd9" not in data[-4096:]:
         raise ImageRejected("truncated JPEG (no end-of-image marker)")
     bgr = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
-    if bgr is None or bgr.shape[0] != height or bgr.shape[1] != width:
+    expected = (width, height) if fmt == "JPEG" and _exif_transposes(data) else (height, width)
+    if bgr is None or bgr.shape[:2] != expected:
         raise ImageRejected("corrupt image data (decoder failed)")
     return bgr

@@ -25,6 +25,20 @@ def _default_model_dir() -> str:
     return str(found[0].parent) if found else str(models / "missing")
 
 
+#: (setting, lowest, highest) for the numbers whose extremes wedge or starve the system.
+BOUNDS = (
+    ("task_time_limit", 10, 86_400),  # below 10 s a normal batch cannot finish; above a day a stuck one never ends
+    ("lease_seconds", 5, 3_600),
+    ("reaper_interval", 1, 600),
+    ("max_deliveries", 1, 20),
+    ("orphan_seconds", 1, 30 * 86_400),
+    ("analyze_deadline", 10, 7 * 86_400),
+    ("max_json_bytes", 1_024, 10 * 1024 * 1024),
+    ("max_name_length", 16, 4_096),
+)
+MAX_BATCH_SIZE = 1024  # a batch keeps its decoded images in memory: bounded per job and per setting
+
+
 @dataclass(frozen=True)
 class Settings:
     """Runtime configuration shared by the API, the workers and the CLI."""
@@ -46,9 +60,19 @@ class Settings:
     cell_diameter_px: float = 190.0  # expected white-cell diameter in field images (190 for 640x480 BCCD-like fields)
     field_tile: int = 1024  # field images larger than this are localised tile by tile
     max_images_per_job: int = 100_000
-    task_time_limit: int = 600
+    task_time_limit: int = 600  # soft limit of one batch (s); the hard limit is 30 s later
+    lease_seconds: int = 60  # a running batch's lease, renewed by its worker every third of it
+    reaper_interval: int = 15  # how often (s) one worker re-sends lost batches and finalizes finished jobs
+    max_deliveries: int = 3  # a batch whose worker died this many times has its images failed ("poison")
+    orphan_seconds: int = 3600  # stored files of an upload that never became a job (API killed mid-upload) are removed after this
+    analyze_deadline: int = 3600  # `hematovision analyze` gives up (exit 3) after this many seconds
     api_url: str = "http://127.0.0.1:5000"
-    api_token: str = ""  # when set, /api/v1/jobs* requires "Authorization: Bearer <token>"
+    api_token: str = ""  # one admin token sent as "Authorization: Bearer <token>" (also what the CLI sends)
+    api_tokens: str = ""  # named tokens, stored hashed: "name:sha256hex[:admin],..." (see `hematovision token`)
+    allow_anonymous: int = 0  # 1 = serve a non-local bind (and Flower) without any token (not recommended)
+    flower_auth: str = ""  # "user:password[,user2:password2]" for Flower's HTTP basic auth
+    max_json_bytes: int = 64 * 1024  # a JSON request body larger than this is refused (413)
+    max_name_length: int = 255  # longest client file name or job name accepted
     page_size: int = 100
     reference_intervals: str = ""  # "neutrophil=40-60;..." in % of white cells; default: pipeline.reference.DEFAULT_INTERVALS
     reference_source: str = ""  # where the ranges come from, printed on every report
@@ -57,11 +81,15 @@ class Settings:
     def __post_init__(self) -> None:
         if self.backend not in ("litert", "litert-int8", "keras"):
             raise ValueError(f"{PREFIX}BACKEND must be 'litert', 'litert-int8' or 'keras', not {self.backend!r}")
-        if not 1 <= self.batch_size <= 4096:
-            raise ValueError(f"{PREFIX}BATCH_SIZE must be between 1 and 4096, not {self.batch_size}")
+        if not 1 <= self.batch_size <= MAX_BATCH_SIZE:
+            raise ValueError(f"{PREFIX}BATCH_SIZE must be between 1 and {MAX_BATCH_SIZE}, not {self.batch_size}")
         if not 0.0 < self.low_confidence < 1.0:
             raise ValueError(f"{PREFIX}LOW_CONFIDENCE must be between 0 and 1, not {self.low_confidence}")
         parse_intervals(self.reference_intervals)  # fail at start-up, not on the first report
+        for name, low, high in BOUNDS:
+            value = getattr(self, name)
+            if not low <= value <= high:
+                raise ValueError(f"{PREFIX}{name.upper()} must be between {low} and {high}, not {value}")
 
     @property
     def resolved_database_url(self) -> str:
@@ -101,6 +129,7 @@ def celery_config(settings: Settings) -> dict[str, object]:
     """
     broker = settings.resolved_broker_url
     # Redis redelivers unacked tasks after the visibility timeout: keep it above the task time limit.
+    # Recovery does not wait for it: batch leases and the reaper re-send lost work within a minute or two.
     transport = {"visibility_timeout": 3 * settings.task_time_limit} if broker.startswith(("redis", "rediss")) else {}
     return {
         "broker_url": broker,

@@ -57,6 +57,16 @@ def build_fields_report(
     }
 
 
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_safe(value: object) -> object:
+    """A client-supplied text cell that a spreadsheet would run as a formula gets a leading apostrophe (OWASP's advice)."""
+    if isinstance(value, str) and value.startswith(_FORMULA_START):
+        return "'" + value
+    return value
+
+
 def fields_report_csv(summary: dict) -> str:
     """CSV with a leading ``slide`` column: the whole job first ("ALL"), then each slide."""
     out = io.StringIO()
@@ -65,9 +75,9 @@ def fields_report_csv(summary: dict) -> str:
     for name, part in [("ALL", summary), *((s["slide"], s) for s in summary["slides"])]:
         for row in csv.reader(io.StringIO(DifferentialReport.from_dict(part).to_csv())):
             if row and row[0] != "section":
-                writer.writerow([name, *row])
-        writer.writerow([name, "summary", "fields", part["n_fields"], "", "", ""])
-        writer.writerow([name, "summary", "fields_without_wbc", part["n_fields_without_wbc"], "", "", ""])
+                writer.writerow([spreadsheet_safe(name), *row])
+        writer.writerow([spreadsheet_safe(name), "summary", "fields", part["n_fields"], "", "", ""])
+        writer.writerow([spreadsheet_safe(name), "summary", "fields_without_wbc", part["n_fields_without_wbc"], "", "", ""])
     return out.getvalue()
 
 

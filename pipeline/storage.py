@@ -11,9 +11,14 @@ import os
 import re
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 _KEY = re.compile(r"^jobs/[0-9a-f]{32}/([0-9]{7}|cells/[0-9]{7}_[0-9]{5})\.[a-z]{3,4}$")
+
+
+class StorageUnavailable(OSError):
+    """The store cannot be read right now (volume not mounted, I/O error): retry later, the images are not at fault."""
 
 
 class ImageStore:
@@ -54,7 +59,28 @@ class ImageStore:
             raise
 
     def get(self, key: str) -> bytes:
-        return self._path(key).read_bytes()
+        """The stored bytes; FileNotFoundError when only this file is gone, StorageUnavailable when the store is."""
+        path = self._path(key)
+        try:
+            return path.read_bytes()
+        except FileNotFoundError:
+            if not path.parent.is_dir():  # the job's whole folder is missing: an unmounted or wrong volume
+                raise StorageUnavailable(f"storage folder for {key!r} is missing under {self.root}") from None
+            raise
+        except OSError as exc:
+            raise StorageUnavailable(f"storage read failed for {key!r}: {exc.strerror or exc.__class__.__name__}") from None
+
+    def job_folders_older_than(self, seconds: float) -> list[str]:
+        """Job ids whose storage folder was last changed more than ``seconds`` ago (candidates for the orphan sweep)."""
+        jobs = self.root / "jobs"
+        if not jobs.is_dir():
+            return []
+        cutoff = time.time() - seconds
+        out = []
+        for entry in os.scandir(jobs):
+            if re.fullmatch(r"[0-9a-f]{32}", entry.name) and entry.is_dir(follow_symlinks=False) and entry.stat().st_mtime < cutoff:
+                out.append(entry.name)
+        return out
 
     def delete_job(self, job_id: str) -> None:
         if not re.fullmatch(r"[0-9a-f]{32}", job_id):

@@ -138,3 +138,19 @@ def encode_jpeg(bgr: np.ndarray) -> bytes:
     ok, buf = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, 92])
     assert ok
     return buf.tobytes()
+
+
+@pytest.fixture(scope="module")
+def module_app(tmp_path_factory, model_dir):
+    """One app per test module on a migrated SQLite file and the in-memory broker (for many generated requests)."""
+    from api import create_app
+    from db.migrate import upgrade
+    from pipeline.settings import Settings
+
+    tmp = tmp_path_factory.mktemp("app")
+    url = f"sqlite:///{tmp / 'hv.sqlite'}"
+    upgrade(url)
+    app = create_app(Settings(var_dir=str(tmp), database_url=url, broker_url="memory://", storage_root=str(tmp / "s"), model_dir=str(model_dir),
+                              allowed_folder_root=str(tmp), max_upload_bytes=2_000_000))
+    yield app
+    app.extensions["hematovision"].db.dispose()

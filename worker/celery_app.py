@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from celery import Celery
-from celery.signals import worker_process_init
+from celery.signals import worker_process_init, worker_ready, worker_shutdown
 
 from pipeline.settings import Settings, celery_config
 from worker.context import reset_context
+
+_reapers: list = []
 
 
 def make_celery(settings: Settings | None = None) -> Celery:
@@ -23,4 +25,20 @@ def make_celery(settings: Settings | None = None) -> Celery:
 @worker_process_init.connect
 def _fresh_resources_after_fork(**_kwargs) -> None:
     """A forked child must not reuse the parent's DB connections."""
-    reset_context()
+    reset_context(close=False)
+
+
+@worker_ready.connect
+def _start_reaper(sender=None, **_kwargs) -> None:
+    """Every worker runs a reaper timer in its main process; the database picks one per round."""
+    from worker.reaper import ReaperThread
+
+    reaper = ReaperThread(sender.app, Settings.from_env())
+    reaper.start()
+    _reapers.append(reaper)
+
+
+@worker_shutdown.connect
+def _stop_reaper(**_kwargs) -> None:
+    for reaper in _reapers:
+        reaper.stopped.set()

@@ -51,9 +51,9 @@ def get_context() -> WorkerContext:
     return _context
 
 
-def reset_context() -> None:
-    """Forget per-process resources (called after fork and in tests)."""
+def reset_context(close: bool = True) -> None:
+    """Forget per-process resources: after fork (``close=False``: the parent's connections stay the parent's) and in tests."""
     global _context
     if _context is not None and "db" in _context.__dict__:
-        _context.db.dispose()
+        _context.db.engine.dispose(close=close)
     _context = None

@@ -1,4 +1,4 @@
-"""What the tasks do: fan a job out into batches, classify a batch, finalize.
+"""What the tasks do: fan a job out into leased batches, classify a batch, finalize.
 
 Kept free of Celery so it can be tested and reused directly; the tasks in
 ``worker.tasks`` only pass ids in and call these functions.
@@ -9,64 +9,111 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
+from db import TransientDatabaseError, leases
 from db import repository as repo
-from db.models import JobStatus
+from db.models import BatchStatus, ErrorCode, JobStatus, utcnow
 from pipeline.batch import classify_batch
 from pipeline.fields import FieldSettings, analyze_fields
 from pipeline.localize import LocaliserConfig
 from pipeline.report import CellPrediction, build_report
+from pipeline.settings import MAX_BATCH_SIZE
 from pipeline.slides import build_fields_report
+from pipeline.storage import StorageUnavailable
+from worker import faults
 from worker.context import WorkerContext
+from worker.lease import Heartbeat, worker_identity
 
 log = logging.getLogger(__name__)
 
 
-def start_job(ctx: WorkerContext, job_id: str, enqueue: Callable[[list[int]], None]) -> int:
-    """Mark the job running and enqueue one batch task per ``batch_size`` pending images."""
+def start_job(ctx: WorkerContext, job_id: str, send_batch: Callable[[int], None], resend_queued: bool = False) -> int:
+    """Mark the job running, plan its batches once, and send those not in flight; returns how many were sent.
+
+    A batch held by a live lease is never re-sent. ``resend_queued`` (``POST /enqueue``) also re-sends
+    batches still queued, in case the broker lost them: a duplicate costs one refused claim, never work.
+    """
     manifest = ctx.manifest
     with ctx.db.session() as session, session.begin():
         job = repo.get_job(session, job_id)
         if job is None or job.status not in JobStatus.ACTIVE:
             return 0
         repo.mark_running(session, job_id, manifest.name, manifest.version)
-        pending = repo.pending_image_ids(session, job_id)
-        batch_size = job.batch_size
-    batches = [pending[i : i + batch_size] for i in range(0, len(pending), batch_size)]
-    for ids in batches:
-        enqueue(ids)
-    if not batches:  # every image was refused at intake
+        batch_size = min(job.batch_size, MAX_BATCH_SIZE)
+        new = leases.plan_batches(session, job_id, batch_size)
+        lost = [b for _, b in leases.batches_to_send(session, job_id, utcnow() if resend_queued else None) if b not in new]
+        leases.mark_sent(session, lost)
+    for batch_id in new + lost:
+        send_batch(batch_id)
+    if not new and not lost:  # every image was refused at intake, or is already done
         finalize(ctx, job_id)
-    return len(batches)
+    return len(new) + len(lost)
 
 
-def run_batch(ctx: WorkerContext, job_id: str, image_ids: list[int]) -> int:
-    """Process the still-pending images of one batch; returns how many were written."""
-    with ctx.db.session() as session:
+def run_batch(ctx: WorkerContext, job_id: str, batch_id: int) -> int:
+    """Claim one batch, process its still-pending images under a heartbeat, close it; returns how many were written."""
+    holder = worker_identity()
+    s = ctx.settings
+    with ctx.db.session() as session, session.begin():
         job = repo.get_job(session, job_id)
         if job is None or job.status not in JobStatus.ACTIVE:
+            leases.close_batch(session, batch_id, BatchStatus.FAILED)
             return 0
-        kind = job.kind
-        images = [(img.id, img.seq, img.storage_key) for img in repo.images_for_batch(session, job_id, image_ids)]
-    if not images:
-        finalize(ctx, job_id)
+        claim = leases.claim_batch(session, batch_id, holder, s.lease_seconds, s.max_deliveries)
+    if claim.outcome == "poison":
+        log.error("batch %s of job %s: its worker died %d times; failing its images", batch_id, job_id, claim.deliveries)
+        fail_batch(ctx, job_id, batch_id, ErrorCode.POISON, f"the worker processing this image died {claim.deliveries} times")
         return 0
+    if claim.outcome != "claimed":
+        return 0
+    with Heartbeat(ctx.db, batch_id, holder, s.lease_seconds):
+        written = _process(ctx, job_id, batch_id)
+    with ctx.db.session() as session, session.begin():
+        leases.close_batch(session, batch_id)
+    finalize(ctx, job_id)
+    return written
+
+
+def release(ctx: WorkerContext, batch_id: int) -> None:
+    """Give the batch back after a transient error (best effort: if the database is away, the lease expires)."""
+    try:
+        with ctx.db.session() as session, session.begin():
+            leases.release_batch(session, batch_id, worker_identity())
+    except TransientDatabaseError:
+        pass
+
+
+def fail_batch(ctx: WorkerContext, job_id: str, batch_id: int, code: str, message: str) -> None:
+    """Mark a batch's pending images failed with a reason code; the rest of the job goes on."""
+    with ctx.db.session() as session, session.begin():
+        leases.fail_batch_images(session, batch_id, code, message)
+    finalize(ctx, job_id)
+
+
+def _process(ctx: WorkerContext, job_id: str, batch_id: int) -> int:
+    with ctx.db.session() as session:
+        kind = repo.get_job(session, job_id).kind
+        image_ids = leases.batch_image_ids(session, batch_id)
+        images = [(img.id, img.seq, img.storage_key, img.path) for img in repo.images_for_batch(session, job_id, image_ids)]
+    if not images:
+        return 0
+    faults.inject([path for *_, path in images])
     items: list[tuple[int, bytes]] = []
     missing: list[repo.ResultRow] = []
-    for image_id, _, key in images:
+    for image_id, _, key, _ in images:
         try:
             items.append((image_id, ctx.store.get(key)))
+        except StorageUnavailable:
+            raise
         except (OSError, ValueError) as exc:
-            missing.append(repo.ResultRow(image_id, None, None, None, f"stored file unreadable: {exc.__class__.__name__}"))
+            missing.append(repo.ResultRow(image_id, None, None, None, f"stored file unreadable: {exc.__class__.__name__}",
+                                          code=ErrorCode.MISSING_FILE))
     if kind == "fields":
-        written = _run_field_batch(ctx, job_id, items, missing, {image_id: seq for image_id, seq, _ in images})
-        finalize(ctx, job_id)
-        return written
+        return _run_field_batch(ctx, job_id, items, missing, {image_id: seq for image_id, seq, *_ in images})
     results = classify_batch(ctx.classifier, items, ctx.settings.max_image_pixels)
     rows = missing + [repo.ResultRow(r.key, r.label, r.confidence, r.probabilities, r.error, r.cell_found, r.ood_score) for r in results]
     with ctx.db.session() as session, session.begin():
         if repo.job_status(session, job_id) in JobStatus.ACTIVE:
             repo.record_results(session, job_id, rows, ctx.manifest.version)
-    finalize(ctx, job_id)
     return len(rows)
 
 
@@ -105,14 +152,23 @@ def summarize(ctx: WorkerContext, session, job_id: str) -> dict:
 
 
 def finalize(ctx: WorkerContext, job_id: str) -> bool:
-    """Store the summary and mark the job succeeded once nothing is pending (one winner)."""
+    """Once nothing is pending: store the summary and mark the job succeeded, or failed if no image
+    could be processed (one winner either way)."""
     with ctx.db.session() as session, session.begin():
-        won = repo.finalize_if_complete(session, job_id, lambda: summarize(ctx, session, job_id))
+        progress = repo.progress(session, job_id)
+        if progress.pending:
+            return False
+        if progress.total and not progress.done:
+            codes = ", ".join(f"{n} {code}" for code, n in sorted(repo.failure_codes(session, job_id).items()))
+            won = repo.fail_job(session, job_id, f"none of the {progress.total} images could be processed ({codes})",
+                                ErrorCode.NOTHING_USABLE)
+        else:
+            won = repo.finalize_if_complete(session, job_id, lambda: summarize(ctx, session, job_id))
     if won:
-        log.info("job %s finalized", job_id)
+        log.info("job %s finished", job_id)
     return won
 
 
-def fail(ctx: WorkerContext, job_id: str, error: str) -> None:
+def fail(ctx: WorkerContext, job_id: str, code: str, message: str) -> None:
     with ctx.db.session() as session, session.begin():
-        repo.fail_job(session, job_id, error)
+        repo.fail_job(session, job_id, message, code)

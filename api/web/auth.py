@@ -1,9 +1,11 @@
-"""Login and CSRF for the pages when ``HEMATOVISION_API_TOKEN`` is set.
+"""Login and CSRF for the pages when API tokens are configured (``api.auth``).
 
-The login form takes the same token the API wants; a signed session cookie
-(HttpOnly, SameSite=Lax) then stands for it. Every form and script POST sends
-the session's CSRF token. Without a token the pages are open like the API, and
-no session is used (CSRF protection guards an identity that does not exist).
+The login form takes any token the API accepts; a signed session cookie
+(HttpOnly, SameSite=Lax) then stands for its name (the owner of the jobs it
+submits; it sees only those unless it is an admin token). Every form and
+script POST sends the session's CSRF token. Without tokens the pages are open
+like the API, and no session is used (CSRF protection guards an identity that
+does not exist).
 """
 
 from __future__ import annotations
@@ -14,39 +16,52 @@ import secrets
 
 from flask import Flask, abort, request, session
 
+from api.auth import ANONYMOUS, Caller, NotAuthenticated, TokenTable
 from pipeline.settings import Settings
 
 OPEN_ENDPOINTS = {"web.login", "web.static"}
 
 
 def configure(app: Flask, settings: Settings) -> None:
-    """Sign the session with HEMATOVISION_SECRET_KEY, else a key derived from the token (the same in every process)."""
-    if settings.secret_key or settings.api_token:
-        app.secret_key = settings.secret_key or hashlib.sha256(b"hematovision-web-session:" + settings.api_token.encode()).hexdigest()
+    """Sign the session with HEMATOVISION_SECRET_KEY, else a key derived from the tokens (the same in every process)."""
+    configured = settings.api_token + "|" + settings.api_tokens
+    if settings.secret_key or configured != "|":
+        app.secret_key = settings.secret_key or hashlib.sha256(b"hematovision-web-session:" + configured.encode()).hexdigest()
     app.config.update(SESSION_COOKIE_HTTPONLY=True, SESSION_COOKIE_SAMESITE="Lax")
 
 
-def token_matches(settings: Settings, sent: str) -> bool:
-    return bool(settings.api_token) and hmac.compare_digest(sent.encode(), settings.api_token.encode())
+def token_caller(tokens: TokenTable, sent: str) -> Caller | None:
+    """Who the login form's token belongs to, or None."""
+    if not tokens or not sent:
+        return None
+    try:
+        return tokens.caller(f"Bearer {sent}")
+    except NotAuthenticated:
+        return None
 
 
-def logged_in(settings: Settings) -> bool:
-    return not settings.api_token or session.get("auth") is True
+def logged_in(tokens: TokenTable) -> bool:
+    return not tokens or session.get("auth") is True
 
 
-def log_in() -> None:
+def log_in(who: Caller) -> None:
     session.clear()
     session["auth"] = True
+    session["who"], session["admin"] = who.name, who.admin
     session["csrf"] = secrets.token_urlsafe(24)
 
 
-def csrf_token(settings: Settings) -> str:
-    return session.get("csrf", "") if settings.api_token else ""
+def session_caller(tokens: TokenTable) -> Caller:
+    return Caller(session.get("who"), bool(session.get("admin"))) if tokens else ANONYMOUS
 
 
-def check_csrf(settings: Settings) -> None:
+def csrf_token(tokens: TokenTable) -> str:
+    return session.get("csrf", "") if tokens else ""
+
+
+def check_csrf(tokens: TokenTable) -> None:
     """Refuse a state-changing request without the session's CSRF token (form field or X-CSRF-Token header)."""
-    if not settings.api_token or request.method in ("GET", "HEAD", "OPTIONS") or request.endpoint == "web.login":
+    if not tokens or request.method in ("GET", "HEAD", "OPTIONS") or request.endpoint == "web.login":
         return
     sent = request.headers.get("X-CSRF-Token") or request.form.get("csrf_token") or ""
     expected = session.get("csrf", "")

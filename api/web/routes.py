@@ -6,14 +6,15 @@ import csv
 import io
 import json
 
-from flask import Blueprint, Response, abort, jsonify, redirect, render_template, request, url_for
+from flask import Blueprint, Response, abort, g, jsonify, redirect, render_template, request, url_for
 from werkzeug.exceptions import HTTPException
 
 from api import reporting
+from api.auth import caller
 from api.errors import ApiError, _code, error_response
-from api.jobs import _batch_size, _uploaded_items
+from api.jobs import _batch_size, _name, _uploaded_items
 from api.state import state
-from api.submission import accept_job
+from api.submission import BrokerUnavailable, NothingUsable, accept_job
 from api.views import job_json
 from api.web import auth
 from db import repository as repo
@@ -33,19 +34,20 @@ def _setup(setup_state) -> None:
 
 @bp.before_request
 def _guard():
-    settings = state().settings
-    if request.endpoint not in auth.OPEN_ENDPOINTS and not auth.logged_in(settings):
+    tokens = state().tokens
+    if request.endpoint not in auth.OPEN_ENDPOINTS and not auth.logged_in(tokens):
         if wants_json():
             raise ApiError(401, "log in first")
         return redirect(url_for("web.login", next=request.full_path.rstrip("?")))
-    auth.check_csrf(settings)
+    auth.check_csrf(tokens)
+    g.caller = auth.session_caller(tokens)  # the pages see what this token's API calls would see
     return None
 
 
 @bp.app_context_processor
 def _globals() -> dict:
-    settings = state().settings
-    return {"csrf_token": auth.csrf_token(settings), "login_enabled": bool(settings.api_token),
+    tokens = state().tokens
+    return {"csrf_token": auth.csrf_token(tokens), "login_enabled": bool(tokens),
             "chart_svg": lambda rows, ref: to_svg(chart_shapes(rows, ref))}
 
 
@@ -72,21 +74,22 @@ def wants_json() -> bool:
 
 def job_or_404(session, job_id: str):
     job = repo.get_job(session, job_id)
-    if job is None:
+    if job is None or not caller().may_see(job.owner):
         abort(404, f"there is no job {job_id}")
     return job
 
 
 @bp.route("/login", methods=["GET", "POST"])
 def login():
-    settings = state().settings
+    tokens = state().tokens
     target = local_url(request.values.get("next"), url_for("web.upload_page"))
-    if not settings.api_token:
+    if not tokens:
         return redirect(target)
     error = None
     if request.method == "POST":
-        if auth.token_matches(settings, request.form.get("token", "")):
-            auth.log_in()
+        who = auth.token_caller(tokens, request.form.get("token", ""))
+        if who is not None:
+            auth.log_in(who)
             return redirect(target, 303)
         error = "That token is not right."
     return render_template("login.html", error=error, next=target), 401 if error else 200
@@ -112,10 +115,14 @@ def upload():
     try:
         if not request.files:
             raise ApiError(400, "choose a folder, some images or a .zip first")
-        job_id = accept_job(st, _uploaded_items(), "upload", request.form.get("name") or None, _batch_size(request.form.get("batch_size")),
-                            request.form.get("kind") or "auto")
+        job_id = accept_job(st, _uploaded_items(), "upload", _name(request.form.get("name")), _batch_size(request.form.get("batch_size")),
+                            request.form.get("kind") or "auto", owner=caller().name)
+    except NothingUsable as exc:
+        error = ApiError(422, str(exc), files=exc.files)
     except IntakeError as exc:
         error = ApiError(400, str(exc))
+    except BrokerUnavailable as exc:
+        error = ApiError(503, str(exc), job_id=exc.job_id)
     except ApiError as exc:
         error = exc
     else:
@@ -128,7 +135,8 @@ def upload():
 
 def _job_rows(page: int) -> tuple[list[dict], int]:
     with state().db.session() as session:
-        jobs, total = repo.list_jobs(session, JOBS_PER_PAGE, (page - 1) * JOBS_PER_PAGE)
+        who = caller()
+        jobs, total = repo.list_jobs(session, JOBS_PER_PAGE, (page - 1) * JOBS_PER_PAGE, owner=None if who.admin else who.name)
         return [job_json(j, repo.progress(session, j.id)) for j in jobs], total
 
 

@@ -1,4 +1,8 @@
-"""Classifier backends over a model directory: parity, calibration, manifest checks."""
+"""Classifier backends over a model directory: parity, calibration, manifest checks.
+
+Marked ``litert`` (the serving runtime); only the Keras parity test also needs TensorFlow, so
+``-m "not tensorflow"`` still runs every LiteRT serving test.
+"""
 
 from __future__ import annotations
 
@@ -15,7 +19,7 @@ from pipeline.manifest import ModelManifest
 from pipeline.preprocess import RECIPES, model_crop, scale_for_mobilenet
 from tests.conftest import jpeg_bytes
 
-pytestmark = pytest.mark.tensorflow
+pytestmark = pytest.mark.litert
 
 
 def _sample_batch(sample_folder, manifest, n: int = 16) -> np.ndarray:
@@ -23,6 +27,7 @@ def _sample_batch(sample_folder, manifest, n: int = 16) -> np.ndarray:
     return prepare_batch([decode_image(p.read_bytes(), 10**8) for p in paths], manifest)
 
 
+@pytest.mark.tensorflow
 def test_litert_and_keras_agree_on_sample_images(model_dir, sample_folder):
     lite = load_classifier(model_dir, "litert")
     keras_backend = load_classifier(model_dir, "keras")

@@ -15,6 +15,12 @@ import yaml
 from tests.conftest import REPO
 
 COMPOSE = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+_VARIABLE = re.compile(r"\$\{(\w+):-([^}]*)\}")
+
+
+def interpolate(env: dict, given: dict[str, str] | None = None) -> dict[str, str]:
+    """What compose passes to the container: ``${VAR:-default}`` resolved from ``given`` (the operator's shell)."""
+    return {k: _VARIABLE.sub(lambda m: (given or {}).get(m.group(1)) or m.group(2), str(v)) for k, v in env.items()}
 SERVICES = COMPOSE["services"]
 APP_SERVICES = ["migrate", "api", "worker", "flower"]
 
@@ -33,7 +39,7 @@ def test_app_services_share_settings_and_storage(name):
     assert svc["build"] == "."
     from pipeline.settings import Settings
 
-    Settings.from_env(env)  # every value parses
+    Settings.from_env(interpolate(env))  # every value parses
 
 
 def test_worker_scales_horizontally():
@@ -76,3 +82,29 @@ def test_dockerfile_copies_existing_paths_and_runs_the_api():
     model_dir = re.search(r"HEMATOVISION_MODEL_DIR=/app/(\S+)", text).group(1)
     assert (REPO / model_dir / "manifest.json").exists()
     assert '"api.wsgi:app"' in text and _module_attr_exists("api.wsgi:app")
+
+
+def test_the_published_api_refuses_to_start_without_a_token():
+    """compose publishes port 5000 and gunicorn binds 0.0.0.0: api.wsgi must not serve anonymously by default."""
+    from api import create_app
+    from api.auth import InsecureConfiguration
+    from pipeline.settings import Settings
+
+    env = SERVICES["api"]["environment"]
+    assert "0.0.0.0:5000" in " ".join(SERVICES["api"]["command"]) and "bind_host=\"0.0.0.0\"" in (REPO / "api" / "wsgi.py").read_text()
+    with pytest.raises(InsecureConfiguration, match="HEMATOVISION_API_TOKEN"):
+        create_app(Settings.from_env(interpolate(env)), bind_host="0.0.0.0")
+    for given in ({"HEMATOVISION_API_TOKEN": "s3cret"}, {"HEMATOVISION_ALLOW_ANONYMOUS": "1"}):
+        app = create_app(Settings.from_env(interpolate(env, given)), bind_host="0.0.0.0")
+        app.extensions["hematovision"].db.dispose()
+
+
+def test_flower_runs_behind_basic_auth(monkeypatch):
+    from api.cli import main
+
+    flower = SERVICES["flower"]
+    assert flower["command"][:2] == ["hematovision", "flower"]
+    assert "HEMATOVISION_FLOWER_AUTH" in flower["environment"]
+    for name in ("HEMATOVISION_FLOWER_AUTH", "FLOWER_BASIC_AUTH", "HEMATOVISION_ALLOW_ANONYMOUS"):
+        monkeypatch.delenv(name, raising=False)
+    assert main(["flower"]) == 1  # refused without credentials (before anything is started)

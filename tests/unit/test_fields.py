@@ -32,7 +32,7 @@ def test_kind_auto_detection_by_size():
     assert not looks_like_fields([])
 
 
-@pytest.mark.tensorflow
+@pytest.mark.litert
 def test_fields_are_localised_classified_and_bad_fields_reported(model_dir):
     clf = load_classifier(model_dir, "litert")
     big = synthetic_field(2600, 1900, [(400, 400), (1100, 1000), (2300, 1600)], seed=3, rbc=300)

@@ -20,7 +20,12 @@ def test_environment_overrides_with_types():
     assert conf["broker_transport_options"]["visibility_timeout"] > s.task_time_limit
 
 
-@pytest.mark.parametrize(("name", "value"), [("BATCH_SIZE", "many"), ("BATCH_SIZE", "0"), ("BACKEND", "onnx"), ("LOW_CONFIDENCE", "2")])
+BAD_VALUES = [("BATCH_SIZE", "many"), ("BATCH_SIZE", "0"), ("BATCH_SIZE", "4096"), ("BACKEND", "onnx"), ("LOW_CONFIDENCE", "2"),
+              ("TASK_TIME_LIMIT", "3"), ("TASK_TIME_LIMIT", "999999"), ("LEASE_SECONDS", "0"), ("MAX_DELIVERIES", "0"),
+              ("REAPER_INTERVAL", "3600")]
+
+
+@pytest.mark.parametrize(("name", "value"), BAD_VALUES)
 def test_bad_values_fail_with_the_variable_name(name, value):
     with pytest.raises(ValueError, match=name):
         Settings.from_env({"HEMATOVISION_" + name: value})

@@ -1,0 +1,100 @@
+"""Every batch ends in a recorded outcome: storage trouble is retried, an error fails only its batch,
+and a job in which nothing could be processed fails with a code (the one rule for "nothing usable")."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from api.analyze import worker_environment
+from api.state import AppState
+from api.submission import accept_job
+from db import repository as repo
+from db.models import ErrorCode, ImageStatus, JobStatus
+from pipeline.settings import Settings
+from pipeline.storage import StorageUnavailable
+from tests.conftest import jpeg_bytes
+from worker import jobs
+from worker.context import WorkerContext, reset_context
+from worker.faults import VARIABLE
+
+
+@pytest.fixture
+def env(migrated_url, tmp_path, model_dir):
+    settings = Settings(var_dir=str(tmp_path), database_url=migrated_url, broker_url="memory://", storage_root=str(tmp_path / "storage"),
+                        model_dir=str(model_dir), queue="hv-outcomes")
+    st, ctx = AppState.create(settings), WorkerContext(settings)
+    yield st, ctx
+    ctx.db.dispose()
+    st.db.dispose()
+
+
+def _submit(env, files: dict[str, bytes], batch_size: int = 2) -> tuple[str, list[int]]:
+    st, ctx = env
+    job_id = accept_job(st, iter(files.items()), "upload", None, batch_size, "cells")
+    batches: list[int] = []
+    jobs.start_job(ctx, job_id, batches.append)
+    return job_id, batches
+
+
+def _job(ctx: WorkerContext, job_id: str):
+    with ctx.db.session() as s:
+        return repo.get_job(s, job_id), repo.progress(s, job_id), repo.failure_codes(s, job_id)
+
+
+def test_unmounted_storage_is_transient_not_a_bad_image(env, tmp_path):
+    st, ctx = env
+    job_id, batches = _submit(env, {"a.jpg": jpeg_bytes(1), "b.jpg": jpeg_bytes(2)})
+    shutil.move(tmp_path / "storage", tmp_path / "elsewhere")  # the volume is not mounted
+    with pytest.raises(StorageUnavailable):
+        jobs.run_batch(ctx, job_id, batches[0])
+    jobs.release(ctx, batches[0])
+    assert _job(ctx, job_id)[1].pending == 2  # nothing was marked failed
+    shutil.move(tmp_path / "elsewhere", tmp_path / "storage")
+    assert jobs.run_batch(ctx, job_id, batches[0]) == 2
+    job, progress, _ = _job(ctx, job_id)
+    assert job.status == JobStatus.SUCCEEDED and progress.done == 2
+
+
+def test_one_missing_file_is_a_per_image_failure(env, tmp_path):
+    st, ctx = env
+    job_id, batches = _submit(env, {"a.jpg": jpeg_bytes(1), "b.jpg": jpeg_bytes(2)})
+    next((tmp_path / "storage" / "jobs" / job_id).glob("0000001.*")).unlink()
+    jobs.run_batch(ctx, job_id, batches[0])
+    job, progress, codes = _job(ctx, job_id)
+    assert job.status == JobStatus.SUCCEEDED and (progress.done, codes) == (1, {ErrorCode.MISSING_FILE: 1})
+
+
+def test_a_batch_that_raises_fails_its_images_and_the_job_goes_on(env, monkeypatch):
+    """The real task code, run eagerly by Celery in this process."""
+    from worker.celery_app import make_celery
+    from worker.names import CLASSIFY_BATCH
+
+    st, ctx = env
+    app = make_celery(st.settings)
+    job_id, batches = _submit(env, {"boom.jpg": jpeg_bytes(1), "b.jpg": jpeg_bytes(2), "c.jpg": jpeg_bytes(3), "d.jpg": jpeg_bytes(4)})
+    for name, value in {**worker_environment(st.settings), VARIABLE: "raise:boom"}.items():
+        monkeypatch.setenv(name, value)
+    try:
+        for batch_id in batches:
+            app.tasks[CLASSIFY_BATCH].apply(args=[job_id, batch_id])
+    finally:
+        reset_context()
+    job, progress, codes = _job(ctx, job_id)
+    assert job.status == JobStatus.SUCCEEDED and progress.done == 2 and codes == {ErrorCode.INTERNAL: 2}
+    with ctx.db.session() as s:
+        errors = {img.path: img.error for img, _ in repo.results_page(s, job_id, 10, 0)}
+    assert "internal error" in errors["boom.jpg"] and "Injected" not in errors["boom.jpg"]  # a safe message, details in the log
+
+
+def test_a_job_with_nothing_usable_fails_with_a_code(env):
+    """A truncated JPEG passes the header check at intake but cannot be decoded: the job fails, it does not 'succeed' empty."""
+    st, ctx = env
+    job_id, batches = _submit(env, {"cut.jpg": jpeg_bytes()[:1500]})
+    jobs.run_batch(ctx, job_id, batches[0])
+    job, progress, codes = _job(ctx, job_id)
+    assert (job.status, job.error_code, progress.failed, codes) == (JobStatus.FAILED, ErrorCode.NOTHING_USABLE, 1, {ErrorCode.BAD_IMAGE: 1})
+    assert "none of the 1 images could be processed" in job.error
+    with ctx.db.session() as s:
+        assert repo.get_summary(s, job_id) is None and repo.results_page(s, job_id, 1, 0)[0][0].status == ImageStatus.FAILED
