@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 
-.PHONY: demo test install install-dev services lint bench train evaluate stress clean
+.PHONY: demo test install install-dev services lint bench train evaluate lolo stress clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -36,7 +36,7 @@ lint: install-dev
 bench: install-dev services
 	$(PY) -m bench.throughput
 
-CONFIG ?= training/configs/mnv2_224_long.json
+CONFIG ?= training/configs/mnv2_cc_160.json
 MODEL ?= $(firstword $(wildcard models/*))
 SPLITS = $(shell $(PY) -c "import json,sys; print(json.load(open('$(CONFIG)'))['work_dir'])")/splits
 
@@ -49,6 +49,12 @@ evaluate: install-dev
 	for split in kaggle_val pbc_val kaggle_test pbc_test; do \
 	  $(PY) -m training.evaluate --model $(MODEL) --data $(SPLITS)/$$split --json $(MODEL)/eval/$$split.json || exit 1; done
 	$(PY) -m training.evaluate_fields --data ../shared/data/bccd --model $(MODEL) --subset odd --out $(MODEL)/eval/fields
+
+## lolo: leave-one-laboratory-out (train on PBC only / Kaggle only, score on the other laboratory's validation images)
+LOLO_EPOCHS ?= 4
+lolo: install-dev
+	$(PY) -m training.lolo --config $(CONFIG) --root runs/lolo --finetune-epochs $(LOLO_EPOCHS) --json runs/lolo/lolo.json
+	$(PY) -m training.calibration --lolo-root runs/lolo --json runs/lolo/calibration.json
 
 ## stress: the robustness suite (shifted validation images, never the test split); STRESS_LIMIT images per class
 STRESS_LIMIT ?= 200
