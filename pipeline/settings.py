@@ -35,6 +35,7 @@ BOUNDS = (
     ("analyze_deadline", 10, 7 * 86_400),
     ("max_json_bytes", 1_024, 10 * 1024 * 1024),
     ("max_name_length", 16, 4_096),
+    ("tta", 0, 1),
 )
 MAX_BATCH_SIZE = 1024  # a batch keeps its decoded images in memory: bounded per job and per setting
 
@@ -50,6 +51,7 @@ class Settings:
     allowed_folder_root: str = ""  # server-side folders must lie under this; empty = feature off
     model_dir: str = field(default_factory=_default_model_dir)
     backend: str = "litert"  # litert (fp32) | litert-int8 | keras
+    tta: int = 0  # 1 = average the 8 rotations/flips of each image (more accurate, 8x the model's cost)
     queue: str = "hematovision"  # Celery queue shared by the API and its workers
     batch_size: int = 64
     low_confidence: float = 0.6

@@ -42,8 +42,8 @@ def discover(data_dir: Path, classes: tuple[str, ...]) -> tuple[list[tuple[Path,
     return known, unknown
 
 
-def evaluate(model_dir: str, data_dir: str, backend: str = "litert") -> dict:
-    classifier = load_classifier(model_dir, backend)
+def evaluate(model_dir: str, data_dir: str, backend: str = "litert", tta: bool = False) -> dict:
+    classifier = load_classifier(model_dir, backend, tta)
     manifest = classifier.manifest
     samples, unknown = discover(Path(data_dir), manifest.classes)
     if not samples:
@@ -70,7 +70,7 @@ def evaluate(model_dir: str, data_dir: str, backend: str = "litert") -> dict:
     ece, bins = reliability(probs_all, y_true)
     result = {
         "model": manifest.label,
-        "backend": backend,
+        "backend": backend + ("+tta" if tta else ""),
         "data": str(data_dir),
         "n_images": int(len(y_true)),
         "accuracy": float((y_true == y_pred).mean()),
@@ -187,8 +187,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", required=True, help="folder with one subfolder per class")
     parser.add_argument("--json", help="write metrics here (plots beside it)")
     parser.add_argument("--backend", choices=("litert", "litert-int8", "keras"), default="litert")
+    parser.add_argument("--tta", action="store_true", help="average the 8 rotations/flips of each image (HEMATOVISION_TTA=1)")
     args = parser.parse_args(argv)
-    result = evaluate(args.model, args.data, args.backend)
+    result = evaluate(args.model, args.data, args.backend, args.tta)
     print_summary(result)
     if args.json:
         out = Path(args.json)

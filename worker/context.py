@@ -34,7 +34,7 @@ class WorkerContext:
     @cached_property
     def classifier(self) -> Classifier:
         with self._lock:
-            return load_classifier(self.settings.model_dir, self.settings.backend)
+            return load_classifier(self.settings.model_dir, self.settings.backend, bool(self.settings.tta))
 
     @property
     def manifest(self) -> ModelManifest:

@@ -122,3 +122,15 @@ def test_every_recipe_round_trips_through_the_manifest_and_serves(model_dir, sam
     assert all(found)  # every sample is a single-cell image
     probs, features = classifier.predict_with_features(batch)
     assert probs.shape == (8, len(classifier.manifest.classes)) and np.allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+
+
+def test_dihedral_tta_is_the_mean_of_the_eight_views(model_dir, sample_folder):
+    plain = load_classifier(model_dir, "litert")
+    tta = load_classifier(model_dir, "litert", tta=True)
+    batch = _sample_batch(sample_folder, plain.manifest, n=3)
+    views = [np.rot90(batch, k, axes=(1, 2)) for k in range(4)]
+    views += [v[:, :, ::-1] for v in views]
+    expected = np.mean([plain.logits(np.ascontiguousarray(v)) for v in views], axis=0)
+    np.testing.assert_allclose(tta.logits(batch), expected, atol=1e-4)
+    probs, _ = tta.predict_with_features(batch)
+    np.testing.assert_allclose(probs, calibrated_softmax(expected, plain.manifest.temperature), atol=1e-4)

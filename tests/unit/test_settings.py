@@ -29,3 +29,9 @@ BAD_VALUES = [("BATCH_SIZE", "many"), ("BATCH_SIZE", "0"), ("BATCH_SIZE", "4096"
 def test_bad_values_fail_with_the_variable_name(name, value):
     with pytest.raises(ValueError, match=name):
         Settings.from_env({"HEMATOVISION_" + name: value})
+
+
+def test_tta_is_a_switch():
+    assert Settings.from_env({"HEMATOVISION_TTA": "1"}).tta == 1
+    with pytest.raises(ValueError, match="TTA"):
+        Settings.from_env({"HEMATOVISION_TTA": "8"})
