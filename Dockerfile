@@ -18,6 +18,6 @@ COPY models ./models
 RUN pip install ".[${EXTRAS}]" && useradd --create-home --uid 1000 hematovision \
     && mkdir -p /data/var /data/storage && chown -R hematovision /data
 USER hematovision
-ENV HEMATOVISION_MODEL_DIR=/app/models/hematovision-mnv2-224
+ENV HEMATOVISION_MODEL_DIR=/app/models/hematovision-mnv2-cc-160
 EXPOSE 5000
 CMD ["gunicorn", "--workers", "2", "--threads", "4", "--bind", "0.0.0.0:5000", "api.wsgi:app"]

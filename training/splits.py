@@ -1,6 +1,6 @@
 """Lay out a configuration's train/val/test split without training.
 
-``python -m training.splits --config training/configs/mnv2_224_long.json``
+``python -m training.splits --config training/configs/mnv2_cc_160.json``
 
 Writes ``<work_dir>/splits.json`` and ``<work_dir>/splits/{kaggle,pbc}_{val,test}/``
 (class folders of symlinks) so ``training.evaluate`` can be re-run on the
