@@ -46,8 +46,13 @@ class ApiClient:
             data = {k: str(v) for k, v in (("name", name), ("batch_size", batch_size), ("kind", kind)) if v is not None}
             return self._check(self.http.post(f"{self.base}/api/v1/jobs", files=files, data=data, timeout=self.timeout)).json()
 
-    def submit_server_folder(self, folder: str) -> dict:
-        return self._check(self.http.post(f"{self.base}/api/v1/jobs", json={"folder": folder}, timeout=self.timeout)).json()
+    def submit_server_folder(self, folder: str, batch_size: int | None = None, kind: str | None = None) -> dict:
+        """A job over a folder on the server (under its allowed root): nothing is uploaded."""
+        body = {k: v for k, v in (("folder", folder), ("batch_size", batch_size), ("kind", kind)) if v is not None}
+        return self._check(self.http.post(f"{self.base}/api/v1/jobs", json=body, timeout=self.timeout)).json()
+
+    def cancel(self, job_id: str) -> dict:
+        return self._check(self.http.post(f"{self.base}/api/v1/jobs/{job_id}/cancel", timeout=self.timeout)).json()
 
     def job(self, job_id: str) -> dict:
         return self._check(self.http.get(f"{self.base}/api/v1/jobs/{job_id}", timeout=self.timeout)).json()

@@ -142,7 +142,7 @@ def list_jobs():
     with state().db.session() as session:
         who = caller()
         jobs, total = repo.list_jobs(session, limit, offset, owner=None if who.admin else who.name)
-        items = [job_json(j, repo.progress(session, j.id)) for j in jobs]
+        items = [job_json(j, repo.Progress.of(j)) for j in jobs]
     return jsonify({"items": items, "total": total, "limit": limit, "offset": offset})
 
 
@@ -150,7 +150,7 @@ def list_jobs():
 def get_job(job_id: str):
     with state().db.session() as session:
         job = _job_or_404(session, job_id)
-        return jsonify(job_json(job, repo.progress(session, job_id)))
+        return jsonify(job_json(job, repo.Progress.of(job)))
 
 
 @bp.get("/jobs/<job_id>/results")

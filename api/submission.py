@@ -60,7 +60,7 @@ def accept_job(st: AppState, items: Iterable[tuple[str, bytes]], source: str, na
                 images.append(repo.NewImage(seq, relpath, None, str(exc)))
                 continue
             key = st.store.key_for(job_id, seq, ACCEPTED_FORMATS[fmt])
-            st.store.put(key, data)
+            st.store.put(key, data, durable=False)  # made durable together by sync() below
             images.append(repo.NewImage(seq, relpath, key))
             pixels[seq] = (width, height)
         kind_source = "client" if kind != "auto" else "auto"
@@ -72,6 +72,7 @@ def accept_job(st: AppState, items: Iterable[tuple[str, bytes]], source: str, na
         if all(i.error for i in images):
             raise NothingUsable("none of the submitted files is a usable image",
                                 [{"path": i.path, "error": i.error} for i in images[:100]])
+        st.store.sync()  # every stored file is on disk before the job that names it is committed
         with st.db.session() as session, session.begin():
             repo.create_job(session, job_id, source, name, batch_size or settings.batch_size, images, kind, kind_source, owner)
     except BaseException:

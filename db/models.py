@@ -1,7 +1,10 @@
 """SQLAlchemy 2 ORM models: jobs, their images, predictions and summaries.
 
-Progress counters are not stored: they are counted from image rows, so a
-retried (at-least-once) task can never double-count.
+Progress is kept as counters on the job row (``images_done``,
+``images_failed``), moved only by the repository functions that move an image
+out of ``pending`` in the same transaction, and only by the number of rows that
+really left ``pending``: a retried (at-least-once) task can never double-count,
+and status, list and finalisation cost the same for 100 or 100,000 images.
 """
 
 from __future__ import annotations
@@ -92,6 +95,8 @@ class Job(Base):
     source: Mapped[str] = mapped_column(String(16))
     name: Mapped[str | None] = mapped_column(String(255))
     images_total: Mapped[int] = mapped_column(Integer, default=0)
+    images_done: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    images_failed: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     batch_size: Mapped[int] = mapped_column(Integer)
     model_name: Mapped[str | None] = mapped_column(String(128))
     model_version: Mapped[str | None] = mapped_column(String(64))

@@ -3,10 +3,16 @@
 Writes that a retried task may repeat are idempotent: predictions are upserted
 on (job, image), and a job is finalized by a conditional UPDATE that only one
 worker can win.
+
+Progress is counters on the job row: every function that moves images out of
+``pending`` adds exactly the number of rows its UPDATE moved, in the caller's
+transaction, so status, the jobs list and finalisation read one row whatever
+the size of the job. Nothing else may change ``Image.status``.
 """
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -37,6 +43,11 @@ class Progress:
     def pending(self) -> int:
         return self.total - self.done - self.failed
 
+    @classmethod
+    def of(cls, job: Job) -> Progress:
+        """The job's counters, already loaded with the job row (no query)."""
+        return cls(total=job.images_total, done=job.images_done, failed=job.images_failed)
+
 
 @dataclass(frozen=True)
 class ResultRow:
@@ -55,7 +66,8 @@ class ResultRow:
 def create_job(session: Session, job_id: str, source: str, name: str | None, batch_size: int, images: list[NewImage],
                kind: str = "cells", kind_source: str = "client", owner: str | None = None) -> Job:
     job = Job(id=job_id, status=JobStatus.QUEUED, kind=kind, kind_source=kind_source, source=source, name=name,
-              images_total=len(images), batch_size=batch_size, created_at=utcnow(), owner=owner)
+              images_total=len(images), images_done=0, images_failed=sum(1 for i in images if i.error),
+              batch_size=batch_size, created_at=utcnow(), owner=owner)
     session.add(job)
     session.flush()
     session.add_all(
@@ -72,18 +84,28 @@ def get_job(session: Session, job_id: str) -> Job | None:
 
 
 def list_jobs(session: Session, limit: int, offset: int, owner: str | None = None) -> tuple[list[Job], int]:
-    """A page of jobs, newest first; only ``owner``'s when given."""
+    """A page of jobs, newest first (only ``owner``'s when given), and how many there are, in one query
+    (progress is on each row)."""
     where = [Job.owner == owner] if owner is not None else []
-    total = session.scalar(select(func.count()).select_from(Job).where(*where)) or 0
-    jobs = session.scalars(select(Job).where(*where).order_by(Job.created_at.desc(), Job.id).limit(limit).offset(offset)).all()
-    return list(jobs), total
+    stmt = select(Job, func.count().over()).where(*where).order_by(Job.created_at.desc(), Job.id).limit(limit).offset(offset)
+    rows = session.execute(stmt).all()
+    if rows:
+        return [job for job, _ in rows], rows[0][1]
+    if offset == 0:
+        return [], 0
+    return [], session.scalar(select(func.count()).select_from(Job).where(*where)) or 0  # a page past the end: the only second query
 
 
 def progress(session: Session, job_id: str) -> Progress:
-    rows = session.execute(select(Image.status, func.count()).where(Image.job_id == job_id).group_by(Image.status)).all()
-    counts = dict(rows)
-    total = sum(counts.values())
-    return Progress(total=total, done=counts.get(ImageStatus.DONE, 0), failed=counts.get(ImageStatus.FAILED, 0))
+    """The job's counters (one primary-key read); a job that does not exist has none."""
+    row = session.execute(select(Job.images_total, Job.images_done, Job.images_failed).where(Job.id == job_id)).one_or_none()
+    return Progress(*row) if row else Progress(0, 0, 0)
+
+
+def counted_progress(session: Session, job_id: str) -> Progress:
+    """Progress recounted from the image rows: what the counters must always equal (tests, audits)."""
+    counts = dict(session.execute(select(Image.status, func.count()).where(Image.job_id == job_id).group_by(Image.status)).all())
+    return Progress(total=sum(counts.values()), done=counts.get(ImageStatus.DONE, 0), failed=counts.get(ImageStatus.FAILED, 0))
 
 
 def pending_image_ids(session: Session, job_id: str) -> list[int]:
@@ -108,8 +130,25 @@ def _insert(session: Session):
     return postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
 
 
+def _leave_pending(session: Session, job_id: str, image_ids: list[int], status: str, error: str | None, code: str | None = None) -> int:
+    """Move still-pending images to ``status``; returns how many really moved (0 for a repeat)."""
+    if not image_ids:
+        return 0
+    stmt = (update(Image).where(Image.job_id == job_id, Image.id.in_(image_ids), Image.status == ImageStatus.PENDING)
+            .values(status=status, error=error, error_code=code))
+    return session.execute(stmt).rowcount
+
+
+def _count(session: Session, job_id: str, done: int, failed: int) -> None:
+    """Add to the job's counters; last in a transaction, since it locks the job row until commit."""
+    if done or failed:
+        session.execute(update(Job).where(Job.id == job_id)
+                        .values(images_done=Job.images_done + done, images_failed=Job.images_failed + failed))
+
+
 def record_results(session: Session, job_id: str, rows: list[ResultRow], model_version: str) -> None:
-    """Upsert predictions keyed by (job, image) and set each image's status."""
+    """Write one batch: every prediction in one INSERT ... ON CONFLICT upsert keyed by (job, image),
+    image statuses in one UPDATE (plus one per distinct error), the job's counters in one UPDATE."""
     ok = [r for r in rows if r.error is None]
     if ok:
         insert = _insert(session)
@@ -126,29 +165,31 @@ def record_results(session: Session, job_id: str, rows: list[ResultRow], model_v
                   "cell_found": stmt.excluded.cell_found, "ood_score": stmt.excluded.ood_score},
         )
         session.execute(stmt)
-        session.execute(update(Image).where(Image.job_id == job_id, Image.id.in_([r.image_id for r in ok]))
-                        .values(status=ImageStatus.DONE, error=None))
+    done = _leave_pending(session, job_id, [r.image_id for r in ok], ImageStatus.DONE, None)
+    by_error: dict[tuple[str, str], list[int]] = defaultdict(list)
     for r in rows:
         if r.error is not None:
-            session.execute(update(Image).where(Image.job_id == job_id, Image.id == r.image_id)
-                            .values(status=ImageStatus.FAILED, error=r.error, error_code=r.code or ErrorCode.BAD_IMAGE))
+            by_error[(r.error, r.code or ErrorCode.BAD_IMAGE)].append(r.image_id)
+    failed = sum(_leave_pending(session, job_id, ids, ImageStatus.FAILED, error, code) for (error, code), ids in by_error.items())
+    _count(session, job_id, done, failed)
 
 
 def fail_pending_images(session: Session, job_id: str, image_ids: list[int], message: str, code: str) -> int:
     """Fail those of ``image_ids`` still pending (a timed-out or poison batch); returns how many moved."""
-    if not image_ids:
-        return 0
-    stmt = (update(Image).where(Image.job_id == job_id, Image.id.in_(image_ids), Image.status == ImageStatus.PENDING)
-            .values(status=ImageStatus.FAILED, error=message, error_code=code))
-    return session.execute(stmt).rowcount
+    moved = _leave_pending(session, job_id, image_ids, ImageStatus.FAILED, message, code)
+    _count(session, job_id, 0, moved)
+    return moved
 
 
 def finalize_if_complete(session: Session, job_id: str, build_summary: Callable[[], dict]) -> bool:
-    """If no image is pending, mark the job succeeded and store its summary; True for the one winner."""
-    if progress(session, job_id).pending:
-        return False
+    """If no image is pending, mark the job succeeded and store its summary; True for the one winner.
+
+    The check reads the counters in the same conditional UPDATE, so it costs one
+    row whatever the job's size; only the winner builds the summary (once per job).
+    """
+    complete = Job.images_done + Job.images_failed >= Job.images_total
     won = session.execute(
-        update(Job).where(Job.id == job_id, Job.status.in_(JobStatus.ACTIVE)).values(status=JobStatus.SUCCEEDED, finished_at=utcnow())
+        update(Job).where(Job.id == job_id, Job.status.in_(JobStatus.ACTIVE), complete).values(status=JobStatus.SUCCEEDED, finished_at=utcnow())
     ).rowcount
     if won != 1:
         return False
@@ -228,9 +269,9 @@ def record_field(session: Session, job_id: str, image_id: int, cells: list[CellR
                                                                               "probabilities", "thumbnail_key")})
         session.execute(stmt)
     session.execute(delete(Cell).where(Cell.job_id == job_id, Cell.image_id == image_id, Cell.idx >= len(cells)))
-    status = ImageStatus.FAILED if error else ImageStatus.DONE
-    session.execute(update(Image).where(Image.job_id == job_id, Image.id == image_id)
-                    .values(status=status, error=error, error_code=ErrorCode.BAD_IMAGE if error else None))
+    moved = _leave_pending(session, job_id, [image_id], ImageStatus.FAILED if error else ImageStatus.DONE, error,
+                           ErrorCode.BAD_IMAGE if error else None)
+    _count(session, job_id, 0 if error else moved, moved if error else 0)
 
 
 @dataclass(frozen=True)

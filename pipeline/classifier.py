@@ -88,9 +88,11 @@ class LiteRTClassifier:
 class KerasClassifier:
     """The Keras model under TensorFlow: uses a GPU when TensorFlow sees one."""
 
-    def __init__(self, model_dir: str | Path, manifest: ModelManifest) -> None:
+    def __init__(self, model_dir: str | Path, manifest: ModelManifest, threads: int | None = None) -> None:
         import keras
 
+        if threads:
+            _limit_tensorflow_threads(threads)
         self.manifest = manifest
         self.domain = load_domain(model_dir, manifest)
         self._model = keras.models.load_model(str(Path(model_dir) / "model.keras"), compile=False)
@@ -110,11 +112,22 @@ class KerasClassifier:
         return calibrated_softmax(logits, self.manifest.temperature), features
 
 
-def _int8(model_dir: str | Path, manifest: ModelManifest) -> LiteRTClassifier:
+def _limit_tensorflow_threads(threads: int) -> None:
+    """TensorFlow's CPU thread pools; only possible before TensorFlow first runs (else left as they are)."""
+    import tensorflow as tf
+
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+    except RuntimeError:
+        pass
+
+
+def _int8(model_dir: str | Path, manifest: ModelManifest, threads: int | None = None) -> LiteRTClassifier:
     int8 = manifest.extra.get("int8") or {}
     if not int8.get("file"):
         raise ValueError(f"model {manifest.label} ships no int8 file; use backend 'litert'")
-    return LiteRTClassifier(model_dir, manifest, int8["file"])
+    return LiteRTClassifier(model_dir, manifest, int8["file"], threads)
 
 
 BACKENDS = {"litert": LiteRTClassifier, "litert-int8": _int8, "keras": KerasClassifier}
@@ -155,12 +168,15 @@ class DihedralTTA:
         return calibrated_softmax(logits, self.manifest.temperature), features
 
 
-def load_classifier(model_dir: str | Path, backend: str = "litert", tta: bool = False) -> Classifier:
-    """Load a model directory with the named backend (manifest checked first); ``tta``: 8-view averaging."""
+def load_classifier(model_dir: str | Path, backend: str = "litert", tta: bool = False, threads: int | None = None) -> Classifier:
+    """Load a model directory with the named backend (manifest checked first); ``tta``: 8-view averaging.
+
+    ``threads`` is the process's thread budget for the backend (None: every core).
+    """
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose one of {sorted(BACKENDS)}")
     manifest = ModelManifest.load(model_dir)
-    classifier = BACKENDS[backend](model_dir, manifest)
+    classifier = BACKENDS[backend](model_dir, manifest, threads=threads)
     return DihedralTTA(classifier) if tta else classifier
 
 

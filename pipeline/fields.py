@@ -18,9 +18,10 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from pipeline.classifier import Classifier, prepare_batch
+from pipeline.classifier import Classifier
 from pipeline.images import ImageRejected, decode_image
 from pipeline.localize import Detection, LocaliserConfig
+from pipeline.preprocess import scale_for_mobilenet, to_model_pixels
 from pipeline.tiling import localise_large
 
 #: crop window (width, height) as multiples of the expected cell diameter
@@ -78,7 +79,11 @@ def thumbnail(bgr: np.ndarray, det: Detection) -> bytes:
 
 
 def analyze_fields(classifier: Classifier, items: list[tuple[int, bytes]], settings: FieldSettings, batch_size: int = 64) -> list[FieldResult]:
-    """Localise and classify the cells of each field; all crops go through the model in batches."""
+    """Localise and classify the cells of each field; all crops go through the model in batches.
+
+    Each crop is shrunk to the model's input as soon as it is cut, so no crop (a view, or a
+    reflect-padded copy of the whole field at an edge) keeps a decoded field alive.
+    """
     manifest = classifier.manifest
     diameter = settings.localiser.cell_diameter_px
     size = (int(round(settings.crop_scale[0] * diameter)), int(round(settings.crop_scale[1] * diameter)))
@@ -95,11 +100,13 @@ def analyze_fields(classifier: Classifier, items: list[tuple[int, bytes]], setti
             continue
         results[key] = FieldResult(key, [])
         for det in localise_large(bgr, settings.localiser, settings.tile):
-            pending.append((key, det, crop_around(bgr, det, size), thumbnail(bgr, det)))
+            crop = to_model_pixels(crop_around(bgr, det, size), manifest.input_size, manifest.preprocessing)
+            pending.append((key, det, crop, thumbnail(bgr, det)))
+        del bgr
     counters: dict[int, int] = {}
     for start in range(0, len(pending), batch_size):
         chunk = pending[start : start + batch_size]
-        probs = classifier.predict(prepare_batch([crop for _, _, crop, _ in chunk], manifest))
+        probs = classifier.predict(scale_for_mobilenet(np.stack([pixels for _, _, pixels, _ in chunk])))
         for (key, det, _, thumb), row in zip(chunk, probs, strict=True):
             best = int(np.argmax(row))
             index = counters.get(key, 0)

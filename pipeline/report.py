@@ -13,7 +13,7 @@ import io
 from collections import Counter
 from dataclasses import asdict, dataclass, field, fields
 
-from scipy.stats import beta
+from scipy.special import betaincinv  # beta.ppf itself: scipy.stats costs ~1 s of every process's start-up
 
 from pipeline.domain import SHIFTED, UNAVAILABLE, DomainCheck, DomainModel, check_job
 
@@ -26,8 +26,8 @@ def clopper_pearson(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
     if n == 0:
         return (0.0, 1.0)
     alpha = 1.0 - level
-    low = 0.0 if k == 0 else float(beta.ppf(alpha / 2, k, n - k + 1))
-    high = 1.0 if k == n else float(beta.ppf(1 - alpha / 2, k + 1, n - k))
+    low = 0.0 if k == 0 else float(betaincinv(k, n - k + 1, alpha / 2))
+    high = 1.0 if k == n else float(betaincinv(k + 1, n - k, 1 - alpha / 2))
     return (low, high)
 
 

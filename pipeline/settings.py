@@ -53,7 +53,11 @@ class Settings:
     backend: str = "litert"  # litert (fp32) | litert-int8 | keras
     tta: int = 0  # 1 = average the 8 rotations/flips of each image (more accurate, 8x the model's cost)
     queue: str = "hematovision"  # Celery queue shared by the API and its workers
-    batch_size: int = 64
+    batch_size: int = 64  # images per model call
+    batch_pixels: int = 256_000_000  # decoded source pixels per model call (bounds memory and decode time of one batch)
+    task_batches: int = 8  # model calls per worker task: the next batch is decoded while the current one is classified
+    threads: int = 0  # per-process thread budget (LiteRT/TensorFlow and OpenCV); 0 = cores / worker processes
+    worker_processes: int = 0  # worker processes on this host (set from Celery's --concurrency); 0 = one
     low_confidence: float = 0.6
     max_upload_bytes: int = 512 * 1024 * 1024
     max_image_bytes: int = 50 * 1024 * 1024
@@ -85,6 +89,9 @@ class Settings:
             raise ValueError(f"{PREFIX}BACKEND must be 'litert', 'litert-int8' or 'keras', not {self.backend!r}")
         if not 1 <= self.batch_size <= MAX_BATCH_SIZE:
             raise ValueError(f"{PREFIX}BATCH_SIZE must be between 1 and {MAX_BATCH_SIZE}, not {self.batch_size}")
+        if self.batch_pixels < 1 or not 1 <= self.task_batches <= 64 or self.threads < 0 or self.worker_processes < 0:
+            raise ValueError(f"{PREFIX}BATCH_PIXELS must be >= 1, {PREFIX}TASK_BATCHES between 1 and 64, "
+                             f"{PREFIX}THREADS and {PREFIX}WORKER_PROCESSES >= 0")
         if not 0.0 < self.low_confidence < 1.0:
             raise ValueError(f"{PREFIX}LOW_CONFIDENCE must be between 0 and 1, not {self.low_confidence}")
         parse_intervals(self.reference_intervals)  # fail at start-up, not on the first report
@@ -92,6 +99,14 @@ class Settings:
             value = getattr(self, name)
             if not low <= value <= high:
                 raise ValueError(f"{PREFIX}{name.upper()} must be between {low} and {high}, not {value}")
+
+    @property
+    def thread_budget(self) -> int:
+        """Threads one process may use: ``threads``, else the cores shared evenly by the worker processes,
+        so N processes on one host never oversubscribe its cores."""
+        if self.threads:
+            return self.threads
+        return max(1, (os.cpu_count() or 1) // max(1, self.worker_processes))
 
     @property
     def resolved_database_url(self) -> str:

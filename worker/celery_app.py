@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
+
 from celery import Celery
-from celery.signals import worker_process_init, worker_ready, worker_shutdown
+from celery.signals import celeryd_init, worker_process_init, worker_ready, worker_shutdown
 
 from pipeline.settings import Settings, celery_config
 from worker.context import reset_context
@@ -42,3 +44,19 @@ def _start_reaper(sender=None, **_kwargs) -> None:
 def _stop_reaper(**_kwargs) -> None:
     for reaper in _reapers:
         reaper.stopped.set()
+
+
+@celeryd_init.connect
+def _share_cores_between_processes(options=None, conf=None, **_kwargs) -> None:
+    """Tell the pool processes (forked after this) how many of them share the host, so each
+    takes cores / processes threads by default (``Settings.thread_budget``)."""
+    for value in ((options or {}).get("concurrency"), getattr(conf, "worker_concurrency", None)):
+        try:
+            concurrency = int(value)
+        except (TypeError, ValueError):
+            continue  # unset or "auto": Celery then starts one process per core
+        if concurrency > 0:
+            break
+    else:
+        concurrency = os.cpu_count() or 1
+    os.environ.setdefault("HEMATOVISION_WORKER_PROCESSES", str(concurrency))

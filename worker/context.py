@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 
 from db.engine import Database
+from pipeline.batch import apply_thread_budget
 from pipeline.classifier import Classifier, load_classifier
 from pipeline.manifest import ModelManifest
 from pipeline.settings import Settings
@@ -33,8 +34,11 @@ class WorkerContext:
 
     @cached_property
     def classifier(self) -> Classifier:
+        """The model, with this process's thread budget for the backend and OpenCV."""
         with self._lock:
-            return load_classifier(self.settings.model_dir, self.settings.backend, bool(self.settings.tta))
+            threads = self.settings.thread_budget
+            apply_thread_budget(threads)
+            return load_classifier(self.settings.model_dir, self.settings.backend, bool(self.settings.tta), threads=threads)
 
     @property
     def manifest(self) -> ModelManifest:

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from contextlib import closing
+from functools import partial
 
 from db import TransientDatabaseError, leases
 from db import repository as repo
 from db.models import BatchStatus, ErrorCode, JobStatus, utcnow
-from pipeline.batch import classify_batch
+from pipeline.batch import BatchLimits, classify_stream
 from pipeline.fields import FieldSettings, analyze_fields
 from pipeline.localize import LocaliserConfig
 from pipeline.report import CellPrediction, build_report
@@ -31,6 +33,9 @@ def start_job(ctx: WorkerContext, job_id: str, send_batch: Callable[[int], None]
 
     A batch held by a live lease is never re-sent. ``resend_queued`` (``POST /enqueue``) also re-sends
     batches still queued, in case the broker lost them: a duplicate costs one refused claim, never work.
+
+    A cells batch holds ``task_batches`` model batches, so that a worker decodes the next
+    model batch while the model runs on the current one (a fields batch: one model batch of fields).
     """
     manifest = ctx.manifest
     with ctx.db.session() as session, session.begin():
@@ -39,7 +44,7 @@ def start_job(ctx: WorkerContext, job_id: str, send_batch: Callable[[int], None]
             return 0
         repo.mark_running(session, job_id, manifest.name, manifest.version)
         batch_size = min(job.batch_size, MAX_BATCH_SIZE)
-        new = leases.plan_batches(session, job_id, batch_size)
+        new = leases.plan_batches(session, job_id, batch_size * (ctx.settings.task_batches if job.kind == "cells" else 1))
         lost = [b for _, b in leases.batches_to_send(session, job_id, utcnow() if resend_queued else None) if b not in new]
         leases.mark_sent(session, lost)
     for batch_id in new + lost:
@@ -91,12 +96,15 @@ def fail_batch(ctx: WorkerContext, job_id: str, batch_id: int, code: str, messag
 
 def _process(ctx: WorkerContext, job_id: str, batch_id: int) -> int:
     with ctx.db.session() as session:
-        kind = repo.get_job(session, job_id).kind
+        job = repo.get_job(session, job_id)
+        kind, batch_size = job.kind, min(job.batch_size, MAX_BATCH_SIZE)
         image_ids = leases.batch_image_ids(session, batch_id)
         images = [(img.id, img.seq, img.storage_key, img.path) for img in repo.images_for_batch(session, job_id, image_ids)]
     if not images:
         return 0
     faults.inject([path for *_, path in images])
+    if kind != "fields":
+        return _run_cell_batches(ctx, job_id, images, batch_size)
     items: list[tuple[int, bytes]] = []
     missing: list[repo.ResultRow] = []
     for image_id, _, key, _ in images:
@@ -107,14 +115,25 @@ def _process(ctx: WorkerContext, job_id: str, batch_id: int) -> int:
         except (OSError, ValueError) as exc:
             missing.append(repo.ResultRow(image_id, None, None, None, f"stored file unreadable: {exc.__class__.__name__}",
                                           code=ErrorCode.MISSING_FILE))
-    if kind == "fields":
-        return _run_field_batch(ctx, job_id, items, missing, {image_id: seq for image_id, seq, *_ in images})
-    results = classify_batch(ctx.classifier, items, ctx.settings.max_image_pixels)
-    rows = missing + [repo.ResultRow(r.key, r.label, r.confidence, r.probabilities, r.error, r.cell_found, r.ood_score) for r in results]
-    with ctx.db.session() as session, session.begin():
-        if repo.job_status(session, job_id) in JobStatus.ACTIVE:
-            repo.record_results(session, job_id, rows, ctx.manifest.version)
-    return len(rows)
+    return _run_field_batch(ctx, job_id, items, missing, {image_id: seq for image_id, seq, *_ in images})
+
+
+def _run_cell_batches(ctx: WorkerContext, job_id: str, images: list[tuple[int, int, str, str]], batch_size: int) -> int:
+    """Classify a batch's images model batch by model batch (the next decoded meanwhile); one write per model batch."""
+    s = ctx.settings
+    limits = BatchLimits(size=batch_size, pixels=s.batch_pixels, max_image_pixels=s.max_image_pixels)
+    readers = [(image_id, partial(ctx.store.get, key)) for image_id, _, key, _ in images]
+    written = 0
+    with closing(classify_stream(ctx.classifier, readers, limits)) as batches:
+        for results in batches:
+            rows = [repo.ResultRow(r.key, r.label, r.confidence, r.probabilities, r.error, r.cell_found, r.ood_score,
+                                   code=ErrorCode.MISSING_FILE if r.unreadable else None) for r in results]
+            with ctx.db.session() as session, session.begin():
+                if repo.job_status(session, job_id) not in JobStatus.ACTIVE:
+                    break  # canceled or failed meanwhile: stop decoding too
+                repo.record_results(session, job_id, rows, ctx.manifest.version)
+            written += len(rows)
+    return written
 
 
 def _run_field_batch(ctx: WorkerContext, job_id: str, items: list[tuple[int, bytes]], missing: list[repo.ResultRow],

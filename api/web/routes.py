@@ -137,7 +137,7 @@ def _job_rows(page: int) -> tuple[list[dict], int]:
     with state().db.session() as session:
         who = caller()
         jobs, total = repo.list_jobs(session, JOBS_PER_PAGE, (page - 1) * JOBS_PER_PAGE, owner=None if who.admin else who.name)
-        return [job_json(j, repo.progress(session, j.id)) for j in jobs], total
+        return [job_json(j, repo.Progress.of(j)) for j in jobs], total
 
 
 @bp.get("/jobs")
@@ -162,7 +162,7 @@ def cancel_job(job_id: str):
 def job_progress(job_id: str):
     with state().db.session() as session:
         job = job_or_404(session, job_id)
-        return jsonify(job_json(job, repo.progress(session, job_id)))
+        return jsonify(job_json(job, repo.Progress.of(job)))
 
 
 def _report_or_none(session, job) -> dict | None:
@@ -176,7 +176,7 @@ def _report_or_none(session, job) -> dict | None:
 def job_page(job_id: str):
     with state().db.session() as session:
         job = job_or_404(session, job_id)
-        info = job_json(job, repo.progress(session, job_id))
+        info = job_json(job, repo.Progress.of(job))
         report = _report_or_none(session, job)
     return render_template("job.html", job=info, report=report, active=JobStatus.ACTIVE)
 

@@ -80,3 +80,71 @@ def test_cancel_only_active_jobs(migrated_url):
         assert repo.cancel_job(s, job_id) is False
         assert repo.job_status(s, job_id) == JobStatus.CANCELED
     db.dispose()
+
+
+def _statements(db: Database) -> list[str]:
+    """Every SQL statement the engine runs from now on (to check how many a call costs)."""
+    from sqlalchemy import event
+
+    seen: list[str] = []
+    event.listen(db.engine, "before_cursor_execute", lambda conn, cursor, statement, *a: seen.append(statement))
+    return seen
+
+
+def test_progress_counters_match_a_recount_under_redelivery(migrated_url):
+    """Counters move per batch by the rows that really left 'pending': repeats, mixed
+    errors and a field image never count twice, and always equal a recount."""
+    db = Database(migrated_url)
+    job_id, ids = _job(db, n=6)
+    mixed = _rows(ids[:3]) + [repo.ResultRow(ids[3], None, None, None, "truncated JPEG"),
+                              repo.ResultRow(ids[4], None, None, None, "not a recognised image")]
+    for _ in range(2):  # the same batch delivered twice
+        with db.session() as s, s.begin():
+            repo.record_results(s, job_id, mixed, "1")
+        with db.session() as s:
+            assert repo.progress(s, job_id) == repo.counted_progress(s, job_id) == repo.Progress(7, 3, 3)
+    for _ in range(2):
+        with db.session() as s, s.begin():
+            repo.record_field(s, job_id, ids[5], [], None)
+    with db.session() as s:
+        assert repo.progress(s, job_id) == repo.counted_progress(s, job_id) == repo.Progress(7, 4, 3)
+        assert repo.progress(s, "f" * 32) == repo.Progress(0, 0, 0)
+    db.dispose()
+
+
+def test_status_list_and_finalize_cost_does_not_grow_with_the_job(migrated_url):
+    """Status reads one row; the jobs list is one query; the completeness check is one UPDATE."""
+    db = Database(migrated_url)
+    job_id, ids = _job(db, n=300)
+    for i in range(3):
+        with db.session() as s, s.begin():
+            repo.create_job(s, f"{i:032x}", "folder", None, 8, [repo.NewImage(1, "a.jpg", None, "bad")])
+    seen = _statements(db)
+    with db.session() as s:
+        jobs, total = repo.list_jobs(s, limit=2, offset=1)
+        assert total == 4 and len(jobs) == 2 and len(seen) == 1
+        assert repo.list_jobs(s, limit=2, offset=10) == ([], 4)
+    with db.session() as s, s.begin():
+        repo.record_results(s, job_id, _rows(ids[:-1]), "1")
+    seen.clear()
+    with db.session() as s, s.begin():
+        assert repo.finalize_if_complete(s, job_id, lambda: {"x": 1}) is False
+    assert [q.split()[0] for q in seen if not q.startswith(("BEGIN", "COMMIT", "ROLLBACK"))] == ["UPDATE"]
+    db.dispose()
+
+
+def test_upgrade_backfills_counters_of_existing_jobs(database_url):
+    upgrade(database_url, "0002")
+    db = Database(database_url)
+    with db.engine.begin() as conn:
+        from sqlalchemy import text
+
+        conn.execute(text("INSERT INTO jobs (id, status, kind, kind_source, source, images_total, batch_size, created_at) "
+                          "VALUES ('j', 'running', 'cells', 'client', 'upload', 3, 8, CURRENT_TIMESTAMP)"))
+        conn.execute(text("INSERT INTO images (job_id, seq, path, status) VALUES ('j', 1, 'a', 'done'), ('j', 2, 'b', 'failed'), "
+                          "('j', 3, 'c', 'pending')"))
+    upgrade(database_url)
+    with db.session() as s:
+        assert repo.progress(s, "j") == repo.Progress(3, 1, 1)
+    downgrade(database_url, "0002")
+    db.dispose()

@@ -62,3 +62,17 @@ def test_csv_and_dict_round_trip():
 def test_empty_job_report_has_zero_counts():
     report = build_report([CellPrediction("x", None, None, "not an image")], CLASSES, WHITE, "m@1", 0.5)
     assert report.white_cell_total == 0 and all(r.percent == 0 for r in report.differential)
+
+
+def test_clopper_pearson_is_exactly_the_beta_quantiles():
+    """The light scipy.special call gives the very numbers of scipy.stats' beta.ppf (the textbook form)."""
+    from scipy.stats import beta
+
+    from pipeline.report import clopper_pearson
+
+    alpha = 1.0 - 0.95
+    for n in (1, 7, 50, 333, 1000):
+        for k in range(n + 1):
+            low, high = clopper_pearson(k, n)
+            assert low == (0.0 if k == 0 else float(beta.ppf(alpha / 2, k, n - k + 1)))
+            assert high == (1.0 if k == n else float(beta.ppf(1 - alpha / 2, k + 1, n - k)))

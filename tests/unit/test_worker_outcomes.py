@@ -23,7 +23,7 @@ from worker.faults import VARIABLE
 @pytest.fixture
 def env(migrated_url, tmp_path, model_dir):
     settings = Settings(var_dir=str(tmp_path), database_url=migrated_url, broker_url="memory://", storage_root=str(tmp_path / "storage"),
-                        model_dir=str(model_dir), queue="hv-outcomes")
+                        model_dir=str(model_dir), queue="hv-outcomes", task_batches=1)  # a leased batch = one model batch here
     st, ctx = AppState.create(settings), WorkerContext(settings)
     yield st, ctx
     ctx.db.dispose()

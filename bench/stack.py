@@ -1,0 +1,135 @@
+"""The real system for the benchmark: the API under gunicorn and Celery worker processes.
+
+Everything runs as separate processes, as in production, so the benchmark's own
+threads (upload, polling, the load generator) never share a GIL with the API.
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from api.analyze import start_worker, worker_environment
+from api.client import ApiClient
+from pipeline.settings import Settings
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def running_api(settings: Settings, log_path: Path) -> Iterator[ApiClient]:
+    """``gunicorn api.wsgi:app`` as in the Dockerfile (2 processes x 4 threads), on a free local port."""
+    port = _free_port()
+    env = worker_environment(settings) | {"HEMATOVISION_ALLOWED_FOLDER_ROOT": settings.allowed_folder_root}
+    cmd = [sys.executable, "-m", "gunicorn", "--workers", "2", "--threads", "4", "--timeout", "600", "--bind", f"127.0.0.1:{port}",
+           "--log-level", "warning", "api.wsgi:app"]
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+    client = ApiClient(f"http://127.0.0.1:{port}", timeout=600)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if client.http.get(f"{client.base}/healthz", timeout=2).ok:
+                    break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"the API did not start; see {log_path}")
+            time.sleep(0.1)
+        yield client
+    finally:
+        stop(proc)
+
+
+def stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def pool_pids(pid: int) -> list[int]:
+    """The pool (child) processes of a Celery worker: they load the model and do the work."""
+    try:
+        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def peak_rss_mib(pid: int) -> float:
+    """Peak resident set size of a live process (VmHWM), in MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+@dataclass
+class Workers:
+    proc: subprocess.Popen
+    started: float  # time.perf_counter() when the process was started
+
+    def pool(self, timeout: float = 60) -> int:
+        """The pid of the first pool process (once it exists)."""
+        deadline = time.monotonic() + timeout
+        while not (pids := pool_pids(self.proc.pid)):
+            if time.monotonic() > deadline:
+                raise SystemExit("the worker started no pool process")
+            time.sleep(0.05)
+        return pids[0]
+
+    def peak_rss_mib(self) -> float:
+        """The largest peak RSS among the pool processes."""
+        return max((peak_rss_mib(p) for p in pool_pids(self.proc.pid)), default=float("nan"))
+
+
+@contextmanager
+def running_workers(settings: Settings, concurrency: int, log_path: Path) -> Iterator[Workers]:
+    """One ``celery worker --concurrency N`` (N pool processes sharing the cores by the thread budget)."""
+    started = time.perf_counter()
+    proc = start_worker(settings, concurrency, log_path)
+    try:
+        yield Workers(proc, started)
+    finally:
+        stop(proc)
+
+
+def wait_for(client: ApiClient, job_id: str, poll: float = 0.05, until_done: int | None = None, timeout: float = 3600) -> dict:
+    """Poll a job until it finished (or until ``until_done`` images are done); returns the last status."""
+    deadline = time.monotonic() + timeout
+    while True:
+        job = client.job(job_id)
+        if job["status"] in ("succeeded", "failed", "canceled"):
+            return job
+        if until_done is not None and job["images"]["done"] + job["images"]["failed"] >= until_done:
+            return job
+        if time.monotonic() > deadline:
+            raise SystemExit(f"job {job_id} still {job['status']} after {timeout}s")
+        time.sleep(poll)
+
+
+def timed_job(client: ApiClient, submit, n: int) -> float:
+    """Seconds from submission to the report in hand, for a job that must classify all ``n`` images."""
+    t0 = time.perf_counter()
+    job = submit()
+    final = wait_for(client, job["id"])
+    client.report(job["id"])
+    elapsed = time.perf_counter() - t0
+    if final["status"] != "succeeded" or final["images"]["done"] != n:
+        raise SystemExit(f"benchmark job did not complete: {final}")
+    return elapsed

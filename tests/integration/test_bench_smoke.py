@@ -1,0 +1,30 @@
+"""The benchmark still runs end to end (a smoke test so it cannot rot; no speed is asserted here)."""
+
+from __future__ import annotations
+
+import pytest
+
+from bench import throughput
+from tests.conftest import PG_ADMIN_URL, REDIS_URL, REPO
+
+pytestmark = pytest.mark.integration
+
+
+def test_quick_benchmark_prints_every_figure(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("HEMATOVISION_VAR_DIR", str(tmp_path / "var"))
+    monkeypatch.setenv("HEMATOVISION_BENCH_PG", PG_ADMIN_URL)
+    monkeypatch.setenv("HEMATOVISION_BENCH_REDIS", REDIS_URL)
+    out = tmp_path / "bench.txt"
+    assert throughput.main(["--quick", "--images", "24", "--concurrency", "1", "--stack", "redis-postgres",
+                            "--source", str(REPO / "samples" / "cells"), "--out", str(out)]) == 0
+    text = out.read_text()
+    for figure in ("classifier alone, LiteRT fp32, batch 64", "classifier alone, LiteRT fp32, batch 128",
+                   "read + decode + preprocess alone", "whole path, folder job, 1 worker process",
+                   "whole path, upload, 1 worker process", "whole path, folder job, 1 worker process, batch 16",
+                   "whole path, folder job, 1 worker process, LiteRT int8", "worker cold start, 1 process",
+                   "peak RSS per worker process, 1 worker process (after a batch of 8 4000x3000 images)",
+                   "GET /api/v1/jobs/<id> at 50 req/s", "finalise a 1,000-image job", "GET /report of the 1,000-image job",
+                   "predictions/s the database accepts, 4 writer processes", "targets (issue 12)"):
+        assert figure in text, figure
+    assert "nan" not in text.split("targets")[0]
+    assert "0 errors" in text
