@@ -59,4 +59,5 @@ def _share_cores_between_processes(options=None, conf=None, **_kwargs) -> None:
             break
     else:
         concurrency = os.cpu_count() or 1
-    os.environ.setdefault("HEMATOVISION_WORKER_PROCESSES", str(concurrency))
+    if int(os.environ.get("HEMATOVISION_WORKER_PROCESSES") or 0) <= 0:  # 0 = not said: this worker's own pool size
+        os.environ["HEMATOVISION_WORKER_PROCESSES"] = str(concurrency)

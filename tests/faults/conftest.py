@@ -204,7 +204,7 @@ def stack(postgres, redis_server, model_dir, tmp_path):
     upgrade(db_url)
     settings = Settings(var_dir=str(tmp_path), database_url=db_url, broker_url=redis_server.url, storage_root=str(tmp_path / "storage"),
                         model_dir=str(model_dir), queue=f"hv-fault-{uuid.uuid4().hex[:8]}", task_time_limit=10, lease_seconds=5,
-                        reaper_interval=1, max_deliveries=2, orphan_seconds=2)
+                        reaper_interval=1, max_deliveries=2, orphan_seconds=2, task_batches=1)  # a leased batch = one model batch
     state = AppState.create(settings)
     fs = FaultStack(settings, state, Database(db_url), tmp_path)
     try:
