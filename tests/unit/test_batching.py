@@ -119,3 +119,14 @@ def test_thread_budget_shares_the_cores_between_worker_processes(monkeypatch):
     assert Settings.from_env({"HEMATOVISION_THREADS": "2"}).thread_budget == 2
     with pytest.raises(ValueError, match="THREADS"):
         Settings(threads=-1)
+
+
+def test_the_worker_tells_its_pool_processes_how_many_share_the_host(monkeypatch):
+    from worker.celery_app import _share_cores_between_processes
+
+    monkeypatch.setenv("HEMATOVISION_WORKER_PROCESSES", "0")  # what worker_environment passes when nothing was said
+    _share_cores_between_processes(options={"concurrency": 2})
+    assert Settings.from_env().worker_processes == 2
+    monkeypatch.setenv("HEMATOVISION_WORKER_PROCESSES", "3")  # said by hand (several worker commands on one host): kept
+    _share_cores_between_processes(options={"concurrency": 2})
+    assert Settings.from_env().worker_processes == 3
