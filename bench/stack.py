@@ -30,14 +30,17 @@ def _free_port() -> int:
 
 @contextmanager
 def running_api(settings: Settings, log_path: Path) -> Iterator[ApiClient]:
-    """``gunicorn api.wsgi:app`` as in the Dockerfile (2 processes x 4 threads), on a free local port."""
+    """``gunicorn api.wsgi:app`` as in the Dockerfile (2 processes x 4 threads), on a free local port.
+
+    Production servers require a token, so ``settings.api_token`` must be set; the client sends it.
+    """
     port = _free_port()
     env = worker_environment(settings) | {"HEMATOVISION_ALLOWED_FOLDER_ROOT": settings.allowed_folder_root}
     cmd = [sys.executable, "-m", "gunicorn", "--workers", "2", "--threads", "4", "--timeout", "600", "--bind", f"127.0.0.1:{port}",
            "--log-level", "warning", "api.wsgi:app"]
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
-    client = ApiClient(f"http://127.0.0.1:{port}", timeout=600)
+    client = ApiClient(f"http://127.0.0.1:{port}", timeout=600, token=settings.api_token)
     try:
         deadline = time.monotonic() + 60
         while True:

@@ -23,6 +23,7 @@ import contextlib
 import math
 import os
 import platform
+import secrets
 import shutil
 import tempfile
 import time
@@ -180,7 +181,8 @@ def main(argv: list[str] | None = None) -> int:
             pg_name, url = _pg_database(admin)
             overrides = {"database_url": url, "broker_url": os.environ.get("HEMATOVISION_BENCH_REDIS", "redis://127.0.0.1:6379/14")}
         settings = Settings(**{**base.__dict__, "var_dir": str(tmp / "var"), "storage_root": str(tmp / "storage"),
-                               "allowed_folder_root": str(tmp / "allowed"), "queue": f"hv-bench-{os.getpid()}", **overrides})
+                               "allowed_folder_root": str(tmp / "allowed"), "queue": f"hv-bench-{os.getpid()}",
+                               "api_token": base.api_token or secrets.token_hex(16), **overrides})
         from db.migrate import upgrade
 
         upgrade(settings.resolved_database_url)
