@@ -52,7 +52,26 @@ def load_domain(model_dir: str | Path, manifest: ModelManifest) -> DomainModel |
     return DomainModel.load(Path(model_dir) / ood["file"]) if ood.get("file") else None
 
 
-class LiteRTClassifier:
+class CalibratedOutputs:
+    """Logits, calibrated probabilities and features from one ``outputs(batch)`` (shared by every backend)."""
+
+    manifest: ModelManifest
+
+    def outputs(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        raise NotImplementedError
+
+    def logits(self, batch: np.ndarray) -> np.ndarray:
+        return self.outputs(batch)[0]
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        return calibrated_softmax(self.logits(batch), self.manifest.temperature)
+
+    def predict_with_features(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        logits, features = self.outputs(batch)
+        return calibrated_softmax(logits, self.manifest.temperature), features
+
+
+class LiteRTClassifier(CalibratedOutputs):
     """LiteRT (TFLite) model on the XNNPACK CPU delegate: fp32 ``model.tflite`` or the int8 file."""
 
     def __init__(self, model_dir: str | Path, manifest: ModelManifest, filename: str = "model.tflite", threads: int | None = None) -> None:
@@ -74,18 +93,7 @@ class LiteRTClassifier:
         self._interpreter.invoke()
         return _split_outputs([np.array(self._interpreter.get_tensor(i)) for i in self._outputs], len(self.manifest.classes))
 
-    def logits(self, batch: np.ndarray) -> np.ndarray:
-        return self.outputs(batch)[0]
-
-    def predict(self, batch: np.ndarray) -> np.ndarray:
-        return calibrated_softmax(self.logits(batch), self.manifest.temperature)
-
-    def predict_with_features(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        logits, features = self.outputs(batch)
-        return calibrated_softmax(logits, self.manifest.temperature), features
-
-
-class KerasClassifier:
+class KerasClassifier(CalibratedOutputs):
     """The Keras model under TensorFlow: uses a GPU when TensorFlow sees one."""
 
     def __init__(self, model_dir: str | Path, manifest: ModelManifest, threads: int | None = None) -> None:
@@ -100,17 +108,6 @@ class KerasClassifier:
     def outputs(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         out = self._model(batch, training=False)
         return _split_outputs([np.asarray(o) for o in (out if isinstance(out, list | tuple) else [out])], len(self.manifest.classes))
-
-    def logits(self, batch: np.ndarray) -> np.ndarray:
-        return self.outputs(batch)[0]
-
-    def predict(self, batch: np.ndarray) -> np.ndarray:
-        return calibrated_softmax(self.logits(batch), self.manifest.temperature)
-
-    def predict_with_features(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        logits, features = self.outputs(batch)
-        return calibrated_softmax(logits, self.manifest.temperature), features
-
 
 def _limit_tensorflow_threads(threads: int) -> None:
     """TensorFlow's CPU thread pools; only possible before TensorFlow first runs (else left as they are)."""
@@ -133,7 +130,7 @@ def _int8(model_dir: str | Path, manifest: ModelManifest, threads: int | None = 
 BACKENDS = {"litert": LiteRTClassifier, "litert-int8": _int8, "keras": KerasClassifier}
 
 
-class DihedralTTA:
+class DihedralTTA(CalibratedOutputs):
     """Test-time augmentation: the mean logits and features of the 8 rotations/flips of each image.
 
     Cells have no orientation, so the 8 views are equally valid inputs; their
@@ -156,17 +153,6 @@ class DihedralTTA:
         n = len(batch)
         mean = logits.reshape(8, n, -1).mean(axis=0)
         return mean, None if features is None else features.reshape(8, n, -1).mean(axis=0)
-
-    def logits(self, batch: np.ndarray) -> np.ndarray:
-        return self.outputs(batch)[0]
-
-    def predict(self, batch: np.ndarray) -> np.ndarray:
-        return calibrated_softmax(self.logits(batch), self.manifest.temperature)
-
-    def predict_with_features(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        logits, features = self.outputs(batch)
-        return calibrated_softmax(logits, self.manifest.temperature), features
-
 
 def load_classifier(model_dir: str | Path, backend: str = "litert", tta: bool = False, threads: int | None = None) -> Classifier:
     """Load a model directory with the named backend (manifest checked first); ``tta``: 8-view averaging.
