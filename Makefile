@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 
-.PHONY: demo test install install-dev services lint bench train evaluate lolo stress clean
+.PHONY: demo test install install-dev services browser-deps lint bench train evaluate lolo stress clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -24,11 +24,14 @@ demo: install
 	$(VENV)/bin/hematovision analyze samples/cells -o report
 
 ## test: the whole suite (unit, API, TensorFlow, integration on Redis+Postgres and embedded SQLite)
-test: install-dev services
+test: install-dev services browser-deps
 	$(PY) -m pytest
 
 services:
 	bash .ci/services
+
+browser-deps:
+	bash .ci/browser-deps
 
 lint: install-dev
 	$(VENV)/bin/ruff check .
