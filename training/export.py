@@ -76,18 +76,17 @@ def with_features(model):
     return keras.Model(model.inputs, [model.get_layer("logits").output, model.get_layer("pool").output], name=model.name)
 
 
-def fit_domain(model, train_x: np.ndarray, train_y: np.ndarray, scaled_val: np.ndarray, folder: Path) -> dict:
+def fit_domain(model, train_x: np.ndarray, train_y: np.ndarray, f_val: np.ndarray, folder: Path) -> dict:
     """Fit ``ood.npz`` on training features; thresholds from validation features (``pipeline.domain``)."""
     from pipeline.domain import fit_domain_model
 
     _, f_train = model.predict(scale_for_mobilenet(train_x), batch_size=64, verbose=0)
-    _, f_val = model.predict(scaled_val, batch_size=64, verbose=0)
     domain = fit_domain_model(f_train, train_y, f_val)
     domain.save(folder / "ood.npz")
     return {"file": "ood.npz", "method": "Mahalanobis to nearest class centre, shared covariance, PCA 64",
             "image_threshold": round(domain.image_threshold, 4), "job_threshold": round(domain.job_threshold, 4),
             "job_size": 50, "in_domain_unusual_fraction": round(domain.expected_fraction, 4),
-            "fitted_on": f"{len(train_x)} training images; thresholds on {len(scaled_val)} validation images"}
+            "fitted_on": f"{len(train_x)} training images; thresholds on {len(f_val)} validation images"}
 
 
 def try_int8(model, folder: Path, calibration: np.ndarray, scaled_val: np.ndarray, val_y: np.ndarray, fp32_accuracy: float) -> dict:
@@ -120,7 +119,7 @@ def export_model(model, config: TrainConfig, val_x: np.ndarray, val_y: np.ndarra
     (tmp / "model.tflite").write_bytes(to_tflite(model))
 
     scaled = scale_for_mobilenet(val_x)
-    logits = model.predict(scaled, batch_size=64, verbose=0)[0]
+    logits, val_features = model.predict(scaled, batch_size=64, verbose=0)
     t_clean = fit_temperature(logits, val_y)
     t_shift = shift_aware_temperature(logits, model.predict(scale_for_mobilenet(augmented_copies(val_x, config.input_size, seed=config.seed)),
                                                             batch_size=64, verbose=0)[0], val_y)
@@ -138,7 +137,7 @@ def export_model(model, config: TrainConfig, val_x: np.ndarray, val_y: np.ndarra
     int8 = None
     if calibration_x is not None and len(calibration_x):
         int8 = try_int8(model, tmp, scale_for_mobilenet(calibration_x), scaled, val_y, accuracy)
-    ood = fit_domain(model, train[0], train[1], scaled, tmp) if train is not None else None
+    ood = fit_domain(model, train[0], train[1], val_features, tmp) if train is not None else None
     files = ["model.keras", "model.tflite"] + ([int8["file"]] if int8 and int8["file"] else []) + (["ood.npz"] if ood else [])
 
     manifest = {
