@@ -58,6 +58,15 @@ class CellCrop:
     gains: tuple[float, float, float]  # white-balance gains applied to B, G, R
 
 
+def as_bgr(image: np.ndarray) -> np.ndarray:
+    """Three-channel BGR from a decoded grey, BGR or BGRA image."""
+    if image.ndim == 2:
+        return cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
+    if image.shape[2] == 4:
+        return cv2.cvtColor(image, cv2.COLOR_BGRA2BGR)
+    return image
+
+
 def background_color(bgr: np.ndarray) -> np.ndarray:
     """Median BGR colour of the brightest non-black pixels (bare glass)."""
     pixels = bgr.reshape(-1, 3).astype(np.float32)
@@ -173,7 +182,7 @@ def crop_square(bgr: np.ndarray, center: tuple[float, float], side: float, fill:
 
 def cell_crop(image: np.ndarray, size: int) -> CellCrop:
     """Locate, scale-normalise and white-balance one single-cell image (BGR) into an RGB ``size`` crop."""
-    bgr = image if image.ndim == 3 and image.shape[2] == 3 else cv2.cvtColor(image, cv2.COLOR_GRAY2BGR if image.ndim == 2 else cv2.COLOR_BGRA2BGR)
+    bgr = as_bgr(image)
     h, w = bgr.shape[:2]
     scale = WORK_SIDE / max(h, w)
     small = cv2.resize(bgr, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA) if scale < 1 else bgr

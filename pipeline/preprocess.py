@@ -14,7 +14,7 @@ from collections.abc import Callable
 import cv2
 import numpy as np
 
-from pipeline.cellcrop import CellCrop, cell_crop
+from pipeline.cellcrop import CellCrop, as_bgr, cell_crop
 
 #: The recipe of models up to 1.1: the largest centred square, resized.
 RECIPE_CENTER_SQUARE = "rgb-center-square-area-resize-mobilenet-v2-scale"
@@ -34,17 +34,9 @@ def center_square(image: np.ndarray) -> np.ndarray:
     return image[y0 : y0 + side, x0 : x0 + side]
 
 
-def _as_bgr(bgr: np.ndarray) -> np.ndarray:
-    if bgr.ndim == 2:
-        return cv2.cvtColor(bgr, cv2.COLOR_GRAY2BGR)
-    if bgr.shape[2] == 4:
-        return cv2.cvtColor(bgr, cv2.COLOR_BGRA2BGR)
-    return bgr
-
-
 def center_square_crop(bgr: np.ndarray, size: int) -> CellCrop:
     """The 1.x recipe, reported in the same shape as the cell-centred one (always 'found')."""
-    bgr = _as_bgr(bgr)
+    bgr = as_bgr(bgr)
     h, w = bgr.shape[:2]
     rgb = cv2.cvtColor(center_square(bgr), cv2.COLOR_BGR2RGB)
     interpolation = cv2.INTER_AREA if rgb.shape[0] > size else cv2.INTER_LINEAR

@@ -16,6 +16,7 @@ import re
 import sys
 import time
 from collections import defaultdict
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -42,25 +43,30 @@ def discover(data_dir: Path, classes: tuple[str, ...]) -> tuple[list[tuple[Path,
     return known, unknown
 
 
+def classify_chunks(classifier, chunks: Iterable[list[np.ndarray]]) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Serving-path probabilities, whether the recipe found a white cell, and domain scores (None without a domain model)
+    for decoded images given chunk by chunk (one model batch each)."""
+    probs, found, scores = [], [], []
+    for images in chunks:
+        batch, has_cell = prepare_cells(images, classifier.manifest)
+        batch_probs, features = classifier.predict_with_features(batch)
+        probs.append(batch_probs)
+        found.extend(has_cell)
+        if classifier.domain is not None and features is not None:
+            scores.append(classifier.domain.score(features))
+    return np.concatenate(probs), np.array(found, bool), np.concatenate(scores) if scores else None
+
+
 def evaluate(model_dir: str, data_dir: str, backend: str = "litert", tta: bool = False) -> dict:
     classifier = load_classifier(model_dir, backend, tta)
     manifest = classifier.manifest
     samples, unknown = discover(Path(data_dir), manifest.classes)
     if not samples:
         raise SystemExit(f"error: no images of known classes under {data_dir} (known: {', '.join(manifest.classes)})")
-    probs, found, scores, t0 = [], [], [], time.perf_counter()
-    for start in range(0, len(samples), BATCH):
-        chunk = samples[start : start + BATCH]
-        images = [decode_image(p.read_bytes(), 10**9) for p, _ in chunk]
-        batch, has_cell = prepare_cells(images, manifest)
-        batch_probs, features = classifier.predict_with_features(batch)
-        probs.append(batch_probs)
-        found.extend(has_cell)
-        if classifier.domain is not None and features is not None:
-            scores.append(classifier.domain.score(features))
+    t0 = time.perf_counter()
+    chunks = ([decode_image(p.read_bytes(), 10**9) for p, _ in samples[i : i + BATCH]] for i in range(0, len(samples), BATCH))
+    probs_all, found_all, scores = classify_chunks(classifier, chunks)
     seconds = time.perf_counter() - t0
-    probs_all = np.concatenate(probs)
-    found_all = np.array(found, bool)
     y_true = np.array([y for _, y in samples])
     # "no white cell found" is an answer a job gives instead of a class: wrong here
     y_pred = np.where(found_all, probs_all.argmax(axis=1), -1)
@@ -86,8 +92,8 @@ def evaluate(model_dir: str, data_dir: str, backend: str = "litert", tta: bool =
         "unknown_class_folders": unknown,
         "images_per_second": len(y_true) / seconds,
     }
-    if scores:
-        result["domain"] = domain_summary(classifier.domain, np.concatenate(scores), found_all)
+    if scores is not None:
+        result["domain"] = domain_summary(classifier.domain, scores, found_all)
     per_source = source_accuracy([p for p, _ in samples], y_true == y_pred)
     if per_source:
         result["per_source_cell"] = per_source

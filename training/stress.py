@@ -30,9 +30,9 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.classifier import Classifier, load_classifier, prepare_cells
+from pipeline.classifier import Classifier, load_classifier
 from pipeline.images import ImageRejected, decode_image
-from training.evaluate import BATCH, discover, domain_summary
+from training.evaluate import BATCH, classify_chunks, discover, domain_summary
 from training.metrics import confusion_matrix, macro_f1, per_class_prf, reliability
 from training.shifts import FAMILIES, Shift
 
@@ -82,15 +82,7 @@ def balanced_subsample(samples: list[tuple[Path, int]], limit: int | None, seed:
 
 def classify(classifier: Classifier, images: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Serving-path probabilities, whether the recipe found a white cell, and domain scores (None without a domain model)."""
-    probs, found, scores = [], [], []
-    for start in range(0, len(images), BATCH):
-        batch, has_cell = prepare_cells(images[start : start + BATCH], classifier.manifest)
-        batch_probs, features = classifier.predict_with_features(batch)
-        probs.append(batch_probs)
-        found.extend(has_cell)
-        if classifier.domain is not None and features is not None:
-            scores.append(classifier.domain.score(features))
-    return np.concatenate(probs), np.array(found, bool), np.concatenate(scores) if scores else None
+    return classify_chunks(classifier, (images[start : start + BATCH] for start in range(0, len(images), BATCH)))
 
 
 def measure(classifier: Classifier, images: list[np.ndarray], y_true: np.ndarray) -> dict:
