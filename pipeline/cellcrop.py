@@ -15,8 +15,9 @@ removes them before the network sees the image:
 3. Measure the scale: red cells are about 7.5 um across in every smear, so
    their diameter in pixels is a ruler. Red cells are the non-violet,
    non-background blobs; the peaks of their distance transform are their
-   radii. Where too few are visible (a tight crop), the nucleus' own size
-   stands in.
+   radii. Where too few are visible, or the "red cells" are much smaller
+   than the white cell (fragments at the edge of a tight crop), the stained
+   object's own size stands in.
 4. Crop a square of ``CROP_RBC_DIAMETERS`` red-cell diameters (about 30 um)
    centred on the cell, padding with background colour where the square
    leaves the image, and resize it to the model's input.
@@ -34,8 +35,14 @@ import numpy as np
 
 #: side of the square crop, in red-cell diameters (7.5 um each: about 30 um)
 CROP_RBC_DIAMETERS = 4.0
-#: without red cells: crop side as a multiple of the nucleus' bounding box
-CROP_NUCLEUS_SIDES = 3.0
+#: median ratio of the stained object's bounding box to the red-cell diameter, in both
+#: training laboratories (1.71 PBC, 1.78 Kaggle); it converts the cell's own size into a ruler
+CELL_BOX_RBC = 1.75
+#: without red cells: crop side as a multiple of the stained object's bounding box
+CROP_NUCLEUS_SIDES = CROP_RBC_DIAMETERS / CELL_BOX_RBC
+#: a "red cell" smaller than 1/3 of the stained object is a fragment of a cell cut by a tight
+#: crop (2-4 % of normal images exceed this ratio, 46 % of PBC images cropped to half)
+MAX_CELL_BOX_RBC = 3.0
 #: analysis happens on a copy whose long side is this many pixels
 WORK_SIDE = 160
 #: background grey that white balance maps the glass to
@@ -192,6 +199,8 @@ def cell_crop(image: np.ndarray, size: int) -> CellCrop:
     nucleus, matter = stain_maps(balanced_small)
     cell = find_cell(nucleus)
     rbc = red_cell_diameter(matter, nucleus)
+    if rbc and cell is not None and cell[1] > MAX_CELL_BOX_RBC * rbc:
+        rbc = None  # fragments at the edge of a tight crop, not whole red cells
     rbc_px = rbc / scale if rbc else None
     if cell is None:
         center, side = (w / 2.0, h / 2.0), float(min(h, w))

@@ -43,6 +43,10 @@ class TrainConfig:
     datasets: str = "both"
     #: augmentation strength: "v1" (1.x models) or "strong" (large colour casts, HED jitter, scale, shifts)
     augmentation: str = "strong"
+    #: augmentation of the raw image before the serving crop ("" none, "lab-habits": ``training.raw_augment``)
+    raw_augmentation: str = ""
+    #: start from a trained model (``.keras``) instead of ImageNet plus a head phase
+    init_from: str = ""
     alpha: float = 1.0
     seed: int = 1337
     #: fractions of source cells (Kaggle) or images (PBC) per split

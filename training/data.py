@@ -114,6 +114,18 @@ def decode_for_training(path: str, size: int, recipe: str = RECIPE) -> np.ndarra
     return to_model_pixels(bgr, size, recipe)
 
 
+def load_raw(samples: list[Sample]) -> list[np.ndarray]:
+    """Decode every sample to BGR at its own size (for augmentation before the serving crop)."""
+    def read(s: Sample) -> np.ndarray:
+        bgr = cv2.imread(s.path, cv2.IMREAD_COLOR)
+        if bgr is None:
+            raise ValueError(f"cannot decode training image {s.path}")
+        return bgr
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        return list(pool.map(read, samples))
+
+
 def load_pixels(samples: list[Sample], size: int, cache: Path | None = None, recipe: str = RECIPE) -> np.ndarray:
     """Decode all samples to uint8 (N, size, size, 3) with the serving recipe, cached on disk by file list and recipe."""
     if cache is not None and cache.exists():

@@ -24,6 +24,7 @@ from training.data import (
     cap_per_class,
     kaggle_samples,
     load_pixels,
+    load_raw,
     load_splits,
     materialize_split,
     pbc_samples,
@@ -127,7 +128,22 @@ class Progress:
         return _Progress()
 
 
-def augmented_dataset(config: TrainConfig, pixels: np.ndarray, labels: np.ndarray):
+def raw_crop_source(config: TrainConfig, raws: list[np.ndarray]):
+    """``fetch(i) -> crop``: raw image ``i`` after the laboratory habits, through the serving recipe."""
+    from pipeline.preprocess import to_model_pixels
+    from training.raw_augment import raw_augmentation
+
+    habits = raw_augmentation(config.raw_augmentation)
+    rng = np.random.default_rng(config.seed)  # Generator methods take its lock: safe across tf.data threads
+
+    def crop(i: int) -> np.ndarray:
+        return to_model_pixels(habits(raws[i], rng), config.input_size, config.recipe)
+
+    return crop
+
+
+def augmented_dataset(config: TrainConfig, pixels: np.ndarray, labels: np.ndarray, raws: list[np.ndarray] | None = None):
+    """Shuffled, augmented, class-weighted batches; with ``raws``, laboratory habits first act on the raw images."""
     import tensorflow as tf
 
     from training.augment import augment
@@ -135,9 +151,10 @@ def augmented_dataset(config: TrainConfig, pixels: np.ndarray, labels: np.ndarra
     k = len(CLASS_NAMES)
     weights = class_weights(labels)
     size = config.input_size
+    crop = raw_crop_source(config, raws) if raws is not None and config.raw_augmentation else None
 
     def fetch(i):
-        return pixels[i], labels[i]
+        return (crop(int(i)) if crop is not None else pixels[i]), labels[i]
 
     def load(i):
         image, label = tf.numpy_function(fetch, [i], [tf.uint8, tf.int32])
@@ -150,7 +167,7 @@ def augmented_dataset(config: TrainConfig, pixels: np.ndarray, labels: np.ndarra
     return ds.map(load, num_parallel_calls=tf.data.AUTOTUNE).batch(config.batch_size).prefetch(2)
 
 
-def fine_tune(config: TrainConfig, model, train_x, train_y, val_x, val_y) -> None:
+def fine_tune(config: TrainConfig, model, train_x, train_y, val_x, val_y, train_raw: list[np.ndarray] | None = None) -> None:
     """Phase 2: fine-tune the base (BN frozen) on augmented, mixed batches."""
     import keras
 
@@ -171,7 +188,7 @@ def fine_tune(config: TrainConfig, model, train_x, train_y, val_x, val_y) -> Non
     )
     steps = config.steps_per_epoch or max(1, len(train_x) // config.batch_size)
     model.fit(
-        augmented_dataset(config, train_x, train_y),
+        augmented_dataset(config, train_x, train_y, train_raw),
         validation_data=(scale_for_mobilenet(val_x), keras.utils.to_categorical(val_y, k)),
         validation_batch_size=64,
         epochs=config.finetune_epochs, steps_per_epoch=steps, verbose=2,
@@ -185,6 +202,17 @@ def fine_tune(config: TrainConfig, model, train_x, train_y, val_x, val_y) -> Non
         ],
     )
     model.load_weights(str(work / "best.keras"))
+
+
+def warm_start(model, source: str) -> None:
+    """Copy base and logits weights from a trained model (``.keras``), e.g. to fine-tune 2.0 further."""
+    import keras
+
+    from training.model import base_of
+
+    trained = keras.models.load_model(source, compile=False)
+    base_of(model).set_weights(base_of(trained).get_weights())
+    model.get_layer("logits").set_weights(trained.get_layer("logits").get_weights())
 
 
 def run(config: TrainConfig) -> Path:
@@ -206,6 +234,12 @@ def run(config: TrainConfig) -> Path:
     train_y, val_y = labels_of(splits["train"]), labels_of(splits["val"])
 
     model = build_model(len(CLASS_NAMES), config.input_size, config.weights or None, config.alpha, config.dropout)
+    if config.init_from and not state.get("head_done"):
+        warm_start(model, config.init_from)
+        model.save_weights(str(work / "head.weights.h5"))
+        state["head_done"] = True
+        state_path.write_text(json.dumps(state))
+        log(f"phase 1: skipped, weights from {config.init_from}")
     if state.get("head_done"):
         model.load_weights(str(work / "head.weights.h5"))
         log("phase 1: resumed from head.weights.h5")
@@ -215,7 +249,8 @@ def run(config: TrainConfig) -> Path:
         state["head_done"] = True
         state_path.write_text(json.dumps(state))
     if config.finetune_epochs > 0 and not state.get("finetune_done"):
-        fine_tune(config, model, train_x, train_y, val_x, val_y)
+        train_raw = load_raw(splits["train"]) if config.raw_augmentation else None
+        fine_tune(config, model, train_x, train_y, val_x, val_y, train_raw)
         state["finetune_done"] = True
         state_path.write_text(json.dumps(state))
     elif state.get("finetune_done"):
