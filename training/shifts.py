@@ -20,6 +20,8 @@ from functools import partial
 import cv2
 import numpy as np
 
+from pipeline.cellcrop import background_color
+
 Shift = Callable[[np.ndarray, np.random.Generator], np.ndarray]
 
 #: Ruifrok & Johnston (2001) haematoxylin, eosin, DAB optical-density vectors (RGB rows),
@@ -41,16 +43,14 @@ def _to_uint8(image: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(image), 0, 255).astype(np.uint8)
 
 
-def background_colour(bgr: np.ndarray, brightest: float = 0.2) -> tuple[int, int, int]:
-    """Median colour of the brightest pixels: the smear's plasma/glass background.
+def background_colour(bgr: np.ndarray) -> tuple[int, int, int]:
+    """The smear's glass colour, by the serving recipe's own rule (``pipeline.cellcrop.background_color``).
 
     Padding with it (instead of black or white) keeps the padded area looking
-    like empty smear under the same stain and lamp.
+    like empty smear under the same stain and lamp; one rule for the suite and
+    the recipe means the suite's padding is exactly what the recipe calls glass.
     """
-    grey = cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)
-    threshold = np.quantile(grey, 1.0 - brightest)
-    pixels = bgr[grey >= threshold]
-    return tuple(int(v) for v in np.median(pixels, axis=0))
+    return tuple(int(round(float(v))) for v in background_color(bgr))
 
 
 def colour_cast(bgr: np.ndarray, rng: np.random.Generator, gains: np.ndarray, strength: float, grey: float = 0.0) -> np.ndarray:

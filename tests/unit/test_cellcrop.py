@@ -76,3 +76,25 @@ def test_every_recipe_is_registered_and_the_default_is_cell_centred():
     assert crop.found and crop.rbc_diameter_px is not None
     with pytest.raises(ValueError, match="recipe"):
         model_crop(cell_image(), 96, "no-such-recipe")
+
+
+def tight_cell_with_fragments(seed: int = 5) -> np.ndarray:
+    """A cell filling a 240 px image, with only small pink slivers of red cells at the edges."""
+    rng = np.random.default_rng(seed)
+    img = np.empty((240, 240, 3), np.uint8)
+    img[:] = (228, 226, 232)
+    for x, y in ((6, 10), (230, 14), (12, 228), (226, 232), (120, 4), (4, 120), (236, 118), (118, 236)):
+        cv2.circle(img, (x, y), int(rng.integers(8, 11)), (178, 168, 226), -1)
+    cv2.circle(img, (120, 120), 104, (214, 196, 222), -1)  # cytoplasm
+    for dx, dy in ((-40, -18), (34, -28), (0, 40)):  # a large three-lobed nucleus
+        cv2.ellipse(img, (120 + dx, 120 + dy), (46, 36), int(rng.integers(0, 180)), 0, 360, (165, 55, 105), -1)
+    return np.clip(img + rng.normal(0, 3, img.shape), 0, 255).astype(np.uint8)
+
+
+def test_red_cell_fragments_much_smaller_than_the_cell_are_not_trusted_as_a_ruler():
+    """In a tight crop the slivers of red cells cut by the edge measure far too small; the cell's own size is used."""
+    crop = cell_crop(tight_cell_with_fragments(), 160)
+    assert crop.found
+    assert crop.rbc_diameter_px is None
+    # the whole cell stays in the crop (the crop is at least the image), instead of a zoom onto the nucleus
+    assert crop.side_px >= 240

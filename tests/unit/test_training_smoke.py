@@ -22,7 +22,8 @@ def test_train_export_evaluate_cli(tmp_path):
     train = [sys.executable, "-m", "training.train", "--work-dir", str(work), "--export-dir", str(export),
              "--kaggle-dir", str(SHARED / "kaggle" / "TRAIN"), "--pbc-dir", str(SHARED / "pbc"), "--weights", str(WEIGHTS),
              "--input-size", "64", "--kaggle-cap-train", "6", "--kaggle-cap-eval", "3", "--pbc-limit-per-class", "8",
-             "--head-epochs", "1", "--finetune-epochs", "1", "--steps-per-epoch", "2", "--batch-size", "8"]
+             "--head-epochs", "1", "--finetune-epochs", "1", "--steps-per-epoch", "2", "--batch-size", "8",
+             "--raw-augmentation", "lab-habits"]
     proc = subprocess.run(train, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "BN parity gap" in proc.stdout
@@ -67,3 +68,18 @@ def test_evaluate_reports_unknown_class_folders(tmp_path, model_dir, sample_fold
     result = evaluate(str(model_dir), str(data))
     assert result["n_images"] == 2 and result["unknown_class_folders"] == {"blast": 2}
     assert list(result["per_class"]) and "eosinophil" in result["per_class"]
+
+
+def test_warm_start_copies_a_trained_models_weights(tmp_path):
+    """``init_from``: fine-tuning can continue from a shipped model (same outputs before any step)."""
+    from training.model import build_model
+    from training.train import warm_start
+
+    trained = build_model(8, 64, None)
+    trained.get_layer("logits").set_weights([w + 0.5 for w in trained.get_layer("logits").get_weights()])
+    trained.save(str(tmp_path / "trained.keras"))
+    fresh = build_model(8, 64, None)
+    x = np.random.default_rng(0).uniform(-1, 1, (2, 64, 64, 3)).astype(np.float32)
+    assert not np.allclose(fresh.predict(x, verbose=0), trained.predict(x, verbose=0))
+    warm_start(fresh, str(tmp_path / "trained.keras"))
+    assert np.allclose(fresh.predict(x, verbose=0), trained.predict(x, verbose=0), atol=1e-6)
