@@ -29,7 +29,9 @@ HELD_OUT = {"pbc": "kaggle", "kaggle": "pbc"}
 
 
 def lolo_config(base: TrainConfig, root: Path, trained_on: str) -> TrainConfig:
-    return dataclasses.replace(base, datasets=trained_on, work_dir=str(root / f"lolo_{trained_on}"),
+    """One laboratory's run, always from ImageNet: a warm start (``init_from``) from a model that saw both
+    laboratories would leak the held-out one."""
+    return dataclasses.replace(base, datasets=trained_on, init_from="", work_dir=str(root / f"lolo_{trained_on}"),
                                export_dir=str(root / "export" / f"lolo_{trained_on}"),
                                model_name=f"{base.model_name}-lolo-{trained_on}", model_version=base.model_version + "+lolo")
 
@@ -66,7 +68,8 @@ def run(base: TrainConfig, root: Path, eval_only: bool = False) -> dict:
             "held_out_lab": _brief(evaluate(config.export_dir, str(folders[held_out]))),
             "own_lab_val": _brief(evaluate(config.export_dir, str(own))),
         }
-    return {"recipe": base.recipe, "augmentation": base.augmentation, "input_size": base.input_size,
+    return {"recipe": base.recipe, "augmentation": base.augmentation, "raw_augmentation": base.raw_augmentation,
+            "input_size": base.input_size,
             "finetune_epochs": base.finetune_epochs, "results": results}
 
 
@@ -76,7 +79,8 @@ def _brief(result: dict) -> dict:
 
 
 def print_table(summary: dict) -> None:
-    print(f"recipe {summary['recipe']}, augmentation {summary['augmentation']}, {summary['input_size']} px, "
+    print(f"recipe {summary['recipe']}, augmentation {summary['augmentation']}"
+          f"{' + ' + summary['raw_augmentation'] if summary.get('raw_augmentation') else ''}, {summary['input_size']} px, "
           f"fine-tune epochs {summary['finetune_epochs']}")
     print(f"{'trained on -> scored on':<26}{'n':>6}{'acc':>8}{'macroF1':>9}{'ECE':>7}{'alarm':>7}   own-lab val acc")
     for name, r in summary["results"].items():
