@@ -85,12 +85,18 @@ def classify(classifier: Classifier, images: list[np.ndarray]) -> tuple[np.ndarr
     return classify_chunks(classifier, (images[start : start + BATCH] for start in range(0, len(images), BATCH)))
 
 
-def measure(classifier: Classifier, images: list[np.ndarray], y_true: np.ndarray) -> dict:
-    """One model on one condition's images: ``score`` plus, for models with a domain model, how often the alarm fires."""
+def measure(classifier: Classifier, images: list[np.ndarray], y_true: np.ndarray, keep: dict | None = None) -> dict:
+    """One model on one condition's images: ``score`` plus, for models with a domain model, how often the alarm fires.
+
+    With ``keep``, the per-image domain scores, found flags and correctness go there too (for studies of the alarm).
+    """
     probs, found, domain_scores = classify(classifier, images)
     metrics = score(probs, found, y_true, classifier.manifest.classes)
     if domain_scores is not None:
         metrics["domain"] = domain_summary(classifier.domain, domain_scores, found)
+    if keep is not None:
+        keep.update(correct=found & (probs.argmax(axis=1) == y_true), found=found,
+                    ood=domain_scores if domain_scores is not None else np.full(len(found), np.nan))
     return metrics
 
 
@@ -136,8 +142,11 @@ def load_images(samples: list[tuple[Path, int]]) -> tuple[list[np.ndarray], list
 
 
 def run(model_dirs: list[str], data_dir: str, backend: str = "litert", limit: int | None = None, seed: int = 0,
-        families: list[str] | None = None, log=print) -> dict:
-    """Every condition for every model; the first model's classes define the labels."""
+        families: list[str] | None = None, log=print, per_image: dict | None = None) -> dict:
+    """Every condition for every model; the first model's classes define the labels.
+
+    ``per_image`` (optional) receives ``"<model index>/<family>/<strength>/<field>"`` -> array for every condition.
+    """
     classifiers = [load_classifier(d, backend) for d in model_dirs]
     classes = classifiers[0].manifest.classes
     for clf in classifiers[1:]:
@@ -162,8 +171,11 @@ def run(model_dirs: list[str], data_dir: str, backend: str = "litert", limit: in
     for condition in todo:
         t0 = time.perf_counter()
         shifted = condition.apply(images, keys, seed)
-        for clf, out in zip(classifiers, result["models"], strict=True):
-            metrics = measure(clf, shifted, y)
+        for index, (clf, out) in enumerate(zip(classifiers, result["models"], strict=True)):
+            kept: dict | None = {} if per_image is not None else None
+            metrics = measure(clf, shifted, y, kept)
+            if per_image is not None and kept:
+                per_image.update({f"{index}/{condition.family}/{condition.strength}/{k}": v for k, v in kept.items()})
             out["results"].setdefault(condition.family, {})[condition.strength] = metrics
         log(format_row(condition.family, condition.strength, [m["results"][condition.family][condition.strength] for m in result["models"]])
             + f"  {time.perf_counter() - t0:5.1f}s")
@@ -248,6 +260,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", help="write every number here")
     parser.add_argument("--plot", help="write accuracy vs strength here (PNG)")
     parser.add_argument("--markdown", help="write the table here (Markdown, for the model card)")
+    parser.add_argument("--scores", help="write per-image domain scores and correctness per condition here (.npz)")
     parser.add_argument("--limit", type=int, help="at most N images per class (balanced, seeded subsample)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--families", help=f"comma-separated subset of: {', '.join(FAMILIES)}")
@@ -255,15 +268,18 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     families = args.families.split(",") if args.families else None
     models = [args.model] + ([args.compare] if args.compare else [])
+    per_image: dict | None = {} if args.scores else None
     try:
-        result = run(models, args.data, args.backend, args.limit, args.seed, families, lambda line: print(line, flush=True))
+        result = run(models, args.data, args.backend, args.limit, args.seed, families, lambda line: print(line, flush=True),
+                     per_image)
     except (ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"{result['n_images']} images {result['images_per_class']}; not counted: {result['unknown_class_folders'] or 'none'}")
     outputs = [(args.json, lambda path: path.write_text(json.dumps(result, indent=2))),
                (args.markdown, lambda path: path.write_text(markdown_table(result))),
-               (args.plot, lambda path: write_plot(result, path))]
+               (args.plot, lambda path: write_plot(result, path)),
+               (args.scores, lambda path: np.savez_compressed(path, **per_image))]
     for target, write in outputs:
         if target:
             out = Path(target)

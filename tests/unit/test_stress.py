@@ -55,8 +55,9 @@ def test_conditions_start_with_the_baseline_and_refuse_unknown_families():
 @pytest.mark.tensorflow  # matplotlib comes with the train extra
 def test_stress_run_on_the_shipped_model_covers_every_family_and_strength(model_dir, sample_folder, tmp_path, capsys):
     out, plot, table = tmp_path / "stress.json", tmp_path / "stress.png", tmp_path / "stress.md"
+    scores = tmp_path / "scores.npz"
     code = stress.main(["--model", str(model_dir), "--data", str(sample_folder / "pbc"), "--limit", "1",
-                        "--json", str(out), "--plot", str(plot), "--markdown", str(table)])
+                        "--json", str(out), "--plot", str(plot), "--markdown", str(table), "--scores", str(scores)])
     assert code == 0
     result = json.loads(out.read_text())
     assert result["n_images"] == 8 and set(result["images_per_class"].values()) == {1}
@@ -75,6 +76,10 @@ def test_stress_run_on_the_shipped_model_covers_every_family_and_strength(model_
     assert len(rows) == 2 + sum(len(s) for s in expected.values()) and rows[2].startswith("| baseline | none |")
     printed = capsys.readouterr().out
     assert "baseline" in printed and "off_centre" in printed
+    with np.load(scores) as per_image:  # per condition: 8 images' domain scores, found flags and correctness
+        assert len(per_image.files) == 3 * sum(len(s) for s in expected.values())
+        assert per_image["0/baseline/none/ood"].shape == (8,) and np.isfinite(per_image["0/baseline/none/ood"]).all()
+        assert per_image["0/baseline/none/correct"].sum() == round(baseline["accuracy"] * 8)
 
 
 def test_baseline_row_is_what_training_evaluate_reports(model_dir, sample_folder):
