@@ -1,0 +1,28 @@
+"""The alarm study compares job statistics at the same in-domain false-alarm rate."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from training.alarm_study import STATISTICS, study
+
+
+def test_a_shift_of_every_image_is_caught_and_unshifted_jobs_rarely_alarm(tmp_path):
+    rng = np.random.default_rng(0)
+    n = 2000
+    base = rng.lognormal(2.0, 0.25, n)
+    arrays = {
+        "0/baseline/none/ood": base, "0/baseline/none/correct": np.ones(n, bool), "0/baseline/none/found": np.ones(n, bool),
+        # every image a little further from the training data, and the model worse
+        "0/stain/x2/ood": base * 1.3, "0/stain/x2/correct": rng.random(n) < 0.7, "0/stain/x2/found": np.ones(n, bool),
+    }
+    path = tmp_path / "scores.npz"
+    np.savez(path, **arrays)
+    result = study([str(path)])
+    rows = {r["condition"]: r for r in result["rows"]}
+    assert set(rows) == {"baseline/none", "stain/x2"}
+    for s in STATISTICS:
+        assert rows["baseline/none"]["alarm"][s] <= 0.15
+        assert rows["stain/x2"]["alarm"][s] >= 0.9
+    summary = result["summary"]["mean distance"]
+    assert summary["n_below_85"] == 1 and summary["alarm_below_85"] >= 0.9

@@ -1,0 +1,110 @@
+"""Which per-job statistic should the domain alarm use? A study on the robustness suite's per-image scores.
+
+``python -m training.alarm_study --scores stress_kaggle.npz stress_pbc.npz [--model-index 0] [--json OUT]``
+
+Why: the shipped alarm counts the images above the in-domain 95th percentile
+of the Mahalanobis distance (``pipeline.domain``). A moderate shift moves
+every image's distance a little; a count of exceedances may miss it while the
+job's mean distance would not. This compares statistics at the same in-domain
+false-alarm rate, honestly: the images of each validation file are split in
+two halves by position; every statistic's job threshold is the 97.5th
+percentile over random 50-image jobs of the first halves' unshifted images
+(both laboratories pooled, as the shipped fit pools them),
+its false-alarm rate is measured on the second half's unshifted images, and
+its sensitivity on the second half's shifted images (each condition of
+``training.stress --scores``). Validation images only, never the test split.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+JOB = 50
+JOBS = 400
+FALSE_ALARM = 0.025
+
+#: statistic name -> f(job's distances, in-domain 95th percentile of single images) -> number (higher = more shifted)
+STATISTICS: dict[str, Callable[[np.ndarray, float], float]] = {
+    "fraction above p95 (shipped)": lambda d, p95: float((d > p95).mean()),
+    "mean distance": lambda d, p95: float(d.mean()),
+    "median distance": lambda d, p95: float(np.median(d)),
+    "mean log distance": lambda d, p95: float(np.log(d).mean()),
+}
+
+
+def conditions_of(data: np.lib.npyio.NpzFile, index: int) -> list[str]:
+    keys = {k.rsplit("/", 1)[0] for k in data.files if k.startswith(f"{index}/")}
+    return sorted(keys, key=lambda k: (not k.endswith("baseline/none"), k))
+
+
+def job_values(distances: np.ndarray, p95: float, statistic: Callable, rng: np.random.Generator) -> np.ndarray:
+    n = min(JOB, len(distances))
+    return np.array([statistic(distances[rng.choice(len(distances), n, replace=False)], p95) for _ in range(JOBS)])
+
+
+def study(paths: list[str], index: int = 0, seed: int = 0) -> dict:
+    """Thresholds from the pooled first halves of every file's unshifted images (as the shipped fit pools
+    both laboratories' validation images); alarm rates per file and condition on the second halves."""
+    loaded = [np.load(path) for path in paths]
+    try:
+        names = [conditions_of(data, index) for data in loaded]
+        bases = [data[n[0] + "/ood"] for data, n in zip(loaded, names, strict=True)]
+        pooled = np.concatenate([b[np.arange(len(b)) % 2 == 0] for b in bases])
+        p95 = float(np.percentile(pooled, 95))
+        thresholds = {s: float(np.quantile(job_values(pooled, p95, f, np.random.default_rng(seed)), 1 - FALSE_ALARM))
+                      for s, f in STATISTICS.items()}
+        rows: list[dict] = []
+        for path, data, conditions in zip(paths, loaded, names, strict=True):
+            for name in conditions:
+                distances, correct = data[name + "/ood"], data[name + "/correct"]
+                held = np.arange(len(distances)) % 2 == 1
+                alarms = {s: float((job_values(distances[held], p95, f, np.random.default_rng(seed + 1)) > thresholds[s]).mean())
+                          for s, f in STATISTICS.items()}
+                rows.append({"file": Path(path).name, "condition": name.split("/", 1)[1],
+                             "accuracy": float(correct[held].mean()), "alarm": alarms})
+    finally:
+        for data in loaded:
+            data.close()
+    return {"image_p95": p95, "thresholds": thresholds, "rows": rows, "summary": summarise(rows)}
+
+
+def summarise(rows: list[dict]) -> dict:
+    """Per statistic: false alarm on unshifted held-out jobs; mean alarm rate where accuracy < 85 %, and in 85-90 %."""
+    out = {}
+    for s in STATISTICS:
+        base = [r["alarm"][s] for r in rows if r["condition"] == "baseline/none"]
+        low = [r["alarm"][s] for r in rows if r["accuracy"] < 0.85 and r["condition"] != "baseline/none"]
+        mid = [r["alarm"][s] for r in rows if 0.85 <= r["accuracy"] < 0.90 and r["condition"] != "baseline/none"]
+        out[s] = {"false_alarm": float(np.mean(base)), "alarm_below_85": float(np.mean(low)) if low else None,
+                  "min_alarm_below_85": float(np.min(low)) if low else None, "n_below_85": len(low),
+                  "alarm_85_90": float(np.mean(mid)) if mid else None}
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m training.alarm_study", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--scores", nargs="+", required=True, help="files written by training.stress --scores")
+    parser.add_argument("--model-index", type=int, default=0, help="0: the --model of that run, 1: its --compare")
+    parser.add_argument("--json")
+    args = parser.parse_args(argv)
+    result = study(args.scores, args.model_index)
+    width = max(len(s) for s in STATISTICS)
+    print(f"{'statistic':<{width}}  false alarm (held-out, unshifted)  alarm where acc<85% (mean / min, n)  alarm at 85-90%")
+    for s, m in result["summary"].items():
+        low = "-" if m["alarm_below_85"] is None else f"{m['alarm_below_85']:.0%} / {m['min_alarm_below_85']:.0%}, {m['n_below_85']}"
+        mid = "-" if m["alarm_85_90"] is None else f"{m['alarm_85_90']:.0%}"
+        print(f"{s:<{width}}  {m['false_alarm']:>32.1%}  {low:>36}  {mid:>15}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
