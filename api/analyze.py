@@ -145,9 +145,10 @@ def analyze(folder: str, out_dir: str, settings: Settings, progress: bool = True
                         ("yes" if pred.cell_found else "no") if pred else "", "" if not pred or pred.ood_score is None else pred.ood_score,
                         img.error or ""] for img, pred in rows]
         else:
-            header = ["path", "cell", "x0", "y0", "x1", "y1", "label", "confidence", "error"]
-            results = [[img.path, c.idx, c.x0, c.y0, c.x1, c.y1, c.label, f"{c.confidence:.4f}", ""] for img, _ in rows for c in cells[img.id]]
-            results += [[img.path, "", "", "", "", "", "", "", img.error] for img, _ in rows if img.error]
+            header = ["path", "cell", "x0", "y0", "x1", "y1", "label", "confidence", "ood_score", "error"]
+            results = [[img.path, c.idx, c.x0, c.y0, c.x1, c.y1, c.label, f"{c.confidence:.4f}", "" if c.ood_score is None else c.ood_score, ""]
+                       for img, _ in rows for c in cells[img.id]]
+            results += [[img.path, "", "", "", "", "", "", "", "", img.error] for img, _ in rows if img.error]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.json").write_text(json.dumps(summary, indent=2))

@@ -53,7 +53,7 @@ def job_json(job: Job, progress: Progress) -> dict:
 
 def cell_json(image: Image, cell: Cell) -> dict:
     return {"index": cell.idx, "box": [cell.x0, cell.y0, cell.x1, cell.y1], "score": cell.score, "label": cell.label,
-            "confidence": cell.confidence, "probabilities": cell.probabilities,
+            "confidence": cell.confidence, "probabilities": cell.probabilities, "ood_score": cell.ood_score,
             "thumbnail": url_for("jobs.cell_thumbnail", job_id=image.job_id, seq=image.seq, idx=cell.idx)}
 
 

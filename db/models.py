@@ -168,6 +168,8 @@ class Cell(Base):
     confidence: Mapped[float] = mapped_column(Float)
     probabilities: Mapped[dict] = mapped_column(JSON)
     thumbnail_key: Mapped[str | None] = mapped_column(String(80))
+    #: distance of the cell's crop to the training data (pipeline.domain); None for older rows and models
+    ood_score: Mapped[float | None] = mapped_column(Float)
 
 
 class Review(Base):

@@ -249,6 +249,7 @@ class CellRow:
     confidence: float
     probabilities: dict
     thumbnail_key: str | None
+    ood_score: float | None = None
 
 
 def record_field(session: Session, job_id: str, image_id: int, cells: list[CellRow], error: str | None) -> None:
@@ -262,11 +263,11 @@ def record_field(session: Session, job_id: str, image_id: int, cells: list[CellR
         stmt = insert(Cell).values([
             {"job_id": job_id, "image_id": image_id, "idx": c.idx, "x0": c.box[0], "y0": c.box[1], "x1": c.box[2], "y1": c.box[3],
              "score": c.score, "label": c.label, "confidence": c.confidence, "probabilities": c.probabilities,
-             "thumbnail_key": c.thumbnail_key} for c in cells
+             "thumbnail_key": c.thumbnail_key, "ood_score": c.ood_score} for c in cells
         ])
         stmt = stmt.on_conflict_do_update(index_elements=["job_id", "image_id", "idx"],
                                           set_={k: stmt.excluded[k] for k in ("x0", "y0", "x1", "y1", "score", "label", "confidence",
-                                                                              "probabilities", "thumbnail_key")})
+                                                                              "probabilities", "thumbnail_key", "ood_score")})
         session.execute(stmt)
     session.execute(delete(Cell).where(Cell.job_id == job_id, Cell.image_id == image_id, Cell.idx >= len(cells)))
     moved = _leave_pending(session, job_id, [image_id], ImageStatus.FAILED if error else ImageStatus.DONE, error,
@@ -279,12 +280,12 @@ class FieldOutcomes:
     """Everything the per-slide report of a "fields" job needs."""
 
     fields: list[str]  # every field's path, in job order
-    cells: list[tuple[str, int, str, float]]  # (field path, cell index, label, confidence)
+    cells: list[tuple[str, int, str, float, float | None]]  # (field path, cell index, label, confidence, ood score)
     failed: dict[str, str]  # field path -> error
 
 
 def field_outcomes(session: Session, job_id: str) -> FieldOutcomes:
-    cells = session.execute(select(Image.path, Cell.idx, Cell.label, Cell.confidence).join(Cell, Cell.image_id == Image.id)
+    cells = session.execute(select(Image.path, Cell.idx, Cell.label, Cell.confidence, Cell.ood_score).join(Cell, Cell.image_id == Image.id)
                             .where(Image.job_id == job_id).order_by(Image.seq, Cell.idx)).all()
     failed = session.execute(select(Image.path, Image.error).where(Image.job_id == job_id, Image.status == ImageStatus.FAILED)).all()
     paths = session.scalars(select(Image.path).where(Image.job_id == job_id).order_by(Image.seq)).all()

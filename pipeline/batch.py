@@ -26,7 +26,7 @@ from typing import TypeVar
 import cv2
 import numpy as np
 
-from pipeline.classifier import Classifier
+from pipeline.classifier import Classifier, predict_scored
 from pipeline.images import ImageRejected, decode_image
 from pipeline.manifest import ModelManifest
 from pipeline.preprocess import model_crop, scale_for_mobilenet
@@ -160,9 +160,7 @@ def _classify(classifier: Classifier, batch: PreparedBatch, scaled: np.ndarray |
     manifest = classifier.manifest
     results = list(batch.errors)
     if scaled is not None:
-        probs, features = classifier.predict_with_features(scaled)
-        domain = getattr(classifier, "domain", None)
-        scores = domain.score(features) if domain is not None and features is not None else [None] * len(batch.keys)
+        probs, scores = predict_scored(classifier, scaled)
         for key, row, has_cell, score in zip(batch.keys, probs, batch.found, scores, strict=True):
             best = int(np.argmax(row))
             results.append(ImageResult(
@@ -171,7 +169,7 @@ def _classify(classifier: Classifier, batch: PreparedBatch, scaled: np.ndarray |
                 confidence=float(row[best]),
                 probabilities={c: round(float(p), 6) for c, p in zip(manifest.classes, row, strict=True)},
                 cell_found=has_cell,
-                ood_score=None if score is None else round(float(score), 4),
+                ood_score=score,
             ))
     return results
 

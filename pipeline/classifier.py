@@ -47,6 +47,20 @@ def _split_outputs(outputs: list[np.ndarray], n_classes: int) -> tuple[np.ndarra
     return logits, features
 
 
+def predict_scored(classifier: Classifier, batch: np.ndarray) -> tuple[np.ndarray, list[float | None]]:
+    """Probabilities and each image's distance to the training data (``pipeline.domain``) from one model call.
+
+    Why one function: cell images and cells cut from fields must be scored the
+    same way, and the model must run once per crop, not once more for features.
+    Scores are None when the model has no domain model or no feature output.
+    """
+    probs, features = classifier.predict_with_features(batch)
+    domain = getattr(classifier, "domain", None)
+    if domain is None or features is None:
+        return probs, [None] * len(probs)
+    return probs, [round(float(s), 4) for s in domain.score(features)]
+
+
 def load_domain(model_dir: str | Path, manifest: ModelManifest) -> DomainModel | None:
     ood = manifest.extra.get("ood") or {}
     return DomainModel.load(Path(model_dir) / ood["file"]) if ood.get("file") else None

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from pipeline.classifier import Classifier
+from pipeline.classifier import Classifier, predict_scored
 from pipeline.images import ImageRejected, decode_image
 from pipeline.localize import Detection, LocaliserConfig
 from pipeline.preprocess import scale_for_mobilenet, to_model_pixels
@@ -48,6 +48,8 @@ class FoundCell:
     confidence: float
     probabilities: dict[str, float]
     thumbnail_jpeg: bytes
+    #: distance of the crop's features to the training data (``pipeline.domain``); None without a domain model
+    ood_score: float | None = None
 
 
 @dataclass(frozen=True)
@@ -81,6 +83,9 @@ def thumbnail(bgr: np.ndarray, det: Detection) -> bytes:
 def analyze_fields(classifier: Classifier, items: list[tuple[int, bytes]], settings: FieldSettings, batch_size: int = 64) -> list[FieldResult]:
     """Localise and classify the cells of each field; all crops go through the model in batches.
 
+    Each crop gets the same domain score as a cell image (one model call gives
+    probabilities and features), so a field job can carry a domain check too.
+
     Each crop is shrunk to the model's input as soon as it is cut, so no crop (a view, or a
     reflect-padded copy of the whole field at an edge) keeps a decoded field alive.
     """
@@ -106,14 +111,14 @@ def analyze_fields(classifier: Classifier, items: list[tuple[int, bytes]], setti
     counters: dict[int, int] = {}
     for start in range(0, len(pending), batch_size):
         chunk = pending[start : start + batch_size]
-        probs = classifier.predict(scale_for_mobilenet(np.stack([pixels for _, _, pixels, _ in chunk])))
-        for (key, det, _, thumb), row in zip(chunk, probs, strict=True):
+        probs, scores = predict_scored(classifier, scale_for_mobilenet(np.stack([pixels for _, _, pixels, _ in chunk])))
+        for (key, det, _, thumb), row, score in zip(chunk, probs, scores, strict=True):
             best = int(np.argmax(row))
             index = counters.get(key, 0)
             counters[key] = index + 1
             results[key].cells.append(FoundCell(
                 index, (det.x0, det.y0, det.x1, det.y1), round(det.score, 4), manifest.classes[best], float(row[best]),
-                {c: round(float(p), 6) for c, p in zip(manifest.classes, row, strict=True)}, thumb,
+                {c: round(float(p), 6) for c, p in zip(manifest.classes, row, strict=True)}, thumb, score,
             ))
     return [results[key] for key, _ in items]
 

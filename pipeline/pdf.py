@@ -108,8 +108,10 @@ def report_pdf(job: dict, report: dict) -> bytes:
         fit = max(0, int((y - MARGIN - 70) // 12))
         for s in slides[:fit]:
             pct = {r["cell_type"]: r["percent"] for r in s["differential"]}
+            shifted = (s.get("domain_check") or {}).get("status") == "shifted"
             line(f"{s['slide'][:48]}: {s['white_cell_total']} WBC; "
-                 + " / ".join(f"{pct.get(k, 0):.1f}" for k in ("neutrophil", "lymphocyte", "monocyte", "eosinophil")), 8.5, gap=12)
+                 + " / ".join(f"{pct.get(k, 0):.1f}" for k in ("neutrophil", "lymphocyte", "monocyte", "eosinophil"))
+                 + ("   domain shifted" if shifted else ""), 8.5, gap=12)
         if len(slides) > fit:
             line(f"... {len(slides) - fit} more slides in the CSV report", 8.5)
     y = MARGIN + 44

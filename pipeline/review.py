@@ -23,13 +23,17 @@ def classes_of(summary: dict) -> tuple[tuple[str, ...], tuple[str, ...]]:
 def recount(summary: dict, cells: list[tuple[str, int | None, str, float, bool]], failed: dict[str, str], paths: list[str]) -> dict:
     """The stored summary with every count rebuilt from ``(path, cell index or None, label, confidence, cell found)`` rows.
 
-    Reviews change labels, not images: the stored domain check (computed from
-    the model's per-image scores, which the rows here do not carry) is kept.
+    Reviews change labels, not images: the stored domain checks (computed from
+    the model's per-image scores, which the rows here do not carry) are kept,
+    the job's and each slide's.
     """
     classes, white = classes_of(summary)
     model, threshold = summary["model"], summary["low_confidence_threshold"]
     if summary.get("kind") == "fields":
-        body = build_fields_report(paths, [(p, i, label, conf) for p, i, label, conf, _ in cells], failed, classes, white, model, threshold)
+        body = build_fields_report(paths, [(p, i, label, conf, None) for p, i, label, conf, _ in cells], failed, classes, white, model,
+                                   threshold)
+        stored = {s["slide"]: s["domain_check"] for s in summary.get("slides", []) if "domain_check" in s}
+        body["slides"] = [{**s, "domain_check": stored.get(s["slide"], s["domain_check"])} for s in body["slides"]]
     else:
         preds = [CellPrediction(p, label, conf, cell_found=found) for p, _, label, conf, found in cells]
         body = build_report(preds + [CellPrediction(p, None, None, e) for p, e in failed.items()], classes, white, model, threshold).to_dict()

@@ -2,7 +2,9 @@
 
 A slide is the folder a field image sits in (fields at the top of the job
 form one slide). Each slide gets the same :class:`DifferentialReport` as a
-cell job, computed over the white cells found in its fields.
+cell job, computed over the white cells found in its fields, domain check
+included: each found cell is scored like a cell image, and the job and each
+slide are checked with the same thresholds as a cell job.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import csv
 import io
 from collections import defaultdict
 
+from pipeline.domain import DomainModel
 from pipeline.report import CellPrediction, DifferentialReport, build_report
 
 ROOT_SLIDE = "(job root)"
@@ -22,26 +25,30 @@ def slide_of(path: str) -> str:
 
 def build_fields_report(
     fields: list[str],
-    cells: list[tuple[str, int, str, float]],
+    cells: list[tuple[str, int, str, float, float | None]],
     failed: dict[str, str],
     classes: tuple[str, ...],
     white_cells: tuple[str, ...],
     model: str,
     low_confidence: float,
+    domain: DomainModel | None = None,
 ) -> dict:
-    """The job-level report plus one report per slide; counts are of cells found in fields."""
+    """The job-level report plus one report per slide; counts are of cells found in fields.
+
+    ``cells``: (field path, cell index, label, confidence, domain score or None).
+    """
     per_slide: dict[str, list[CellPrediction]] = defaultdict(list)
     fields_per_slide: dict[str, list[str]] = defaultdict(list)
     for path in fields:
         fields_per_slide[slide_of(path)].append(path)
-    for path, idx, label, conf in cells:
-        per_slide[slide_of(path)].append(CellPrediction(f"{path}#cell{idx}", label, conf))
+    for path, idx, label, conf, ood in cells:
+        per_slide[slide_of(path)].append(CellPrediction(f"{path}#cell{idx}", label, conf, ood_score=ood))
     for path, error in failed.items():
         per_slide[slide_of(path)].append(CellPrediction(path, None, None, error))
     with_cells = {path for path, *_ in cells}
 
     def section(paths: list[str], preds: list[CellPrediction]) -> dict:
-        report = build_report(preds, classes, white_cells, model, low_confidence)
+        report = build_report(preds, classes, white_cells, model, low_confidence, domain=domain)
         return {
             **report.to_dict(),
             "n_fields": len(paths),

@@ -95,6 +95,16 @@ def png_header_only(width: int, height: int) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b"")
 
 
+def pdf_text(pdf: bytes) -> str:
+    """The drawn text operators of a ReportLab PDF (its content streams are ASCII85 + Flate encoded)."""
+    import base64
+    import re
+    import zlib
+
+    streams = re.findall(rb"/Filter \[ /ASCII85Decode /FlateDecode \][^>]*>>\s*stream\r?\n(.*?)endstream", pdf, re.S)
+    return "\n".join(zlib.decompress(base64.a85decode(s.strip(), adobe=True)).decode("latin-1") for s in streams)
+
+
 def make_zip(members: dict[str, bytes], symlinks: dict[str, str] | None = None) -> bytes:
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as zf:
@@ -132,6 +142,23 @@ def synthetic_field(width: int, height: int, wbc_centers: list[tuple[int, int]],
         cv2.circle(img, (int(rng.integers(0, width)), int(rng.integers(0, height))), 5, (170, 80, 120), -1)
     noise = rng.normal(0, 3, img.shape)
     return np.clip(img + noise, 0, 255).astype(np.uint8)
+
+
+def bccd_fields(n: int, hue: float = 0.0) -> dict[str, bytes]:
+    """The first ``n`` held-out BCCD fields (the odd half of ``training.evaluate_fields``), as JPEG bytes by file name.
+
+    Real in-domain fields: the source photographs of the Kaggle training images.
+    ``hue``: every pixel's hue rotated by that many degrees (a synthetic stain shift).
+    """
+    from training.shifts import hue_rotation
+
+    folder = SHARED / "bccd" / "JPEGImages"
+    paths = sorted(folder.glob("*.jpg"))[1::2][:n]
+    if len(paths) < n:
+        pytest.fail(f"BCCD fields not found at {folder}: ../shared must sit beside the repository")
+    if not hue:
+        return {p.name: p.read_bytes() for p in paths}
+    return {p.name: encode_jpeg(hue_rotation(cv2.imread(str(p)), None, hue)) for p in paths}
 
 
 def encode_jpeg(bgr: np.ndarray) -> bytes:

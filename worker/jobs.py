@@ -148,7 +148,8 @@ def _run_field_batch(ctx: WorkerContext, job_id: str, items: list[tuple[int, byt
         for cell in field.cells:
             key = ctx.store.cell_key_for(job_id, seq_of[field.key], cell.index)
             ctx.store.put(key, cell.thumbnail_jpeg)
-            cells.append(repo.CellRow(cell.index, cell.box, cell.score, cell.label, cell.confidence, cell.probabilities, key))
+            cells.append(repo.CellRow(cell.index, cell.box, cell.score, cell.label, cell.confidence, cell.probabilities, key,
+                                      cell.ood_score))
         rows.append((field.key, cells, field.error))
     with ctx.db.session() as session, session.begin():
         if repo.job_status(session, job_id) in JobStatus.ACTIVE:
@@ -162,7 +163,7 @@ def summarize(ctx: WorkerContext, session, job_id: str) -> dict:
     if repo.get_job(session, job_id).kind == "fields":
         out = repo.field_outcomes(session, job_id)
         report = build_fields_report(out.fields, out.cells, out.failed, manifest.classes, manifest.white_cells, manifest.label,
-                                     ctx.settings.low_confidence)
+                                     ctx.settings.low_confidence, domain=ctx.classifier.domain)
         return {"job_id": job_id, **report}
     outcomes = [CellPrediction(*row) for row in repo.all_outcomes(session, job_id)]
     report = build_report(outcomes, manifest.classes, manifest.white_cells, manifest.label, ctx.settings.low_confidence,

@@ -60,14 +60,20 @@ def test_two_jobs_share_the_workers(stack, sample_folder):
     assert all(f["images"]["done"] == f["images"]["total"] > 0 for f in finals)
 
 
-def test_cli_analyze_runs_the_embedded_default(tmp_path, sample_folder, model_dir):
-    """README command 1's path: `hematovision analyze` with nothing but the defaults."""
+def _analyze(folder: Path, tmp_path: Path, model_dir: Path) -> tuple[subprocess.CompletedProcess, Path]:
+    """`hematovision analyze FOLDER -o OUT` with nothing but the defaults (and the model under test); fails on a non-zero exit."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("HEMATOVISION_")}
     env.update({"HEMATOVISION_VAR_DIR": str(tmp_path / "var"), "HEMATOVISION_MODEL_DIR": str(model_dir)})
     out = tmp_path / "report"
-    proc = subprocess.run([sys.executable, "-m", "api.cli", "analyze", str(sample_folder), "-o", str(out), "--quiet"],
+    proc = subprocess.run([sys.executable, "-m", "api.cli", "analyze", str(folder), "-o", str(out), "--quiet"],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc, out
+
+
+def test_cli_analyze_runs_the_embedded_default(tmp_path, sample_folder, model_dir):
+    """README command 1's path: `hematovision analyze` with nothing but the defaults."""
+    proc, out = _analyze(sample_folder, tmp_path, model_dir)
     assert "white cells" in proc.stdout
     report = json.loads((out / "report.json").read_text())
     n = sum(1 for _ in Path(sample_folder).rglob("*.jp*g"))
@@ -75,6 +81,26 @@ def test_cli_analyze_runs_the_embedded_default(tmp_path, sample_folder, model_di
     rows = (out / "results.csv").read_text().strip().splitlines()
     assert len(rows) == n + 1
     assert (out / "report.csv").read_text().startswith("section,")
+
+
+def test_cli_analyze_fields_writes_and_prints_the_domain_check(tmp_path, model_dir):
+    """`hematovision analyze` on real BCCD fields: the domain check in the printed table and report.json, a score per cell."""
+    import csv
+
+    from tests.conftest import bccd_fields
+
+    folder = tmp_path / "fields"
+    folder.mkdir()
+    for name, data in bccd_fields(16).items():
+        (folder / name).write_bytes(data)
+    proc, out = _analyze(folder, tmp_path, model_dir)
+    report = json.loads((out / "report.json").read_text())
+    assert report["kind"] == "fields" and report["domain_check"]["status"] in ("ok", "shifted")  # scored, not "unavailable"
+    assert f"domain check: {report['domain_check']['status']} (score {report['domain_check']['score']})" in proc.stdout
+    with open(out / "results.csv", newline="") as fh:
+        cells = list(csv.DictReader(fh))
+    assert len(cells) >= 10 and all(float(c["ood_score"]) > 0 for c in cells)
+    assert f"ALL,domain_check,{report['domain_check']['status']}," in (out / "report.csv").read_text()
 
 
 def test_fields_job_through_http_and_real_workers(stack, tmp_path):
@@ -104,6 +130,8 @@ def test_fields_job_through_http_and_real_workers(stack, tmp_path):
     found = {name: s["white_cell_total"] + s["erythroblasts"]["count"] + s["platelets"]["count"] for name, s in slides.items()}
     assert found == {"patient1": 3, "patient2": 3}
     assert slides["patient2"]["n_fields_without_wbc"] == 2 and report["n_fields"] == 5
+    check = report["domain_check"]  # every found cell was scored by the workers; six are too few for the check
+    assert check["status"] == "unavailable" and check["reasons"] == ["only 6 scored images; the check needs 10"]
 
 
 def test_cli_submit_wait_status_report(stack, sample_folder, tmp_path):

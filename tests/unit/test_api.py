@@ -241,6 +241,39 @@ def test_fields_job_auto_detected_with_per_slide_report(env):
     assert csv_text.startswith("slide,section") and "slide2,summary,fields,3" in csv_text
 
 
+def test_fields_jobs_carry_the_domain_check_in_every_report_form(env, capsys):
+    """Real held-out BCCD fields (in-domain: the training photographs' source) pass the check; the same fields with
+    their hue rotated by 60 degrees alarm: in report.json, the per-cell results, the CSV, the CLI table, the page and the PDF."""
+    from api.cli import print_summary
+    from tests.conftest import bccd_fields, pdf_text
+
+    client, _, ctx = env
+    threshold = ctx.classifier.domain.job_threshold
+    outcomes = {}
+    for name, fields in (("bccd", bccd_fields(80)), ("elsewhere", bccd_fields(40, hue=-60))):
+        job = upload(client, {f"{name}/{file}": data for file, data in fields.items()}, name=name).get_json()
+        assert job["kind"] == "fields"
+        run_queued(ctx, job["id"])
+        report = client.get(f"/api/v1/jobs/{job['id']}/report").get_json()
+        cells = [c for item in client.get(f"/api/v1/jobs/{job['id']}/results?limit=100").get_json()["items"] for c in item["cells"]]
+        assert len(cells) >= 20 and all(isinstance(c["ood_score"], float) for c in cells)
+        assert report["slides"][0]["domain_check"] == report["domain_check"]  # one slide: the same cells
+        csv_text = client.get(f"/api/v1/jobs/{job['id']}/report?format=csv").get_data(as_text=True)
+        print_summary(report)
+        outcomes[name] = (report["domain_check"], csv_text, capsys.readouterr().out, client.get(f"/jobs/{job['id']}").get_data(as_text=True),
+                          pdf_text(client.get(f"/jobs/{job['id']}/report.pdf").data))
+    check, csv_text, table, page, pdf = outcomes["bccd"]
+    assert check["status"] == "ok" and check["score"] <= threshold and check["reasons"] == []
+    assert "ALL,domain_check,ok," in csv_text and "bccd,domain_check,ok," in csv_text and "domain check: ok (score" in table
+    assert 'id="domain-check">ok<' in page and "do not look like" not in page and "Domain check ok" in pdf
+    check, csv_text, table, page, pdf = outcomes["elsewhere"]
+    assert check["status"] == "shifted" and check["score"] > threshold and "unlike the training laboratories" in check["reasons"][0]
+    assert "ALL,domain_check,shifted," in csv_text and "elsewhere,domain_check,shifted," in csv_text
+    assert "domain check: shifted" in table and "! " in table
+    assert 'id="domain-check">shifted<' in page and "these images do not look like" in page and "domain shifted</strong>" in page
+    assert "Domain check shifted" in pdf and "domain shifted" in pdf
+
+
 def test_client_can_force_the_kind_and_bad_kind_is_refused(env):
     client, _, _ = env
     r = upload(client, {"a.jpg": jpeg_bytes()}, kind="fields")

@@ -5,7 +5,7 @@ from sqlalchemy import inspect, select
 from db import repository as repo
 from db.engine import Database
 from db.migrate import downgrade, heads, upgrade
-from db.models import Job, JobStatus, Prediction
+from db.models import Image, Job, JobStatus, Prediction
 
 
 def test_migrations_have_one_head():
@@ -148,3 +148,32 @@ def test_upgrade_backfills_counters_of_existing_jobs(database_url):
         assert repo.progress(s, "j") == repo.Progress(3, 1, 1)
     downgrade(database_url, "0002")
     db.dispose()
+
+
+def test_field_cell_ood_score_migration_keeps_cells_and_round_trips(database_url):
+    """0007 adds cells.ood_score to a database with cells in it (old rows: NULL), the repository writes and reads it,
+    and the downgrade drops only that column."""
+    from sqlalchemy import text
+
+    upgrade(database_url, "0004_progress_counters")
+    db = Database(database_url)
+    with db.engine.begin() as conn:
+        conn.execute(text("INSERT INTO jobs (id, status, kind, kind_source, source, images_total, batch_size, created_at) "
+                          "VALUES ('f', 'running', 'fields', 'client', 'upload', 2, 8, CURRENT_TIMESTAMP)"))
+        conn.execute(text("INSERT INTO images (job_id, seq, path, status) VALUES ('f', 1, 's/old.jpg', 'done'), ('f', 2, 's/new.jpg', 'pending')"))
+        conn.execute(text("INSERT INTO cells (job_id, image_id, idx, x0, y0, x1, y1, score, label, confidence, probabilities) "
+                          "SELECT 'f', id, 0, 1, 2, 3, 4, 0.9, 'neutrophil', 0.8, '{}' FROM images WHERE seq = 1"))
+    upgrade(database_url)
+    assert "ood_score" in {c["name"] for c in inspect(db.engine).get_columns("cells")}
+    with db.session() as s, s.begin():
+        new_id = s.scalar(select(Image.id).where(Image.seq == 2))
+        repo.record_field(s, "f", new_id, [repo.CellRow(0, (5, 6, 7, 8), 0.7, "lymphocyte", 0.6, {}, None, 12.5)], None)
+    with db.session() as s:
+        out = repo.field_outcomes(s, "f")
+    assert out.cells == [("s/old.jpg", 0, "neutrophil", 0.8, None), ("s/new.jpg", 0, "lymphocyte", 0.6, 12.5)]
+    downgrade(database_url, "0004_progress_counters")
+    assert "ood_score" not in {c["name"] for c in inspect(db.engine).get_columns("cells")}
+    with db.engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM cells")).scalar() == 2
+    db.dispose()
+    upgrade(database_url)

@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import csv
 import io
+import json
+from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 
-from pipeline.classifier import load_classifier
+from pipeline.classifier import load_classifier, predict_scored, prepare_batch
+from pipeline.domain import OK, SHIFTED, UNAVAILABLE, DomainModel
 from pipeline.fields import FieldSettings, analyze_fields, crop_around, looks_like_fields
 from pipeline.localize import Detection
+from pipeline.report import DifferentialReport
 from pipeline.slides import build_fields_report, fields_report_csv, slide_of
-from tests.conftest import encode_jpeg, png_header_only, synthetic_field
+from tests.conftest import bccd_fields, encode_jpeg, png_header_only, synthetic_field
 
 CLASSES = ("basophil", "eosinophil", "erythroblast", "ig", "lymphocyte", "monocyte", "neutrophil", "platelet")
 WHITE = ("basophil", "eosinophil", "ig", "lymphocyte", "monocyte", "neutrophil")
@@ -56,8 +61,8 @@ def test_fields_are_localised_classified_and_bad_fields_reported(model_dir):
 
 def test_per_slide_report_adds_up():
     fields = ["s1/a.jpg", "s1/b.jpg", "s2/c.jpg", "top.jpg"]
-    cells = [("s1/a.jpg", 0, "neutrophil", 0.9), ("s1/a.jpg", 1, "lymphocyte", 0.8), ("s2/c.jpg", 0, "neutrophil", 0.3),
-             ("top.jpg", 0, "erythroblast", 0.9)]
+    cells = [("s1/a.jpg", 0, "neutrophil", 0.9, None), ("s1/a.jpg", 1, "lymphocyte", 0.8, None), ("s2/c.jpg", 0, "neutrophil", 0.3, None),
+             ("top.jpg", 0, "erythroblast", 0.9, None)]
     report = build_fields_report(fields, cells, {"s1/b.jpg": "truncated JPEG"}, CLASSES, WHITE, "m@1", 0.5)
     assert report["kind"] == "fields" and report["white_cell_total"] == 3 and report["n_fields"] == 4
     slides = {s["slide"]: s for s in report["slides"]}
@@ -67,3 +72,63 @@ def test_per_slide_report_adds_up():
     assert sum(s["white_cell_total"] for s in slides.values()) == report["white_cell_total"]
     rows = list(csv.reader(io.StringIO(fields_report_csv({"job_id": "x", **report}))))
     assert rows[0][0] == "slide" and {r[0] for r in rows[1:]} == {"ALL", "s1", "s2", "(job root)"}
+
+
+def _toy_domain(image_threshold: float = 1.0) -> DomainModel:
+    """Thresholds only (the job check reads nothing else): unusual above ``image_threshold``, alarm above 12 %."""
+    return DomainModel(np.zeros(2), np.eye(2), np.zeros((1, 2)), np.eye(2), image_threshold, 0.12, 0.05)
+
+
+def test_job_and_each_slide_get_the_domain_check_of_their_cells():
+    """Same thresholds and check as a cell job: a slide from elsewhere alarms on its own, and in the CSV and table."""
+    near = [(f"here/f{i}.jpg", 0, "neutrophil", 0.9, 0.5) for i in range(20)]
+    far = [(f"elsewhere/f{i}.jpg", 0, "neutrophil", 0.9, 2.0) for i in range(12)]
+    fields = sorted({path for path, *_ in near + far})
+    report = build_fields_report(fields, near + far, {}, CLASSES, WHITE, "m@2", 0.5, domain=_toy_domain())
+    slides = {s["slide"]: s for s in report["slides"]}
+    assert (report["domain_check"]["status"], report["domain_check"]["score"]) == (SHIFTED, round(12 / 32, 4))
+    assert slides["here"]["domain_check"] == {"status": OK, "score": 0.0, "reasons": []}
+    assert slides["elsewhere"]["domain_check"]["status"] == SHIFTED and "100%" in slides["elsewhere"]["domain_check"]["reasons"][0]
+    rows = {(r[0], r[1]): r[2] for r in csv.reader(io.StringIO(fields_report_csv(report)))}
+    assert rows[("ALL", "domain_check")] == SHIFTED and rows[("here", "domain_check")] == OK and rows[("elsewhere", "domain_check")] == SHIFTED
+    assert "domain check: ok (score 0.0)" in DifferentialReport.from_dict(slides["here"]).to_table()
+    unscored = build_fields_report(fields, [(*c[:4], None) for c in near + far], {}, CLASSES, WHITE, "m@2", 0.5, domain=_toy_domain())
+    assert unscored["domain_check"]["status"] == UNAVAILABLE and "0 scored images" in unscored["domain_check"]["reasons"][0]
+
+
+def _without_domain_model(model_dir: Path, into: Path) -> Path:
+    """The same model with no ``ood.npz``, as a model exported before 2.0 ships (manifest still verified)."""
+    manifest = json.loads((model_dir / "manifest.json").read_text())
+    manifest.pop("ood", None)
+    manifest["files"].pop("ood.npz", None)
+    into.mkdir()
+    for name in manifest["files"]:
+        (into / name).symlink_to(model_dir / name)
+    (into / "manifest.json").write_text(json.dumps(manifest))
+    return into
+
+
+@pytest.mark.litert
+def test_field_cells_are_scored_like_cell_images_or_not_at_all_without_a_domain_model(model_dir, tmp_path):
+    """Each crop's score is the cell-image path's score of that crop; a model without ood.npz leaves the check unavailable."""
+    fields = bccd_fields(12)
+    items = list(enumerate(fields.values()))
+    clf = load_classifier(model_dir, "litert")
+    assert clf.domain is not None
+    settings = FieldSettings()
+    results = analyze_fields(clf, items, settings, batch_size=5)
+    side = round(settings.crop_scale[0] * settings.localiser.cell_diameter_px)
+    for result, (_, data) in zip(results, items, strict=True):
+        bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+        for cell in result.cells:
+            crop = crop_around(bgr, Detection(*cell.box, cell.score), (side, side))
+            _, expected = predict_scored(clf, prepare_batch([crop], clf.manifest))
+            assert cell.ood_score == pytest.approx(expected[0], abs=2e-3)
+    assert sum(len(r.cells) for r in results) >= 10
+
+    bare = load_classifier(_without_domain_model(Path(model_dir), tmp_path / "bare"), "litert")
+    unscored = analyze_fields(bare, items, settings, batch_size=5)
+    cells = [(str(r.key), c.index, c.label, c.confidence, c.ood_score) for r in unscored for c in r.cells]
+    assert len(cells) >= 10 and all(c[4] is None for c in cells)
+    report = build_fields_report([str(k) for k, _ in items], cells, {}, CLASSES, WHITE, "m@2", 0.5, domain=bare.domain)
+    assert report["domain_check"]["status"] == UNAVAILABLE and "no domain model" in report["domain_check"]["reasons"][0]

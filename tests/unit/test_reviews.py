@@ -128,3 +128,24 @@ def test_recount_keeps_images_without_a_white_cell_out_and_keeps_the_domain_chec
     assert counts == {"basophil": 1, "lymphocyte": 0, "neutrophil": 1} and out["white_cell_total"] == 2
     assert out["n_no_cell_found"] == 1 and out["n_failed"] == 1 and out["domain_check"]["status"] == "shifted"
     assert out["job_id"] == "x" and out["erythroblasts"]["count"] == 0
+
+
+def test_recount_of_a_fields_job_keeps_the_job_and_slide_domain_checks():
+    """Reviews change labels, not crops: each slide's stored check survives the recount (the rows carry no scores)."""
+    import numpy as np
+
+    from pipeline.domain import DomainModel
+    from pipeline.review import recount
+    from pipeline.slides import build_fields_report
+
+    classes = ("lymphocyte", "neutrophil")
+    domain = DomainModel(np.zeros(2), np.eye(2), np.zeros((1, 2)), np.eye(2), 1.0, 0.12, 0.05)
+    cells = [(f"a/{i}.jpg", 0, "neutrophil", 0.9, 0.5) for i in range(10)] + [(f"b/{i}.jpg", 0, "neutrophil", 0.9, 2.0) for i in range(10)]
+    paths = [c[0] for c in cells]
+    stored = {"job_id": "x", **build_fields_report(paths, cells, {}, classes, classes, "m@2", 0.6, domain=domain)}
+    rows = [(p, 0, "lymphocyte" if p == "b/0.jpg" else label, conf, True) for p, _, label, conf, _ in cells]
+    out = recount(stored, rows, {}, paths)
+    slides = {s["slide"]: s for s in out["slides"]}
+    assert {r["cell_type"]: r["count"] for r in slides["b"]["differential"]} == {"lymphocyte": 1, "neutrophil": 9}
+    assert out["domain_check"] == stored["domain_check"] and out["domain_check"]["status"] == "shifted"
+    assert [slides[s]["domain_check"]["status"] for s in ("a", "b")] == ["ok", "shifted"]
