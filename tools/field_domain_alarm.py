@@ -1,0 +1,90 @@
+"""How often the domain alarm fires on field jobs made of annotated in-domain fields (BCCD layout).
+
+``python tools/field_domain_alarm.py --data ../shared/data/bccd --model MODEL_DIR [--fields 10 20 50] [--jobs 2000] [--hue DEG]``
+
+Why: field crops are cut from whole photographs (a 2.5-diameter window), not
+made like the training crops, so the thresholds set on validation crops need
+not hold for them. The BCCD fields are the source photographs of the Kaggle
+training images: in-domain by construction. Every field goes through the
+serving path (``pipeline.fields.analyze_fields``: localise, crop, classify and
+score in one model call); random jobs of N fields are then checked with
+``pipeline.domain.check_job`` and the model's own thresholds. The halves are
+those of ``training.evaluate_fields --subset even|odd`` (sorted names, every
+other one); only the even half may be used to choose anything.
+
+``--hue DEG`` rotates every field's hue first (a synthetic stain shift): the
+alarm should then fire.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from pipeline.classifier import load_classifier
+from pipeline.domain import SHIFTED, UNAVAILABLE, DomainModel, check_job
+from pipeline.fields import FieldSettings, analyze_fields
+from training.shifts import hue_rotation
+
+
+def field_scores(classifier, paths: list[Path], hue: float = 0.0, chunk: int = 32) -> list[list[float | None]]:
+    """Per field, the domain scores of the white cells the serving path finds in it."""
+    scores: list[list[float | None]] = []
+    for start in range(0, len(paths), chunk):
+        items = []
+        for key, path in enumerate(paths[start : start + chunk]):
+            data = path.read_bytes()
+            if hue:
+                data = cv2.imencode(".jpg", hue_rotation(cv2.imread(str(path)), None, hue), [cv2.IMWRITE_JPEG_QUALITY, 95])[1].tobytes()
+            items.append((key, data))
+        scores += [[c.ood_score for c in r.cells] for r in analyze_fields(classifier, items, FieldSettings(), chunk)]
+    return scores
+
+
+def alarm_rates(scores: list[list[float | None]], domain: DomainModel, n_fields: int, jobs: int, seed: int = 0) -> dict:
+    """Check ``jobs`` random jobs of ``n_fields`` fields each; how many alarm, how many cannot be checked."""
+    rng = np.random.default_rng(seed)
+    n = min(n_fields, len(scores))
+    statuses = [check_job([s for i in rng.choice(len(scores), n, replace=False) for s in scores[i]], domain).status for _ in range(jobs)]
+    return {"fields_per_job": n, "jobs": jobs, "shifted": statuses.count(SHIFTED) / jobs, "unavailable": statuses.count(UNAVAILABLE) / jobs}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python tools/field_domain_alarm.py", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", required=True, help="folder with JPEGImages/")
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--fields", type=int, nargs="+", default=[10, 20, 50], help="fields per job")
+    parser.add_argument("--jobs", type=int, default=2000)
+    parser.add_argument("--hue", type=float, default=0.0, help="rotate every field's hue by this many degrees first")
+    args = parser.parse_args(argv)
+    cv2.setNumThreads(1)
+    classifier = load_classifier(args.model, "litert", threads=1)
+    if classifier.domain is None:
+        print(f"model {classifier.manifest.label} has no domain model (ood.npz): nothing to measure", file=sys.stderr)
+        return 2
+    paths = sorted((Path(args.data) / "JPEGImages").glob("*.jpg"))
+    if not paths:
+        print(f"no fields in {args.data}/JPEGImages", file=sys.stderr)
+        return 2
+    scores = field_scores(classifier, paths, args.hue)
+    domain = classifier.domain
+    print(f"model {classifier.manifest.label}; image threshold {domain.image_threshold:.3f}, job threshold {domain.job_threshold:.3f} "
+          f"(in-domain validation: {domain.expected_fraction:.1%} unusual); hue {args.hue:+g} deg")
+    for half, part in (("all", scores), ("even", scores[0::2]), ("odd", scores[1::2])):
+        cells = np.array([s for field in part for s in field if s is not None])
+        unusual = float((cells > domain.image_threshold).mean()) if len(cells) else float("nan")
+        print(f"{half:>4}: {len(part)} fields, {len(cells)} cells, {unusual:.1%} of cells unusual")
+        for n in args.fields:
+            r = alarm_rates(part, domain, n, args.jobs)
+            print(f"      {r['jobs']} random jobs of {r['fields_per_job']} fields: alarm {r['shifted']:.1%}, "
+                  f"too few cells to check {r['unavailable']:.1%}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
