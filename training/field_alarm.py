@@ -1,6 +1,6 @@
 """How often the domain alarm fires on field jobs made of annotated in-domain fields (BCCD layout).
 
-``python tools/field_domain_alarm.py --data ../shared/data/bccd --model MODEL_DIR [--fields 10 20 50] [--jobs 2000] [--hue DEG]``
+``python -m training.field_alarm --data ../shared/data/bccd --model MODEL_DIR [--fields 10 20 50] [--jobs 2000] [--hue DEG]``
 
 Why: field crops are cut from whole photographs (a 2.5-diameter window), not
 made like the training crops, so the thresholds set on validation crops need
@@ -54,7 +54,7 @@ def alarm_rates(scores: list[list[float | None]], domain: DomainModel, n_fields:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python tools/field_domain_alarm.py", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m training.field_alarm", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", required=True, help="folder with JPEGImages/")
     parser.add_argument("--model", required=True)
