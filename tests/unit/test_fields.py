@@ -67,3 +67,16 @@ def test_per_slide_report_adds_up():
     assert sum(s["white_cell_total"] for s in slides.values()) == report["white_cell_total"]
     rows = list(csv.reader(io.StringIO(fields_report_csv({"job_id": "x", **report}))))
     assert rows[0][0] == "slide" and {r[0] for r in rows[1:]} == {"ALL", "s1", "s2", "(job root)"}
+
+
+@pytest.mark.litert
+def test_fields_prepared_on_a_pool_give_the_same_results(model_dir):
+    clf = load_classifier(model_dir, "litert")
+    items = [(k, encode_jpeg(synthetic_field(640, 480, centres, seed=k))) for k, centres in
+             enumerate([[(200, 200), (450, 300)], [], [(320, 240)], [(100, 100), (500, 380), (320, 200)], [(300, 250)]])]
+    items.insert(2, (99, b"junk"))
+    settings = FieldSettings(tile=1024, max_pixels=50_000_000)
+    one = analyze_fields(clf, items, settings, batch_size=3)
+    pooled = analyze_fields(clf, items, settings, batch_size=3, threads=3)
+    assert pooled == one
+    assert [r.key for r in pooled] == [k for k, _ in items] and sum(len(r.cells) for r in pooled) >= 5
