@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import json
 
+import cv2
+import numpy as np
 import pytest
 
+from pipeline.cellcrop import _most_prominent, find_cell
 from tests.unit.cellcrop_frozen import FIXTURE, outputs
 
 
@@ -35,3 +38,17 @@ def test_cell_crop_reproduces_the_frozen_outputs_exactly(frozen):
     assert sorted(now) == sorted(frozen)
     changed = {key: (frozen[key], now[key]) for key in frozen if now[key] != frozen[key]}
     assert not changed, f"{len(changed)} of {len(frozen)} crops changed, e.g. {next(iter(changed.items()))}"
+
+
+def test_an_exact_tie_between_two_objects_is_broken_as_before():
+    """Two equal blobs placed point-symmetrically about the centre score exactly the same;
+    the first in OpenCV's default labelling has always won (frozen from the old implementation)."""
+    h, w = 120, 160
+    mask = np.zeros((h, w), np.uint8)
+    ys, xs = np.mgrid[55:67, 30:42]
+    mask[ys, xs] = 1
+    mask[h - ys, w - xs] = 1  # (x, y) -> (w - x, h - y)
+    closed = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (9, 9)))
+    n, _, stats, centroids = cv2.connectedComponentsWithStats(closed, connectivity=8, ltype=cv2.CV_16U)
+    assert _most_prominent(n, stats, centroids, h, w)[1]  # a tie indeed
+    assert find_cell(mask) == ((36.0, 61.0), 12.0)
