@@ -4,7 +4,8 @@
 
 1. the classifier alone at the configured batch size (LiteRT fp32 and int8, Keras
    when TensorFlow is installed) and a batch-size sweep (16, 32, 64, 128);
-2. reading + decoding + preprocessing alone (one thread, as the prefetch thread does it);
+2. reading + decoding + preprocessing alone, on one thread and on the worker's pool
+   (as many threads as the process' thread budget);
 3. the whole path (submit -> API under gunicorn -> broker -> Celery worker ->
    predictions in the database -> report fetched) via a server-side folder job and
    via multipart upload, with 1, 2 and 4 worker processes (each process takes
@@ -115,12 +116,12 @@ class Reference:
         return value, (before + self.rate(backend)) / 2
 
 
-def time_decode(paths: list[Path], manifest: ModelManifest, settings: Settings) -> tuple[float, np.ndarray]:
-    """Read + decode + shrink + scale, one thread (what the prefetch thread does); also a model batch."""
+def time_decode(paths: list[Path], manifest: ModelManifest, settings: Settings, threads: int = 1) -> tuple[float, np.ndarray]:
+    """Read + decode + shrink + scale on ``threads`` threads (what the worker's prefetch does); also a model batch."""
     limits = BatchLimits(settings.batch_size, settings.batch_pixels, settings.max_image_pixels)
     items = [(i, p.read_bytes) for i, p in enumerate(paths)]
     t0 = time.perf_counter()
-    batches = [scale_for_mobilenet(np.stack(b.pixels)) for b in prepare_batches(items, manifest, limits)]
+    batches = [scale_for_mobilenet(np.stack(b.pixels)) for b in prepare_batches(items, manifest, limits, threads)]
     return len(paths) / (time.perf_counter() - t0), np.concatenate(batches)
 
 
@@ -172,8 +173,12 @@ def main(argv: list[str] | None = None) -> int:
         paths = collect_images(args.images, tmp / "allowed" / "images", args.source)
         manifest = load_classifier(base.model_dir, "litert").manifest
         size = manifest.input_size
-        prep_rate, scaled = time_decode(paths[: max(SWEEP[-1], base.batch_size * 4)], manifest, base)
-        report.add("decode", f"read + decode + preprocess alone (1 thread, as the prefetch thread; recipe {manifest.preprocessing})", prep_rate)
+        prep_paths = paths[: max(SWEEP[-1], base.batch_size * 4)]
+        prep_rate, scaled = time_decode(prep_paths, manifest, base)
+        report.add("decode", f"read + decode + preprocess alone (1 thread; recipe {manifest.preprocessing})", prep_rate)
+        if base.thread_budget > 1:
+            report.add("decode", f"read + decode + preprocess alone, the worker's pool of {base.thread_budget} threads",
+                       time_decode(prep_paths, manifest, base, base.thread_budget)[0])
         reference = _classifier_figures(report, base, scaled, args)
         overrides: dict[str, object] = {}
         if args.stack == "redis-postgres":

@@ -1,27 +1,31 @@
-"""Classify stored images in model batches, decoding the next batch while the current one runs.
+"""Classify stored images in model batches, preparing the next batches while the current one runs.
 
-Reading, decoding and preprocessing (OpenCV, which releases the GIL) run in
-one bounded prefetch thread; the model call runs in the caller's thread, so
-on a CPU host the two overlap instead of taking turns. Each image is shrunk to
+Reading, decoding and preprocessing (OpenCV, which releases the GIL) run on a
+small ordered thread pool (``pipeline.parallel.ordered_map``, as many threads
+as the process' thread budget) fed by one bounded prefetch thread that
+assembles the batches; the model call runs in the caller's thread, so on a CPU
+host preparation and inference overlap instead of taking turns, and
+preparation uses every core the model leaves idle. Each image is shrunk to
 the model's input (the model's own preprocessing recipe) right after it is
-decoded, so memory holds one full-size image per decoding thread, not a batch of them; a batch also closes at a
-budget of decoded source pixels, which bounds the time and memory one batch
-of huge images can take.
+decoded, so memory holds one full-size image per preparing thread, not a
+batch of them; the pool runs at most two images per thread ahead of the
+batch being assembled, and a batch also closes at a budget of decoded source
+pixels, which bounds the time and memory one batch of huge images can take.
 
 Images that cannot be read or decoded become per-image error results; the rest
 of the batch is still classified in one forward pass (GPU-friendly). The pixels
 are exactly those of ``pipeline.classifier.prepare_batch`` (same functions),
-so batching and prefetching never change a prediction (nor the domain score).
+and the batches are the same whatever the number of threads (they are
+assembled in input order), so batching, prefetching and the pool never change
+a prediction (nor the domain score).
 """
 
 from __future__ import annotations
 
-import queue
-import threading
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import closing
 from dataclasses import dataclass, field
-from typing import TypeVar
+from functools import partial
 
 import cv2
 import numpy as np
@@ -29,10 +33,12 @@ import numpy as np
 from pipeline.classifier import Classifier, predict_scored
 from pipeline.images import ImageRejected, decode_image
 from pipeline.manifest import ModelManifest
+from pipeline.parallel import ordered_map, prefetched
 from pipeline.preprocess import model_crop, scale_for_mobilenet
 from pipeline.storage import StorageUnavailable
 
-T = TypeVar("T")
+__all__ = ["BatchLimits", "ImageResult", "PreparedBatch", "PreparedImage", "apply_thread_budget", "classify_batch",
+           "classify_stream", "prefetched", "prepare_batches", "prepare_image"]
 
 
 @dataclass(frozen=True)
@@ -77,83 +83,67 @@ def apply_thread_budget(threads: int) -> None:
     cv2.setNumThreads(threads)
 
 
-def prepare_batches(items: Iterable[tuple[int, Callable[[], bytes]]], manifest: ModelManifest, limits: BatchLimits) -> Iterator[PreparedBatch]:
-    """Read, decode and shrink ``(key, read)`` items into batches within ``limits``, in order."""
+@dataclass(frozen=True)
+class PreparedImage:
+    """One image shrunk to the model's input, or the error that stopped it."""
+
+    key: int
+    pixels: np.ndarray | None = None  # uint8 RGB, input_size x input_size
+    found: bool = False
+    source_pixels: int = 0
+    error: ImageResult | None = None
+
+
+def prepare_image(item: tuple[int, Callable[[], bytes]], manifest: ModelManifest, limits: BatchLimits) -> PreparedImage:
+    """Read, decode and shrink one ``(key, read)`` item; only the shrunk pixels outlive the call.
+
+    ``StorageUnavailable`` is raised, not turned into an error row: the store is away,
+    not this file, and the caller retries the whole batch.
+    """
+    key, read = item
+    try:
+        data = read()
+    except StorageUnavailable:
+        raise
+    except (OSError, ValueError) as exc:
+        return PreparedImage(key, error=ImageResult(key, error=f"stored file unreadable: {exc.__class__.__name__}", unreadable=True))
+    try:
+        bgr = decode_image(data, limits.max_image_pixels)
+    except ImageRejected as exc:
+        return PreparedImage(key, error=ImageResult(key, error=str(exc)))
+    crop = model_crop(bgr, manifest.input_size, manifest.preprocessing)
+    return PreparedImage(key, crop.pixels, crop.found, bgr.shape[0] * bgr.shape[1])
+
+
+def prepare_batches(items: Iterable[tuple[int, Callable[[], bytes]]], manifest: ModelManifest, limits: BatchLimits,
+                    threads: int = 1) -> Iterator[PreparedBatch]:
+    """Read, decode and shrink ``(key, read)`` items into batches within ``limits``, in order.
+
+    ``threads`` > 1 prepares the images on an ordered pool (``ordered_map``); the
+    batches, their order and their errors are the same as with one thread.
+    """
     batch = PreparedBatch()
-    for key, read in items:
-        try:
-            data = read()
-        except StorageUnavailable:
-            raise  # the store is away, not this file: the caller retries the whole batch
-        except (OSError, ValueError) as exc:
-            batch.errors.append(ImageResult(key, error=f"stored file unreadable: {exc.__class__.__name__}", unreadable=True))
-            continue
-        try:
-            bgr = decode_image(data, limits.max_image_pixels)
-        except ImageRejected as exc:
-            batch.errors.append(ImageResult(key, error=str(exc)))
-            continue
-        source = bgr.shape[0] * bgr.shape[1]
-        if batch.keys and (len(batch.keys) >= limits.size or batch.source_pixels + source > limits.pixels):
-            yield batch
-            batch = PreparedBatch()
-        crop = model_crop(bgr, manifest.input_size, manifest.preprocessing)
-        batch.keys.append(key)
-        batch.pixels.append(crop.pixels)
-        batch.found.append(crop.found)
-        batch.source_pixels += source
-        del bgr, data, crop  # only the shrunk pixels live on
+    with closing(ordered_map(partial(prepare_image, manifest=manifest, limits=limits), items, threads)) as images:
+        for image in images:
+            if image.error is not None:
+                batch.errors.append(image.error)
+                continue
+            if batch.keys and (len(batch.keys) >= limits.size or batch.source_pixels + image.source_pixels > limits.pixels):
+                yield batch
+                batch = PreparedBatch()
+            batch.keys.append(image.key)
+            batch.pixels.append(image.pixels)  # type: ignore[arg-type]  # set when error is None
+            batch.found.append(image.found)
+            batch.source_pixels += image.source_pixels
     if batch.keys or batch.errors:
         yield batch
 
 
-def prefetched(source: Iterator[T], depth: int = 1) -> Iterator[T]:
-    """Run ``source`` in a background thread at most ``depth`` items ahead of the consumer.
-
-    Closing the returned generator stops the thread after the item it is working on.
-    """
-    if depth < 1:
-        yield from source
-        return
-    slots: queue.Queue = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-
-    def put(message: tuple[str, object]) -> bool:
-        while not stop.is_set():
-            try:
-                slots.put(message, timeout=0.05)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def produce() -> None:
-        try:
-            for item in source:
-                if not put(("item", item)):
-                    return
-            put(("end", None))
-        except BaseException as exc:  # handed to the consumer, raised there
-            put(("error", exc))
-
-    thread = threading.Thread(target=produce, name="hematovision-prefetch", daemon=True)
-    thread.start()
-    try:
-        while True:
-            kind, payload = slots.get()
-            if kind == "end":
-                return
-            if kind == "error":
-                raise payload  # type: ignore[misc]
-            yield payload  # type: ignore[misc]
-    finally:
-        stop.set()
-        thread.join()
-
-
-def _scaled(batch: PreparedBatch) -> tuple[PreparedBatch, np.ndarray | None]:
-    """The float batch the model takes (done in the prefetch thread too)."""
-    return batch, scale_for_mobilenet(np.stack(batch.pixels)) if batch.pixels else None
+def _scaled(batches: Iterator[PreparedBatch]) -> Iterator[tuple[PreparedBatch, np.ndarray | None]]:
+    """Each batch with the float array the model takes (made in the prefetch thread too)."""
+    with closing(batches):  # type: ignore[type-var]  # a generator
+        for batch in batches:
+            yield batch, scale_for_mobilenet(np.stack(batch.pixels)) if batch.pixels else None
 
 
 def _classify(classifier: Classifier, batch: PreparedBatch, scaled: np.ndarray | None) -> list[ImageResult]:
@@ -175,14 +165,16 @@ def _classify(classifier: Classifier, batch: PreparedBatch, scaled: np.ndarray |
 
 
 def classify_stream(classifier: Classifier, items: Iterable[tuple[int, Callable[[], bytes]]], limits: BatchLimits,
-                    prefetch: int = 1) -> Iterator[list[ImageResult]]:
+                    prefetch: int = 1, threads: int = 1) -> Iterator[list[ImageResult]]:
     """Classify ``(key, read)`` items batch by batch; yields each batch's results (errors included).
 
-    With ``prefetch`` >= 1 the next batch is read, decoded and scaled in a background
-    thread while the model runs on the current one; 0 does everything in the caller's thread.
-    Close the generator (or use ``contextlib.closing``) when stopping early.
+    With ``prefetch`` >= 1 up to that many next batches are read, decoded and scaled in
+    the background while the model runs on the current one, the images on a pool of
+    ``threads`` threads (the process' thread budget); ``prefetch`` 0 and ``threads`` 1
+    do everything in the caller's thread. Close the generator (or use
+    ``contextlib.closing``) when stopping early: that stops the threads too.
     """
-    ready = (_scaled(b) for b in prepare_batches(items, classifier.manifest, limits))
+    ready = _scaled(prepare_batches(items, classifier.manifest, limits, threads))
     with closing(prefetched(ready, prefetch)) as batches:
         for batch, scaled in batches:
             yield _classify(classifier, batch, scaled)

@@ -124,7 +124,7 @@ def _run_cell_batches(ctx: WorkerContext, job_id: str, images: list[tuple[int, i
     limits = BatchLimits(size=batch_size, pixels=s.batch_pixels, max_image_pixels=s.max_image_pixels)
     readers = [(image_id, partial(ctx.store.get, key)) for image_id, _, key, _ in images]
     written = 0
-    with closing(classify_stream(ctx.classifier, readers, limits)) as batches:
+    with closing(classify_stream(ctx.classifier, readers, limits, threads=s.thread_budget)) as batches:
         for results in batches:
             rows = [repo.ResultRow(r.key, r.label, r.confidence, r.probabilities, r.error, r.cell_found, r.ood_score,
                                    code=ErrorCode.MISSING_FILE if r.unreadable else None) for r in results]
@@ -141,7 +141,7 @@ def _run_field_batch(ctx: WorkerContext, job_id: str, items: list[tuple[int, byt
     """Localise and classify the white cells of each field; store thumbnails and cell rows."""
     s = ctx.settings
     settings = FieldSettings(LocaliserConfig(cell_diameter_px=s.cell_diameter_px), tile=s.field_tile, max_pixels=s.max_field_pixels)
-    results = analyze_fields(ctx.classifier, items, settings, s.batch_size)
+    results = analyze_fields(ctx.classifier, items, settings, s.batch_size, threads=s.thread_budget)
     rows: list[tuple[int, list[repo.CellRow], str | None]] = [(m.image_id, [], m.error) for m in missing]
     for field in results:
         cells = []

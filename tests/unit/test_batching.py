@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import random
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +13,9 @@ import pytest
 from pipeline.batch import BatchLimits, classify_batch, classify_stream, prefetched, prepare_batches
 from pipeline.classifier import load_classifier, prepare_batch
 from pipeline.images import decode_image
+from pipeline.parallel import ordered_map
 from pipeline.settings import Settings
+from pipeline.storage import StorageUnavailable
 from tests.conftest import encode_jpeg, jpeg_bytes
 
 
@@ -36,8 +40,11 @@ def test_prefetched_batches_give_the_same_predictions_as_one_image_at_a_time(mod
     reference = _one_at_a_time(clf, paths)
     # batches of 8, and a pixel budget that closes some batches early
     limits = BatchLimits(size=8, pixels=5 * 360 * 363, max_image_pixels=10**8)
-    streamed = {r.key: r for batch in classify_stream(clf, [(i, p.read_bytes) for i, p in enumerate(paths)], limits) for r in batch}
+    items = [(i, p.read_bytes) for i, p in enumerate(paths)]
+    streamed = {r.key: r for batch in classify_stream(clf, items, limits) for r in batch}
     assert sorted(streamed) == list(range(len(paths)))
+    pooled = [r for batch in classify_stream(clf, items, limits, prefetch=2, threads=3) for r in batch]
+    assert pooled == [streamed[i] for i in range(len(paths))]  # the pool keeps the order and every figure
     for i, (row, score) in enumerate(reference):
         expected = {c: round(float(p), 6) for c, p in zip(clf.manifest.classes, row, strict=True)}
         assert streamed[i].probabilities == expected, paths[i]
@@ -52,28 +59,121 @@ def test_keras_backend_runs_the_same_batching(model_dir, sample_folder):
     paths = _samples(sample_folder)[:12]
     items = [(i, p.read_bytes) for i, p in enumerate(paths)]
     limits = BatchLimits(size=5)
-    keras_results = [r for b in classify_stream(load_classifier(model_dir, "keras", threads=2), items, limits) for r in b]
+    keras_results = [r for b in classify_stream(load_classifier(model_dir, "keras", threads=2), items, limits, threads=2) for r in b]
     lite_results = [r for b in classify_stream(load_classifier(model_dir, "litert"), items, limits) for r in b]
     assert [r.label for r in keras_results] == [r.label for r in lite_results]
     assert max(abs(a.probabilities[c] - b.probabilities[c]) for a, b in zip(keras_results, lite_results, strict=True)
                for c in a.probabilities) <= 1e-4
 
 
-def test_batches_close_at_the_image_count_or_the_pixel_budget(model_dir):
+def _mixed_items(delay: float = 0.0) -> list[tuple[int, object]]:
+    """Small and big images, an unreadable file and junk; with ``delay``, reads take random time
+    (seeded), so a pool finishes them out of order."""
     small, big = jpeg_bytes(1), encode_jpeg(np.full((2000, 3000, 3), 180, np.uint8))  # 76,800 and 6,000,000 pixels
+    rng = random.Random(0)
 
-    def unreadable() -> bytes:
-        raise FileNotFoundError("gone")
+    def reader(data: bytes | None):
+        pause = rng.uniform(0, delay)
 
-    items = [(1, lambda: small), (2, lambda: small), (3, lambda: big), (4, lambda: small), (5, unreadable),
-             (6, lambda: b"junk"), (7, lambda: small), (8, lambda: small), (9, lambda: small)]
+        def read() -> bytes:
+            time.sleep(pause)
+            if data is None:
+                raise FileNotFoundError("gone")
+            return data
+        return read
+
+    return [(1, reader(small)), (2, reader(small)), (3, reader(big)), (4, reader(small)), (5, reader(None)),
+            (6, reader(b"junk")), (7, reader(small)), (8, reader(small)), (9, reader(small))]
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_batches_close_at_the_image_count_or_the_pixel_budget(model_dir, threads):
     manifest = load_classifier(model_dir, "litert").manifest
-    batches = list(prepare_batches(items, manifest, BatchLimits(size=3, pixels=1_000_000, max_image_pixels=10**8)))
+    limits = BatchLimits(size=3, pixels=1_000_000, max_image_pixels=10**8)
+    batches = list(prepare_batches(_mixed_items(delay=0.05 if threads > 1 else 0.0), manifest, limits, threads))
     assert [b.keys for b in batches] == [[1, 2], [3], [4, 7, 8], [9]]
     side = manifest.input_size
     assert all(p.shape == (side, side, 3) and p.dtype == np.uint8 for b in batches for p in b.pixels)  # shrunk at once
+    # each error row stays in the batch of its place in the input
+    assert [[e.key for e in b.errors] for b in batches] == [[], [], [5, 6], []]
     errors = {e.key: e.error for b in batches for e in b.errors}
     assert errors == {5: "stored file unreadable: FileNotFoundError", 6: "not a recognised image (JPEG, PNG, BMP or TIFF expected)"}
+
+
+def test_the_pool_prepares_the_same_pixels_as_one_thread(model_dir):
+    manifest = load_classifier(model_dir, "litert").manifest
+    limits = BatchLimits(size=4, pixels=10**9, max_image_pixels=10**8)
+    one = list(prepare_batches(_mixed_items(), manifest, limits, threads=1))
+    pooled = list(prepare_batches(_mixed_items(delay=0.05), manifest, limits, threads=4))
+    assert [(b.keys, b.found, b.errors, b.source_pixels) for b in pooled] == [(b.keys, b.found, b.errors, b.source_pixels) for b in one]
+    assert all(np.array_equal(p, q) for a, b in zip(one, pooled, strict=True) for p, q in zip(a.pixels, b.pixels, strict=True))
+
+
+def test_the_pool_stays_bounded_keeps_order_and_stops_when_closed():
+    lock = threading.Lock()
+    pulled, consumed, running, most_running, ahead = [0], [0], [0], [0], []
+
+    def source():
+        for i in range(60):
+            pulled[0] += 1
+            ahead.append(pulled[0] - consumed[0])
+            yield i
+
+    def work(i: int) -> int:
+        with lock:
+            running[0] += 1
+            most_running[0] = max(most_running[0], running[0])
+        time.sleep(0.002 * (i % 4))  # later items often finish first
+        with lock:
+            running[0] -= 1
+        return i * i
+
+    before = threading.active_count()
+    out = []
+    for value in ordered_map(work, source(), threads=3, ahead=5):
+        out.append(value)
+        consumed[0] += 1
+        time.sleep(0.001)  # a consumer slower than the pool
+    assert out == [i * i for i in range(60)]
+    assert max(ahead) <= 5 + 1  # the window, plus the item being submitted
+    assert most_running[0] <= 3
+    assert threading.active_count() == before
+
+    stream = ordered_map(work, source(), threads=3, ahead=5)
+    pulled[0] = consumed[0] = 0
+    assert [next(stream), next(stream)] == [0, 1]
+    stream.close()
+    assert threading.active_count() == before  # pool threads joined
+    assert pulled[0] <= 2 + 5  # the rest of the source was never read
+
+
+def test_an_error_in_the_pool_reaches_the_caller_at_its_place_and_stops_the_pool():
+    def work(i: int) -> int:
+        if i == 4:
+            raise StorageUnavailable("store went away")
+        time.sleep(0.001)
+        return i
+
+    before = threading.active_count()
+    out = []
+    with pytest.raises(StorageUnavailable):
+        for value in ordered_map(work, range(50), threads=3):
+            out.append(value)
+    assert out == [0, 1, 2, 3]
+    assert threading.active_count() == before
+
+
+def test_an_unavailable_store_fails_the_whole_stream_and_the_threads_stop(model_dir):
+    clf = load_classifier(model_dir, "litert")
+
+    def store_away() -> bytes:
+        raise StorageUnavailable("storage folder is missing")
+
+    items = [(i, (lambda: jpeg_bytes(1))) for i in range(6)] + [(6, store_away)] + [(7, lambda: jpeg_bytes(1))]
+    before = threading.active_count()
+    with pytest.raises(StorageUnavailable):
+        list(classify_stream(clf, items, BatchLimits(size=4), prefetch=2, threads=3))
+    assert threading.active_count() == before
 
 
 def test_prefetch_stays_bounded_and_stops_when_closed():

@@ -132,3 +132,16 @@ def test_field_cells_are_scored_like_cell_images_or_not_at_all_without_a_domain_
     assert len(cells) >= 10 and all(c[4] is None for c in cells)
     report = build_fields_report([str(k) for k, _ in items], cells, {}, CLASSES, WHITE, "m@2", 0.5, domain=bare.domain)
     assert report["domain_check"]["status"] == UNAVAILABLE and "no domain model" in report["domain_check"]["reasons"][0]
+
+
+@pytest.mark.litert
+def test_fields_prepared_on_a_pool_give_the_same_results(model_dir):
+    clf = load_classifier(model_dir, "litert")
+    items = [(k, encode_jpeg(synthetic_field(640, 480, centres, seed=k))) for k, centres in
+             enumerate([[(200, 200), (450, 300)], [], [(320, 240)], [(100, 100), (500, 380), (320, 200)], [(300, 250)]])]
+    items.insert(2, (99, b"junk"))
+    settings = FieldSettings(tile=1024, max_pixels=50_000_000)
+    one = analyze_fields(clf, items, settings, batch_size=3)
+    pooled = analyze_fields(clf, items, settings, batch_size=3, threads=3)
+    assert pooled == one
+    assert [r.key for r in pooled] == [k for k, _ in items] and sum(len(r.cells) for r in pooled) >= 5
