@@ -133,6 +133,7 @@ def build_report(
     low_confidence: float,
     max_listed: int = 1000,
     domain: DomainModel | None = None,
+    scored_unit: str = "images",
 ) -> DifferentialReport:
     """Aggregate per-image predictions into a :class:`DifferentialReport`.
 
@@ -170,5 +171,5 @@ def build_report(
         low_confidence_cells=[{"path": p.path, "label": p.label, "confidence": round(p.confidence or 0.0, 4)} for p in low[:max_listed]],
         n_no_cell_found=len(no_cell),
         no_cell_found=no_cell[:max_listed],
-        domain_check=check_job([p.ood_score for p in processed], domain, len(no_cell), len(processed)).to_dict(),
+        domain_check=check_job([p.ood_score for p in processed], domain, len(no_cell), len(processed), scored_unit).to_dict(),
     )

@@ -48,7 +48,7 @@ def build_fields_report(
     with_cells = {path for path, *_ in cells}
 
     def section(paths: list[str], preds: list[CellPrediction]) -> dict:
-        report = build_report(preds, classes, white_cells, model, low_confidence, domain=domain)
+        report = build_report(preds, classes, white_cells, model, low_confidence, domain=domain, scored_unit="cells")
         return {
             **report.to_dict(),
             "n_fields": len(paths),

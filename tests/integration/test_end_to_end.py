@@ -131,7 +131,7 @@ def test_fields_job_through_http_and_real_workers(stack, tmp_path):
     assert found == {"patient1": 3, "patient2": 3}
     assert slides["patient2"]["n_fields_without_wbc"] == 2 and report["n_fields"] == 5
     check = report["domain_check"]  # every found cell was scored by the workers; six are too few for the check
-    assert check["status"] == "unavailable" and check["reasons"] == ["only 6 scored images; the check needs 10"]
+    assert check["status"] == "unavailable" and check["reasons"] == ["only 6 scored cells; the check needs 10"]
 
 
 def test_cli_submit_wait_status_report(stack, sample_folder, tmp_path):

@@ -93,7 +93,7 @@ def test_job_and_each_slide_get_the_domain_check_of_their_cells():
     assert rows[("ALL", "domain_check")] == SHIFTED and rows[("here", "domain_check")] == OK and rows[("elsewhere", "domain_check")] == SHIFTED
     assert "domain check: ok (score 0.0)" in DifferentialReport.from_dict(slides["here"]).to_table()
     unscored = build_fields_report(fields, [(*c[:4], None) for c in near + far], {}, CLASSES, WHITE, "m@2", 0.5, domain=_toy_domain())
-    assert unscored["domain_check"]["status"] == UNAVAILABLE and "0 scored images" in unscored["domain_check"]["reasons"][0]
+    assert unscored["domain_check"]["status"] == UNAVAILABLE and "0 scored cells" in unscored["domain_check"]["reasons"][0]
 
 
 def _without_domain_model(model_dir: Path, into: Path) -> Path:
