@@ -17,6 +17,7 @@ from db.models import BatchStatus, ErrorCode, JobStatus, utcnow
 from pipeline.batch import BatchLimits, classify_stream
 from pipeline.fields import FieldSettings, analyze_fields
 from pipeline.localize import LocaliserConfig
+from pipeline.parallel import prefetched
 from pipeline.report import CellPrediction, build_report
 from pipeline.settings import MAX_BATCH_SIZE
 from pipeline.slides import build_fields_report
@@ -26,6 +27,9 @@ from worker.context import WorkerContext
 from worker.lease import Heartbeat, worker_identity
 
 log = logging.getLogger(__name__)
+
+#: model batches classified ahead of the one being written to the database
+RESULTS_AHEAD = 1
 
 
 def start_job(ctx: WorkerContext, job_id: str, send_batch: Callable[[int], None], resend_queued: bool = False) -> int:
@@ -119,12 +123,18 @@ def _process(ctx: WorkerContext, job_id: str, batch_id: int) -> int:
 
 
 def _run_cell_batches(ctx: WorkerContext, job_id: str, images: list[tuple[int, int, str, str]], batch_size: int) -> int:
-    """Classify a batch's images model batch by model batch (the next decoded meanwhile); one write per model batch."""
+    """Classify a batch's images model batch by model batch; one write per model batch.
+
+    The classification runs one model batch ahead in a background thread (``prefetched``), so a
+    batch's database write overlaps the next batch's inference instead of leaving the model idle
+    (the write was ~9 % of the worker's busy main thread). Canceling wastes at most that one batch.
+    """
     s = ctx.settings
     limits = BatchLimits(size=batch_size, pixels=s.batch_pixels, max_image_pixels=s.max_image_pixels)
     readers = [(image_id, partial(ctx.store.get, key)) for image_id, _, key, _ in images]
     written = 0
-    with closing(classify_stream(ctx.classifier, readers, limits, threads=s.thread_budget)) as batches:
+    stream = classify_stream(ctx.classifier, readers, limits, threads=s.thread_budget)
+    with closing(prefetched(stream, RESULTS_AHEAD)) as batches:
         for results in batches:
             rows = [repo.ResultRow(r.key, r.label, r.confidence, r.probabilities, r.error, r.cell_found, r.ood_score,
                                    code=ErrorCode.MISSING_FILE if r.unreadable else None) for r in results]
