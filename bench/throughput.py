@@ -37,7 +37,7 @@ from api.client import ApiClientError
 from bench import database, load, profile
 from bench.report import Report
 from bench.stack import running_api, running_workers, timed_job, wait_for
-from pipeline.batch import BatchLimits, prepare_batches
+from pipeline.batch import BatchLimits, apply_thread_budget, prepare_batches
 from pipeline.classifier import load_classifier
 from pipeline.manifest import ModelManifest
 from pipeline.preprocess import scale_for_mobilenet
@@ -117,7 +117,10 @@ class Reference:
 
 
 def time_decode(paths: list[Path], manifest: ModelManifest, settings: Settings, threads: int = 1) -> tuple[float, np.ndarray]:
-    """Read + decode + shrink + scale on ``threads`` threads (what the worker's prefetch does); also a model batch."""
+    """Read + decode + shrink + scale on ``threads`` threads (what the worker's prefetch does); also a model batch.
+
+    OpenCV runs as in the worker (``apply_thread_budget``: one thread per call)."""
+    apply_thread_budget(settings.thread_budget)
     limits = BatchLimits(settings.batch_size, settings.batch_pixels, settings.max_image_pixels)
     items = [(i, p.read_bytes) for i, p in enumerate(paths)]
     t0 = time.perf_counter()

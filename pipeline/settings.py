@@ -56,7 +56,7 @@ class Settings:
     batch_size: int = 64  # images per model call
     batch_pixels: int = 256_000_000  # decoded source pixels per model call (bounds memory and decode time of one batch)
     task_batches: int = 8  # model calls per worker task: the next batch is decoded while the current one is classified
-    threads: int = 0  # per-process thread budget (LiteRT/TensorFlow and OpenCV); 0 = cores / worker processes
+    threads: int = 0  # per-process thread budget (LiteRT/TensorFlow, the preparing pool); 0 = cores / worker processes
     worker_processes: int = 0  # worker processes on this host (set from Celery's --concurrency); 0 = one
     low_confidence: float = 0.6
     max_upload_bytes: int = 512 * 1024 * 1024

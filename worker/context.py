@@ -34,7 +34,7 @@ class WorkerContext:
 
     @cached_property
     def classifier(self) -> Classifier:
-        """The model, with this process's thread budget for the backend and OpenCV."""
+        """The model, with this process's thread budget for the backend (OpenCV: one thread per call)."""
         with self._lock:
             threads = self.settings.thread_budget
             apply_thread_budget(threads)

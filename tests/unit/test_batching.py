@@ -7,10 +7,11 @@ import threading
 import time
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 
-from pipeline.batch import BatchLimits, classify_batch, classify_stream, prefetched, prepare_batches
+from pipeline.batch import BatchLimits, apply_thread_budget, classify_batch, classify_stream, prefetched, prepare_batches
 from pipeline.classifier import load_classifier, prepare_batch
 from pipeline.images import decode_image
 from pipeline.parallel import ordered_map
@@ -100,11 +101,18 @@ def test_batches_close_at_the_image_count_or_the_pixel_budget(model_dir, threads
     assert errors == {5: "stored file unreadable: FileNotFoundError", 6: "not a recognised image (JPEG, PNG, BMP or TIFF expected)"}
 
 
-def test_the_pool_prepares_the_same_pixels_as_one_thread(model_dir):
+@pytest.mark.parametrize("opencv_threads", [1, 4])
+def test_the_pool_prepares_the_same_pixels_as_one_thread(model_dir, opencv_threads):
+    """Whatever the pool's threads and OpenCV's own (the worker sets 1, ``apply_thread_budget``)."""
     manifest = load_classifier(model_dir, "litert").manifest
     limits = BatchLimits(size=4, pixels=10**9, max_image_pixels=10**8)
+    before = cv2.getNumThreads()
     one = list(prepare_batches(_mixed_items(), manifest, limits, threads=1))
-    pooled = list(prepare_batches(_mixed_items(delay=0.05), manifest, limits, threads=4))
+    try:
+        cv2.setNumThreads(opencv_threads)
+        pooled = list(prepare_batches(_mixed_items(delay=0.05), manifest, limits, threads=4))
+    finally:
+        cv2.setNumThreads(before)
     assert [(b.keys, b.found, b.errors, b.source_pixels) for b in pooled] == [(b.keys, b.found, b.errors, b.source_pixels) for b in one]
     assert all(np.array_equal(p, q) for a, b in zip(one, pooled, strict=True) for p, q in zip(a.pixels, b.pixels, strict=True))
 
@@ -219,6 +227,11 @@ def test_thread_budget_shares_the_cores_between_worker_processes(monkeypatch):
     assert Settings.from_env({"HEMATOVISION_THREADS": "2"}).thread_budget == 2
     with pytest.raises(ValueError, match="THREADS"):
         Settings(threads=-1)
+
+
+def test_a_thread_budget_below_one_is_refused():
+    with pytest.raises(ValueError, match="at least 1"):
+        apply_thread_budget(0)
 
 
 def test_the_worker_tells_its_pool_processes_how_many_share_the_host(monkeypatch):

@@ -40,6 +40,20 @@ def test_cell_crop_reproduces_the_frozen_outputs_exactly(frozen):
     assert not changed, f"{len(changed)} of {len(frozen)} crops changed, e.g. {next(iter(changed.items()))}"
 
 
+def test_the_worker_s_opencv_threads_reproduce_the_frozen_outputs(frozen):
+    """The worker runs OpenCV single-threaded per call (``apply_thread_budget``): the same crops."""
+    from pipeline.batch import apply_thread_budget
+
+    before = cv2.getNumThreads()
+    try:
+        apply_thread_budget(2)
+        assert cv2.getNumThreads() == 1
+        now = outputs()
+    finally:
+        cv2.setNumThreads(before)
+    assert now == frozen
+
+
 def test_an_exact_tie_between_two_objects_is_broken_as_before():
     """Two equal blobs placed point-symmetrically about the centre score exactly the same;
     the first in OpenCV's default labelling has always won (frozen from the old implementation)."""
