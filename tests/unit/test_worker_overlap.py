@@ -9,6 +9,7 @@ import pytest
 
 from api.state import AppState
 from api.submission import accept_job
+from db import TransientDatabaseError
 from db import repository as repo
 from db.models import JobStatus
 from pipeline.batch import classify_batch
@@ -102,3 +103,19 @@ def test_canceling_stops_the_classification_ahead_and_its_threads(env, monkeypat
     assert not started[4].is_set()
     with ctx.db.session() as s:
         assert repo.job_status(s, job_id) == JobStatus.CANCELED
+
+
+def test_a_failed_write_stops_the_classification_ahead_and_its_threads(env, monkeypatch):
+    st, ctx = env
+    job_id, batch_id = _one_leased_batch(env, {f"{i}.jpg": jpeg_bytes(i) for i in range(12)})
+    started = _counting_model(ctx, monkeypatch)
+
+    def database_away(session, job_id_, rows, version):
+        raise TransientDatabaseError("INSERT ...", None, ConnectionRefusedError("connection refused"))
+
+    monkeypatch.setattr(jobs.repo, "record_results", database_away)
+    before = threading.active_count()
+    with pytest.raises(TransientDatabaseError):
+        jobs.run_batch(ctx, job_id, batch_id)
+    assert threading.active_count() == before
+    assert not started[4].is_set()
