@@ -87,9 +87,10 @@ def apply_thread_budget(threads: int) -> None:
 
     Why not ``threads`` for OpenCV too: images are prepared ``threads`` at a time on the pool
     (``ordered_map``), and each call inside also splitting its rows over OpenCV's own pool put
-    2 × 2 OpenCV threads beside the model's 2 on 2 cores; measured in one run (``classify_stream``
-    on 640 cell images, 2 LiteRT threads, a pool of 2), the process spent 9.7 ms of CPU per image
-    with OpenCV's pool and 8.3-9.0 ms without. The pixels do not depend on it (tested).
+    2 × 2 OpenCV threads beside the model's 2 on 2 cores; measured (``classify_stream`` on 640 cell
+    images, 2 LiteRT threads, a pool of 2, 5 alternated pairs in two runs on a loaded machine), the
+    process spent a median 9.7 ms of CPU per image with OpenCV's pool and 8.7 ms without (less in
+    4 of the 5 pairs). The pixels do not depend on it (tested).
     """
     if threads < 1:
         raise ValueError(f"a thread budget is at least 1, not {threads}")
