@@ -62,7 +62,8 @@ def summarize(raw: Path, seconds: float, rate: int = 100) -> list[str]:
         if not frames or not count.isdigit():
             continue
         name = frames[0].partition(": ")[2]  # "thread (id): name"
-        thread = {"MainThread": "main thread", "hematovision-prefetch": "prefetch thread"}.get(name) or (
+        thread = {"MainThread": "main thread", "hematovision-prefetch": "prefetch thread",
+                  "hematovision-classify": "classifying thread"}.get(name) or (
             f"preparing pool thread {name.rpartition('_')[2]}" if name.startswith("hematovision-prepare") else f"thread {name}")
         per_thread.setdefault(thread, Counter())[_category(frames)] += int(count)
     lines = []

@@ -47,8 +47,8 @@ def ordered_map(fn: Callable[[T], R], items: Iterable[T], threads: int, ahead: i
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def prefetched(source: Iterator[T], depth: int = 1) -> Iterator[T]:
-    """Run ``source`` in a background thread at most ``depth`` items ahead of the consumer.
+def prefetched(source: Iterator[T], depth: int = 1, name: str = "hematovision-prefetch") -> Iterator[T]:
+    """Run ``source`` in a background thread (called ``name``, for profiles) at most ``depth`` items ahead of the consumer.
 
     Closing the returned generator stops the thread after the item it is working on
     and closes ``source`` in that thread (so a pool inside it is shut down too).
@@ -81,7 +81,7 @@ def prefetched(source: Iterator[T], depth: int = 1) -> Iterator[T]:
             if close is not None:
                 close()
 
-    thread = threading.Thread(target=produce, name="hematovision-prefetch", daemon=True)
+    thread = threading.Thread(target=produce, name=name, daemon=True)
     thread.start()
     try:
         while True:

@@ -127,14 +127,15 @@ def _run_cell_batches(ctx: WorkerContext, job_id: str, images: list[tuple[int, i
 
     The classification runs one model batch ahead in a background thread (``prefetched``), so a
     batch's database write overlaps the next batch's inference instead of leaving the model idle
-    (the write was ~9 % of the worker's busy main thread). Canceling wastes at most that one batch.
+    (the write was ~9 % of the worker's busy main thread). A cancel is still noticed at the next
+    write; the model batches classified meanwhile (at most three, one before) are discarded.
     """
     s = ctx.settings
     limits = BatchLimits(size=batch_size, pixels=s.batch_pixels, max_image_pixels=s.max_image_pixels)
     readers = [(image_id, partial(ctx.store.get, key)) for image_id, _, key, _ in images]
     written = 0
     stream = classify_stream(ctx.classifier, readers, limits, threads=s.thread_budget)
-    with closing(prefetched(stream, RESULTS_AHEAD)) as batches:
+    with closing(prefetched(stream, RESULTS_AHEAD, name="hematovision-classify")) as batches:
         for results in batches:
             rows = [repo.ResultRow(r.key, r.label, r.confidence, r.probabilities, r.error, r.cell_found, r.ood_score,
                                    code=ErrorCode.MISSING_FILE if r.unreadable else None) for r in results]

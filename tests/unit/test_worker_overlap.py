@@ -67,6 +67,7 @@ def test_the_next_batch_is_classified_while_the_current_one_is_written(env, monk
         # the first write waits for the second model batch: it only comes if the model runs meanwhile
         if not overlapped:
             overlapped.append(started[1].wait(timeout=20))
+            assert "hematovision-classify" in {t.name for t in threading.enumerate()}  # named for py-spy profiles
         record(session, job_id_, rows, version)
 
     monkeypatch.setattr(jobs.repo, "record_results", slow_write)
