@@ -39,11 +39,14 @@ lint: install-dev
 bench: install-dev services
 	$(PY) -m bench.throughput
 
-CONFIG ?= training/configs/mnv2_cc_160.json
+CONFIG ?= training/configs/mnv2_cc_160_habits.json
 MODEL ?= $(firstword $(wildcard models/*))
 SPLITS = $(shell $(PY) -c "import json,sys; print(json.load(open('$(CONFIG)'))['work_dir'])")/splits
 
+## train: model 2.0 from ImageNet (BASE_CONFIG; skipped where finished), then the shipped 2.1 from its weights
+BASE_CONFIG ?= training/configs/mnv2_cc_160.json
 train: install-dev
+	$(PY) -m training.train --config $(BASE_CONFIG)
 	$(PY) -m training.train --config $(CONFIG)
 
 ## evaluate: the model card's figures: held-out splits of the training config, and BCCD fields (odd half)
@@ -53,10 +56,11 @@ evaluate: install-dev
 	  $(PY) -m training.evaluate --model $(MODEL) --data $(SPLITS)/$$split --json $(MODEL)/eval/$$split.json || exit 1; done
 	$(PY) -m training.evaluate_fields --data ../shared/data/bccd --model $(MODEL) --subset odd --out $(MODEL)/eval/fields
 
-## lolo: leave-one-laboratory-out (train on PBC only / Kaggle only, score on the other laboratory's validation images)
+## lolo: leave-one-laboratory-out (train on PBC only / Kaggle only from ImageNet, score on the other laboratory's validation images)
 LOLO_EPOCHS ?= 4
+LOLO_LR ?= 0.0002
 lolo: install-dev
-	$(PY) -m training.lolo --config $(CONFIG) --root runs/lolo --finetune-epochs $(LOLO_EPOCHS) --json runs/lolo/lolo.json
+	$(PY) -m training.lolo --config $(CONFIG) --root runs/lolo --finetune-epochs $(LOLO_EPOCHS) --finetune-lr $(LOLO_LR) --json runs/lolo/lolo.json
 	$(PY) -m training.calibration --lolo-root runs/lolo --json runs/lolo/calibration.json
 
 ## stress: the robustness suite (shifted validation images, never the test split); STRESS_LIMIT images per class

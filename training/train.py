@@ -210,6 +210,9 @@ def warm_start(model, source: str) -> None:
 
     from training.model import base_of
 
+    if not Path(source).is_file():
+        raise FileNotFoundError(f"init_from {source!r} does not exist: train the model it names first "
+                                f"(for 2.1: python -m training.train --config training/configs/mnv2_cc_160.json)")
     trained = keras.models.load_model(source, compile=False)
     base_of(model).set_weights(base_of(trained).get_weights())
     model.get_layer("logits").set_weights(trained.get_layer("logits").get_weights())
