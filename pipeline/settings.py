@@ -36,6 +36,7 @@ BOUNDS = (
     ("max_json_bytes", 1_024, 10 * 1024 * 1024),
     ("max_name_length", 16, 4_096),
     ("tta", 0, 1),
+    ("worker_nice", 0, 19),
 )
 MAX_BATCH_SIZE = 1024  # a batch keeps its decoded images in memory: bounded per job and per setting
 
@@ -58,6 +59,7 @@ class Settings:
     task_batches: int = 8  # model calls per worker task: the next batch is decoded while the current one is classified
     threads: int = 0  # per-process thread budget (LiteRT/TensorFlow, the preparing pool); 0 = cores / worker processes
     worker_processes: int = 0  # worker processes on this host (set from Celery's --concurrency); 0 = one
+    worker_nice: int = 5  # workers run this much nicer than normal, so an API on the same host stays responsive
     low_confidence: float = 0.6
     max_upload_bytes: int = 512 * 1024 * 1024
     max_image_bytes: int = 50 * 1024 * 1024

@@ -237,9 +237,29 @@ def test_a_thread_budget_below_one_is_refused():
 def test_the_worker_tells_its_pool_processes_how_many_share_the_host(monkeypatch):
     from worker.celery_app import _share_cores_between_processes
 
+    monkeypatch.setattr("os.nice", lambda increment: 0)  # the priority is tested in a process of its own below
     monkeypatch.setenv("HEMATOVISION_WORKER_PROCESSES", "0")  # what worker_environment passes when nothing was said
     _share_cores_between_processes(options={"concurrency": 2})
     assert Settings.from_env().worker_processes == 2
     monkeypatch.setenv("HEMATOVISION_WORKER_PROCESSES", "3")  # said by hand (several worker commands on one host): kept
     _share_cores_between_processes(options={"concurrency": 2})
     assert Settings.from_env().worker_processes == 3
+
+
+@pytest.mark.parametrize(("setting", "expected"), [("", 5), ("0", 0), ("12", 12)])
+def test_the_worker_runs_nicer_than_the_api_by_its_setting(setting, expected):
+    """celeryd_init lowers the worker's priority before it forks its pool, so every pool process inherits it."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import os; from worker.celery_app import _share_cores_between_processes as init; "
+            "before = os.nice(0); init(options={'concurrency': 1}); print(os.nice(0) - before)")
+    env = {**os.environ, "HEMATOVISION_WORKER_NICE": setting, "HEMATOVISION_WORKER_PROCESSES": "0"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120, check=True)
+    assert int(out.stdout.strip().splitlines()[-1]) == min(expected, 19 - os.nice(0))
+
+
+def test_a_worker_nice_outside_0_to_19_is_refused():
+    with pytest.raises(ValueError, match="WORKER_NICE"):
+        Settings(worker_nice=20)
