@@ -59,7 +59,7 @@ class Settings:
     task_batches: int = 8  # model calls per worker task: the next batch is decoded while the current one is classified
     threads: int = 0  # per-process thread budget (LiteRT/TensorFlow, the preparing pool); 0 = cores / worker processes
     worker_processes: int = 0  # worker processes on this host (set from Celery's --concurrency); 0 = one
-    worker_nice: int = 5  # workers run this much nicer than normal, so an API on the same host stays responsive
+    worker_nice: int = 0  # workers run this much nicer than normal (0-19), for hosts where an API shares the cores
     low_confidence: float = 0.6
     max_upload_bytes: int = 512 * 1024 * 1024
     max_image_bytes: int = 50 * 1024 * 1024

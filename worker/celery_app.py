@@ -68,10 +68,11 @@ def lower_priority(increment: int) -> None:
     """Make this worker (and the pool processes and threads it starts later, which inherit it) nicer.
 
     Why: classification is batch work that keeps every core busy; an API or web
-    page on the same host answers a person waiting. With the worker at nice 5,
-    the scheduler gives the API's requests the CPU first (the benchmark's status
-    p99 under load measures it), while an idle host still gives the worker all
-    of it. Only ever raises niceness (lowering it would need privileges).
+    page on the same host answers a person waiting, and a nicer worker lets the
+    scheduler serve the API first while an idle host still gives the worker all
+    of it. Off by default: in the one benchmark run with nice 5 the status p99
+    during a job did not improve (README, Performance). Only ever raises
+    niceness (lowering it would need privileges).
     """
     if increment > 0:
         os.nice(increment)

@@ -246,7 +246,7 @@ def test_the_worker_tells_its_pool_processes_how_many_share_the_host(monkeypatch
     assert Settings.from_env().worker_processes == 3
 
 
-@pytest.mark.parametrize(("setting", "expected"), [("", 5), ("0", 0), ("12", 12)])
+@pytest.mark.parametrize(("setting", "expected"), [("", 0), ("5", 5), ("12", 12)])
 def test_the_worker_runs_nicer_than_the_api_by_its_setting(setting, expected):
     """celeryd_init lowers the worker's priority before it forks its pool, so every pool process inherits it."""
     import os
