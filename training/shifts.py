@@ -182,6 +182,13 @@ def jpeg(bgr: np.ndarray, rng: np.random.Generator, quality: int) -> np.ndarray:
     return cv2.imdecode(buffer, cv2.IMREAD_COLOR)
 
 
+def tight_yellow_small(bgr: np.ndarray, rng: np.random.Generator, fraction: float) -> np.ndarray:
+    """Three habits at once, as a rapid-stain laboratory might crop: a central square of ``fraction``,
+    a yellow cast of strength 0.75, and the result saved at 120x120 pixels."""
+    image = colour_cast(tight_crop(bgr, rng, fraction), rng, _YELLOW_GAINS, 0.75)
+    return cv2.resize(image, (120, 120), interpolation=cv2.INTER_AREA)
+
+
 def _family(fn: Callable[..., np.ndarray], name_format: str, values: list, keyword: str) -> list[tuple[str, Shift]]:
     return [(name_format.format(v), partial(fn, **{keyword: v})) for v in values]
 
@@ -202,4 +209,5 @@ FAMILIES: dict[str, list[tuple[str, Shift]]] = {
     "black_padding": _family(black_padding, "{:.0%}", [0.1, 0.2, 0.3], "fraction"),
     "blur": _family(gaussian_blur, "sigma{:g}", [1.0, 2.0, 4.0], "sigma"),
     "jpeg": _family(jpeg, "q{:d}", [90, 50, 20], "quality"),
+    "tight_yellow": _family(tight_yellow_small, "{:.0%}", [0.8, 0.65, 0.5], "fraction"),
 }

@@ -175,3 +175,10 @@ def test_registry_strengths_are_named_uniquely_and_every_shift_is_deterministic(
             assert first.dtype == np.uint8 and first.ndim == 3 and first.shape[2] == 3, (family, name)
             np.testing.assert_array_equal(first, second)
             assert first.shape != field.shape or not np.array_equal(first, field), (family, name)
+
+
+def test_tight_yellow_small_crops_casts_and_saves_at_120_px(field):
+    out = shifts.tight_yellow_small(field, rng(), 0.5)
+    assert out.shape == (120, 120, 3) and out.dtype == np.uint8
+    b, g, r = np.array(shifts.background_colour(out), float)
+    assert b < g < r  # yellow: blue absorbed most
