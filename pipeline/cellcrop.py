@@ -69,6 +69,8 @@ class CellCrop:
     rbc_diameter_px: float | None  # measured red-cell diameter in input pixels, None if not measured
     side_px: float  # side of the square crop in input pixels
     gains: tuple[float, float, float]  # white-balance gains applied to B, G, R
+    cell_box_px: float | None = None  # side of the stained object's bounding box in input pixels, None if none found
+    ruler_px: float | None = None  # red-cell diameter as measured, before the fragment guard (``MAX_CELL_BOX_RBC``)
 
 
 def as_bgr(image: np.ndarray) -> np.ndarray:
@@ -272,7 +274,8 @@ def cell_crop(image: np.ndarray, size: int) -> CellCrop:
     balanced_small = apply_gains(small, gains)
     nucleus, matter = stain_maps(balanced_small)
     cell = find_cell(nucleus)
-    rbc = red_cell_diameter(matter, nucleus)
+    ruler = red_cell_diameter(matter, nucleus)
+    rbc = ruler
     if rbc and cell is not None and cell[1] > MAX_CELL_BOX_RBC * rbc:
         rbc = None  # fragments at the edge of a tight crop, not whole red cells
     rbc_px = rbc / scale if rbc else None
@@ -286,4 +289,5 @@ def cell_crop(image: np.ndarray, size: int) -> CellCrop:
     crop = balanced_square(bgr, center, side, fill, gains)
     interpolation = cv2.INTER_AREA if crop.shape[0] > size else cv2.INTER_LINEAR
     rgb = cv2.cvtColor(cv2.resize(crop, (size, size), interpolation=interpolation), cv2.COLOR_BGR2RGB)
-    return CellCrop(rgb, cell is not None, center, rbc_px, side, (float(gains[0]), float(gains[1]), float(gains[2])))
+    return CellCrop(rgb, cell is not None, center, rbc_px, side, (float(gains[0]), float(gains[1]), float(gains[2])),
+                    cell[1] / scale if cell is not None else None, ruler / scale if ruler else None)

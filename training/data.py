@@ -107,23 +107,22 @@ def cap_per_class(samples: list[Sample], cap: int, seed: int) -> list[Sample]:
     return kept
 
 
-def decode_for_training(path: str, size: int, recipe: str = RECIPE) -> np.ndarray:
+def read_training_image(path: str) -> np.ndarray:
+    """Decode one training image to BGR at its own size; an undecodable one stops training."""
     bgr = cv2.imread(path, cv2.IMREAD_COLOR)
     if bgr is None:
         raise ValueError(f"cannot decode training image {path}")
-    return to_model_pixels(bgr, size, recipe)
+    return bgr
+
+
+def decode_for_training(path: str, size: int, recipe: str = RECIPE) -> np.ndarray:
+    return to_model_pixels(read_training_image(path), size, recipe)
 
 
 def load_raw(samples: list[Sample]) -> list[np.ndarray]:
     """Decode every sample to BGR at its own size (for augmentation before the serving crop)."""
-    def read(s: Sample) -> np.ndarray:
-        bgr = cv2.imread(s.path, cv2.IMREAD_COLOR)
-        if bgr is None:
-            raise ValueError(f"cannot decode training image {s.path}")
-        return bgr
-
     with ThreadPoolExecutor(max_workers=4) as pool:
-        return list(pool.map(read, samples))
+        return list(pool.map(lambda s: read_training_image(s.path), samples))
 
 
 def load_pixels(samples: list[Sample], size: int, cache: Path | None = None, recipe: str = RECIPE) -> np.ndarray:

@@ -25,7 +25,7 @@ from collections.abc import Callable
 import cv2
 import numpy as np
 
-from pipeline.cellcrop import background_color
+from pipeline.cellcrop import apply_gains, background_color
 
 RawShift = Callable[[np.ndarray, np.random.Generator], np.ndarray]
 
@@ -76,8 +76,7 @@ def lamp_cast(bgr: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Per-channel gains of 0.55-1.15 (yellow, blue, green or brown light and camera balance)."""
     gains = rng.uniform(0.55, 1.15, size=3).astype(np.float32)
     gains /= max(float(gains.max()), 1e-3) / rng.uniform(0.9, 1.05)
-    lut = np.clip(np.arange(256, dtype=np.float32)[:, None] * gains[None, :], 0, 255).astype(np.uint8)
-    return cv2.merge([cv2.LUT(bgr[..., c], lut[:, c]) for c in range(3)])
+    return apply_gains(bgr, gains)
 
 
 #: (name, probability, shift); each applies independently, geometry first

@@ -22,11 +22,10 @@ import random
 import sys
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from pipeline import cellcrop
-from training.data import load_splits
+from training.data import load_splits, read_training_image
 from training.shifts import scale_content, tight_crop
 
 SHIFTS = (("tight 70%", 0.7, 1.0), ("tight 50%", 0.5, 1.0), ("magnified 1.5x", 1.5, 1.5), ("magnified 2x", 2.0, 2.0))
@@ -35,16 +34,6 @@ SHIFTS = (("tight 70%", 0.7, 1.0), ("tight 50%", 0.5, 1.0), ("magnified 1.5x", 1
 def shifted(bgr: np.ndarray, name: str, value: float) -> np.ndarray:
     rng = np.random.default_rng(0)
     return tight_crop(bgr, rng, value) if name.startswith("tight") else scale_content(bgr, rng, value)
-
-
-def box_and_ruler(bgr: np.ndarray) -> tuple[float | None, float | None]:
-    """The stained object's box side and the raw red-cell ruler (before the guard), in work pixels, as ``cell_crop`` sees them."""
-    h, w = bgr.shape[:2]
-    scale = min(cellcrop.WORK_SIDE / max(h, w), 1.0)
-    small = cv2.resize(bgr, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA) if scale < 1 else bgr
-    nucleus, matter = cellcrop.stain_maps(cellcrop.apply_gains(small, cellcrop.white_balance_gains(small)))
-    cell = cellcrop.find_cell(nucleus)
-    return (cell[1] if cell else None), cellcrop.red_cell_diameter(matter, nucleus)
 
 
 def without_guard() -> None:
@@ -62,11 +51,10 @@ def study(splits_path: str, n: int = 150, seed: int = 0) -> dict:
         ratios: dict[str, list[float]] = {name: [] for name, _, _ in SHIFTS}
         box_over_rbc = []
         for path in paths:
-            bgr = cv2.imread(path, cv2.IMREAD_COLOR)
+            bgr = read_training_image(path)
             base = cellcrop.cell_crop(bgr, 160)
-            box, rbc = box_and_ruler(bgr)
-            if rbc and box:
-                box_over_rbc.append(box / rbc)
+            if base.ruler_px and base.cell_box_px:
+                box_over_rbc.append(base.cell_box_px / base.ruler_px)
             for name, value, factor in SHIFTS:
                 side = cellcrop.cell_crop(shifted(bgr, name, value), 160).side_px
                 ratios[name].append(float(np.log(side / (base.side_px * factor))))

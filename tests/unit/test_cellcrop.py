@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-from pipeline.cellcrop import BACKGROUND_LEVEL, CROP_RBC_DIAMETERS, background_color, cell_crop
+from pipeline.cellcrop import BACKGROUND_LEVEL, CROP_RBC_DIAMETERS, MAX_CELL_BOX_RBC, background_color, cell_crop
 from pipeline.preprocess import RECIPE_CELL_CENTRED, RECIPES, model_crop
 from tests.conftest import synthetic_field
 
@@ -96,5 +96,7 @@ def test_red_cell_fragments_much_smaller_than_the_cell_are_not_trusted_as_a_rule
     crop = cell_crop(tight_cell_with_fragments(), 160)
     assert crop.found
     assert crop.rbc_diameter_px is None
+    # the slivers were measured, and distrusted for being under a third of the cell's box
+    assert crop.ruler_px is not None and crop.cell_box_px > MAX_CELL_BOX_RBC * crop.ruler_px
     # the whole cell stays in the crop (the crop is at least the image), instead of a zoom onto the nucleus
     assert crop.side_px >= 240
