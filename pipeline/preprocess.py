@@ -9,18 +9,24 @@ older models keep working.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
 import cv2
 import numpy as np
 
 from pipeline.cellcrop import CellCrop, as_bgr, cell_crop
+from pipeline.stainnorm import normalise_stain
 
 #: The recipe of models up to 1.1: the largest centred square, resized.
 RECIPE_CENTER_SQUARE = "rgb-center-square-area-resize-mobilenet-v2-scale"
 #: From 2.0: background white balance, cell found and centred, crop of four
 #: red-cell diameters (see ``pipeline.cellcrop``).
 RECIPE_CELL_CENTRED = "cell-centred-rbc4-whitebalance-mobilenet-v2-scale"
+#: The cell-centred crop with its stain mapped onto the training laboratories' through
+#: the red cells' colour (``pipeline.stainnorm``); candidate recipe, chosen by
+#: leave-one-laboratory-out and the robustness suite.
+RECIPE_CELL_CENTRED_RBC_STAIN = "cell-centred-rbc4-whitebalance-rbcstain-mobilenet-v2-scale"
 #: The recipe new models are trained with.
 RECIPE = RECIPE_CELL_CENTRED
 
@@ -44,10 +50,23 @@ def center_square_crop(bgr: np.ndarray, size: int) -> CellCrop:
     return CellCrop(pixels, True, (w / 2.0, h / 2.0), None, float(min(h, w)), (1.0, 1.0, 1.0))
 
 
+def stain_normalised_crop(bgr: np.ndarray, size: int) -> CellCrop:
+    """The cell-centred crop, then red-cell stain normalisation of its pixels."""
+    crop = cell_crop(bgr, size)
+    return dataclasses.replace(crop, pixels=normalise_stain(crop.pixels))
+
+
 #: recipe name -> function (decoded BGR image, input size) -> CellCrop
 RECIPES: dict[str, Callable[[np.ndarray, int], CellCrop]] = {
     RECIPE_CENTER_SQUARE: center_square_crop,
     RECIPE_CELL_CENTRED: cell_crop,
+    RECIPE_CELL_CENTRED_RBC_STAIN: stain_normalised_crop,
+}
+
+#: recipe name -> the colour step training repeats after its colour augmentation (so that the
+#: network sees augmented stains normalised, as serving would normalise another laboratory's)
+POST_AUGMENT: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    RECIPE_CELL_CENTRED_RBC_STAIN: normalise_stain,
 }
 
 

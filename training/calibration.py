@@ -31,15 +31,20 @@ from training.metrics import fit_temperature, reliability
 COPIES = 2
 
 
-def augmented_copies(pixels: np.ndarray, size: int, copies: int = COPIES, seed: int = 0, recipe: str = "strong") -> np.ndarray:
-    """``copies`` augmented versions of each uint8 RGB image (TensorFlow ops of ``training.augment``)."""
+def augmented_copies(pixels: np.ndarray, size: int, copies: int = COPIES, seed: int = 0, recipe: str = "strong",
+                     preprocessing: str = "") -> np.ndarray:
+    """``copies`` augmented versions of each uint8 RGB image (TensorFlow ops of ``training.augment``), then the
+    preprocessing recipe's colour step where it has one (``pipeline.preprocess.POST_AUGMENT``), as in training."""
     import tensorflow as tf
 
+    from pipeline.preprocess import POST_AUGMENT
     from training.augment import augment
 
     tf.random.set_seed(seed)
     out = [augment(tf.constant(img, tf.float32), size, recipe).numpy() for _ in range(copies) for img in pixels]
-    return np.clip(np.stack(out), 0, 255).astype(np.uint8)
+    copies_u8 = np.clip(np.rint(np.stack(out)), 0, 255).astype(np.uint8)
+    post = POST_AUGMENT.get(preprocessing)
+    return copies_u8 if post is None else np.stack([post(img) for img in copies_u8])
 
 
 def shift_aware_temperature(logits_clean: np.ndarray, logits_augmented: np.ndarray, y: np.ndarray, copies: int = COPIES) -> float:
@@ -93,7 +98,7 @@ def compare_on_lolo(root: Path) -> dict:
 
         own_logits, other_logits = logits(own_x), logits(other_x)
         t_clean = fit_temperature(own_logits, own_y)
-        t_shift = shift_aware_temperature(own_logits, logits(augmented_copies(own_x, m.input_size)), own_y)
+        t_shift = shift_aware_temperature(own_logits, logits(augmented_copies(own_x, m.input_size, preprocessing=m.preprocessing)), own_y)
         row = {}
         for name, t in (("clean", t_clean), ("shift_aware", t_shift)):
             row[name] = {"temperature": t, "own_val_ece": reliability(calibrated_softmax(own_logits, t), own_y)[0],

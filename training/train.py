@@ -146,6 +146,7 @@ def augmented_dataset(config: TrainConfig, pixels: np.ndarray, labels: np.ndarra
     """Shuffled, augmented, class-weighted batches; with ``raws``, laboratory habits first act on the raw images."""
     import tensorflow as tf
 
+    from pipeline.preprocess import POST_AUGMENT
     from training.augment import augment
 
     k = len(CLASS_NAMES)
@@ -156,11 +157,19 @@ def augmented_dataset(config: TrainConfig, pixels: np.ndarray, labels: np.ndarra
     def fetch(i):
         return (crop(int(i)) if crop is not None else pixels[i]), labels[i]
 
+    post = POST_AUGMENT.get(config.recipe)
+
+    def normalise(image: np.ndarray) -> np.ndarray:
+        return post(np.clip(np.rint(image), 0, 255).astype(np.uint8)).astype(np.float32)
+
     def load(i):
         image, label = tf.numpy_function(fetch, [i], [tf.uint8, tf.int32])
         image = tf.ensure_shape(tf.cast(image, tf.float32), [size, size, 3])
         label = tf.ensure_shape(label, [])
-        image = augment(image, size, config.augmentation) / 127.5 - 1.0
+        image = augment(image, size, config.augmentation)
+        if post is not None:
+            image = tf.ensure_shape(tf.numpy_function(normalise, [image], tf.float32), [size, size, 3])
+        image = image / 127.5 - 1.0
         return image, tf.one_hot(label, k), tf.gather(weights, label)
 
     ds = tf.data.Dataset.range(len(pixels)).shuffle(len(pixels), seed=config.seed, reshuffle_each_iteration=True).repeat()
