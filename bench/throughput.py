@@ -302,31 +302,41 @@ def _whole_path_figures(report: Report, client, settings: Settings, paths: list[
             whole("whole path, folder job, 1 worker process, LiteRT int8", lambda: client.submit_server_folder(folder), "litert-int8")
 
 
+#: the load generators, side by side: the benchmark's figure first (``bench.load`` says why two)
+CLIENTS = (("asyncio client", load.constant_rate), ("threaded requests client", load.constant_rate_threads))
+
+
 def _latency_idle(report: Report, client, args) -> None:
     """The same load with no job running: what the API itself costs, without CPU taken by a worker."""
     url = f"{client.base}/api/v1/jobs/{report.large_job_id}"
-    result = load.constant_rate(url, args.load_rate, min(10, args.load_seconds), headers=dict(client.http.headers))
-    what = f"GET /api/v1/jobs/<id> at {args.load_rate} req/s, no job running ({result.requests} requests, {result.errors} errors)"
-    report.add("latency", what + ": p50", result.p50_ms, unit="ms")
-    report.add("latency", what + ": p99", result.p99_ms, unit="ms")
+    for name, generator in CLIENTS:
+        result = generator(url, args.load_rate, min(10, args.load_seconds), headers=dict(client.http.headers))
+        what = f"GET /api/v1/jobs/<id> at {args.load_rate} req/s, no job running, {name} ({result.requests} requests, " \
+               f"{result.errors} errors)"
+        report.add("latency", what + ": p50", result.p50_ms, unit="ms")
+        report.add("latency", what + ": p99", result.p99_ms, unit="ms")
 
 
 def _latency_under_load(report: Report, client, folder: str, n: int, args) -> None:
-    """Status latency at a constant request rate while jobs keep the worker busy for the whole window."""
+    """Status latency at a constant request rate while jobs keep the worker busy for the whole window (each client
+    in turn)."""
     rate = report.value("whole path, folder job, 1 worker process")
-    copies = max(1, math.ceil(rate * args.load_seconds * 1.5 / n))
+    copies = max(1, math.ceil(rate * args.load_seconds * len(CLIENTS) * 1.5 / n))
     ids = [client.submit_server_folder(folder)["id"] for _ in range(copies)]
-    result = load.constant_rate(f"{client.base}/api/v1/jobs/{ids[0]}", args.load_rate, args.load_seconds, headers=dict(client.http.headers))
+    results = [(name, generator(f"{client.base}/api/v1/jobs/{ids[0]}", args.load_rate, args.load_seconds,
+                                headers=dict(client.http.headers))) for name, generator in CLIENTS]
     busy = client.job(ids[-1])["status"] in ("queued", "running")
     for job_id in ids:
         with contextlib.suppress(ApiClientError):  # it finished meanwhile
             client.cancel(job_id)
     for job_id in ids:
         wait_for(client, job_id)
-    what = f"GET /api/v1/jobs/<id> at {args.load_rate} req/s for {args.load_seconds} s during a job ({result.requests} requests, " \
-           f"{result.errors} errors, {result.rate:.0f} req/s sent{'' if busy else '; the jobs ended early'})"
-    report.add("latency", what + ": p50", result.p50_ms, unit="ms")
-    report.add("latency", what + ": p99", result.p99_ms, unit="ms")
+    for name, result in results:
+        what = f"GET /api/v1/jobs/<id> at {args.load_rate} req/s for {args.load_seconds} s during a job, {name} " \
+               f"({result.requests} requests, {result.errors} errors, {result.rate:.0f} req/s sent" \
+               f"{'' if busy else '; the jobs ended early'})"
+        report.add("latency", what + ": p50", result.p50_ms, unit="ms")
+        report.add("latency", what + ": p99", result.p99_ms, unit="ms")
 
 
 if __name__ == "__main__":

@@ -43,15 +43,19 @@ def discover(data_dir: Path, classes: tuple[str, ...]) -> tuple[list[tuple[Path,
     return known, unknown
 
 
-def classify_chunks(classifier, chunks: Iterable[list[np.ndarray]]) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+def classify_chunks(classifier, chunks: Iterable[list[np.ndarray]],
+                    features_out: list[np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Serving-path probabilities, whether the recipe found a white cell, and domain scores (None without a domain model)
-    for decoded images given chunk by chunk (one model batch each)."""
+    for decoded images given chunk by chunk (one model batch each). ``features_out`` (optional) receives each
+    batch's pooled features, for studies of the domain model."""
     probs, found, scores = [], [], []
     for images in chunks:
         batch, has_cell = prepare_cells(images, classifier.manifest)
         batch_probs, features = classifier.predict_with_features(batch)
         probs.append(batch_probs)
         found.extend(has_cell)
+        if features_out is not None and features is not None:
+            features_out.append(features)
         if classifier.domain is not None and features is not None:
             scores.append(classifier.domain.score(features))
     return np.concatenate(probs), np.array(found, bool), np.concatenate(scores) if scores else None

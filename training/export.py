@@ -121,8 +121,8 @@ def export_model(model, config: TrainConfig, val_x: np.ndarray, val_y: np.ndarra
     scaled = scale_for_mobilenet(val_x)
     logits, val_features = model.predict(scaled, batch_size=64, verbose=0)
     t_clean = fit_temperature(logits, val_y)
-    t_shift = shift_aware_temperature(logits, model.predict(scale_for_mobilenet(augmented_copies(val_x, config.input_size, seed=config.seed, preprocessing=config.recipe)),
-                                                            batch_size=64, verbose=0)[0], val_y)
+    copies = augmented_copies(val_x, config.input_size, seed=config.seed, preprocessing=config.recipe)
+    t_shift = shift_aware_temperature(logits, model.predict(scale_for_mobilenet(copies), batch_size=64, verbose=0)[0], val_y)
     temperature = choose_temperature(logits, val_y, t_clean, t_shift)
     probs = calibrated_softmax(logits, temperature)
     cm = confusion_matrix(val_y, probs.argmax(axis=1), len(CLASS_NAMES))

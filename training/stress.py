@@ -80,23 +80,28 @@ def balanced_subsample(samples: list[tuple[Path, int]], limit: int | None, seed:
     return picked
 
 
-def classify(classifier: Classifier, images: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+def classify(classifier: Classifier, images: list[np.ndarray],
+             features_out: list[np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Serving-path probabilities, whether the recipe found a white cell, and domain scores (None without a domain model)."""
-    return classify_chunks(classifier, (images[start : start + BATCH] for start in range(0, len(images), BATCH)))
+    return classify_chunks(classifier, (images[start : start + BATCH] for start in range(0, len(images), BATCH)), features_out)
 
 
 def measure(classifier: Classifier, images: list[np.ndarray], y_true: np.ndarray, keep: dict | None = None) -> dict:
     """One model on one condition's images: ``score`` plus, for models with a domain model, how often the alarm fires.
 
-    With ``keep``, the per-image domain scores, found flags and correctness go there too (for studies of the alarm).
+    With ``keep``, the per-image domain scores, found flags, correctness, predicted class and pooled features
+    (float16) go there too (for studies of the alarm, ``training.alarm_study``).
     """
-    probs, found, domain_scores = classify(classifier, images)
+    features: list[np.ndarray] | None = [] if keep is not None else None
+    probs, found, domain_scores = classify(classifier, images, features)
     metrics = score(probs, found, y_true, classifier.manifest.classes)
     if domain_scores is not None:
         metrics["domain"] = domain_summary(classifier.domain, domain_scores, found)
     if keep is not None:
-        keep.update(correct=found & (probs.argmax(axis=1) == y_true), found=found,
+        keep.update(correct=found & (probs.argmax(axis=1) == y_true), found=found, predicted=probs.argmax(axis=1),
                     ood=domain_scores if domain_scores is not None else np.full(len(found), np.nan))
+        if features:
+            keep["features"] = np.concatenate(features).astype(np.float16)
     return metrics
 
 
@@ -260,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", help="write every number here")
     parser.add_argument("--plot", help="write accuracy vs strength here (PNG)")
     parser.add_argument("--markdown", help="write the table here (Markdown, for the model card)")
-    parser.add_argument("--scores", help="write per-image domain scores and correctness per condition here (.npz)")
+    parser.add_argument("--scores", help="write per-image domain scores, correctness and features per condition here (.npz)")
     parser.add_argument("--limit", type=int, help="at most N images per class (balanced, seeded subsample)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--families", help=f"comma-separated subset of: {', '.join(FAMILIES)}")

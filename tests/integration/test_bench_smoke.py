@@ -23,7 +23,8 @@ def test_quick_benchmark_prints_every_figure(tmp_path, capsys, monkeypatch):
                    "whole path, upload, 1 worker process", "whole path, folder job, 1 worker process, batch 16",
                    "whole path, folder job, 1 worker process, LiteRT int8", "worker cold start, 1 process",
                    "peak RSS per worker process, 1 worker process (after a batch of 8 4000x3000 images)",
-                   "GET /api/v1/jobs/<id> at 50 req/s", "finalise a 1,000-image job", "GET /report of the 1,000-image job",
+                   "GET /api/v1/jobs/<id> at 50 req/s", "during a job, asyncio client", "during a job, threaded requests client",
+                   "no job running, asyncio client", "finalise a 1,000-image job", "GET /report of the 1,000-image job",
                    "predictions/s the database accepts, 4 writer processes", "targets (issue 12)"):
         assert figure in text, figure
     assert "nan" not in text.split("targets")[0]

@@ -1,0 +1,103 @@
+"""Which reference should the domain alarm measure distances to? A study on the robustness suite's features.
+
+``python -m training.domain_fit_study --model DIR --config FILE --scores stress_kaggle.npz stress_pbc.npz [--json OUT]``
+
+Why: the shipped domain model (``pipeline.domain``) measures each image's
+Mahalanobis distance to the nearest *class* centre, the centres pooled over
+both training laboratories. The two laboratories sit in different places of
+feature space, so a class centre lies between them and ordinary images of
+either laboratory look somewhat unusual. Job statistics that would catch
+moderate shifts (a job's mean distance) then false-alarm on one laboratory's
+ordinary jobs (``training.alarm_study``). Centres per class *and* laboratory
+may tighten the in-domain distances without loosening the shifted ones.
+
+The study refits the domain model on the training split's features (serving
+path, LiteRT) with each reference, rescores every condition of the
+robustness suite from the stored features (``training.stress --scores``
+keeps them) and runs ``training.alarm_study``'s comparison (thresholds from
+the first halves of the unshifted validation images, rates on the second
+halves) for every reference. Validation and training images only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.classifier import load_classifier
+from pipeline.domain import fit_domain_model
+from pipeline.images import decode_image
+from training.alarm_study import Conditions, conditions_of, print_summary, study_conditions
+from training.config import TrainConfig
+from training.data import load_splits
+from training.evaluate import BATCH, classify_chunks
+
+#: reference name -> training labels of its components, from (class index, laboratory index)
+REFERENCES = {
+    "class centres (shipped)": lambda y, lab: y,
+    "class x laboratory centres": lambda y, lab: y * 2 + lab,
+}
+
+
+def training_features(model_dir: str, config: TrainConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pooled features, class indices and laboratory indices (0 Kaggle, 1 PBC) of the training split, serving path."""
+    classifier = load_classifier(model_dir, "litert")
+    classes = classifier.manifest.classes
+    samples = [s for s in load_splits(Path(config.work_dir) / "splits.json")["train"] if s.label in classes]
+    features: list[np.ndarray] = []
+    chunks = ([decode_image(Path(s.path).read_bytes(), 10**9) for s in samples[i : i + BATCH]]
+              for i in range(0, len(samples), BATCH))
+    classify_chunks(classifier, chunks, features)
+    labels = np.array([classes.index(s.label) for s in samples])
+    labs = np.array([0 if s.dataset == "kaggle" else 1 for s in samples])
+    return np.concatenate(features), labels, labs
+
+
+def validation_features(paths: list[str], index: int = 0) -> dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]:
+    """Per file and condition: stored features (float32) and correctness."""
+    out = {}
+    for path in paths:
+        with np.load(path) as data:
+            out[Path(path).name] = {name.split("/", 1)[1]: (data[name + "/features"].astype(np.float32), data[name + "/correct"])
+                                    for name in conditions_of(data, index)}
+    return out
+
+
+def rescored(files: dict, reference) -> Conditions:
+    return {file: {cond: (reference.score(f), correct) for cond, (f, correct) in conds.items()} for file, conds in files.items()}
+
+
+def run(model_dir: str, config: TrainConfig, paths: list[str]) -> dict:
+    f_train, y, lab = training_features(model_dir, config)
+    files = validation_features(paths)
+    f_val = np.concatenate([next(iter(conds.values()))[0] for conds in files.values()])
+    results = {}
+    for name, components in REFERENCES.items():
+        reference = fit_domain_model(f_train, components(y, lab), f_val)
+        results[name] = study_conditions(rescored(files, reference))
+    return {"model": model_dir, "training_images": len(f_train), "references": results}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m training.domain_fit_study", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--config", required=True, help="training config whose splits.json names the training images")
+    parser.add_argument("--scores", nargs="+", required=True, help="files written by training.stress --scores")
+    parser.add_argument("--json")
+    args = parser.parse_args(argv)
+    result = run(args.model, TrainConfig.from_file(args.config), args.scores)
+    for name, study in result["references"].items():
+        print(f"\n{name}")
+        print_summary(study["summary"])
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
