@@ -155,6 +155,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--source", type=Path, help="folder of cell images to use (repeated as needed) instead of ../shared/data")
     parser.add_argument("--profile", action="store_true", help="sample the worker with py-spy during the 1-process folder job")
     parser.add_argument("--out", type=Path, help="also write the printed table to this file")
+    parser.add_argument("--compare-model", help="another exported model (e.g. an older version): its preparation, classifier "
+                                                "alone and 1-process folder-job whole path in the same run")
     args = parser.parse_args(argv)
     args.images = args.images or (200 if args.quick else 2000)
     args.repeats = 3 if args.quick else 10
@@ -300,6 +302,26 @@ def _whole_path_figures(report: Report, client, settings: Settings, paths: list[
         with running_workers(Settings(**{**settings.__dict__, "backend": "litert-int8"}), 1, tmp / "worker-int8.log"):
             timed_job(client, lambda: client.submit_server_folder(str(first_batch)), min(n, settings.batch_size))  # warm-up
             whole("whole path, folder job, 1 worker process, LiteRT int8", lambda: client.submit_server_folder(folder), "litert-int8")
+    if args.compare_model:
+        _compare_model_figures(report, client, settings, paths, folder, first_batch, tmp, args)
+
+
+def _compare_model_figures(report: Report, client, settings: Settings, paths: list[Path], folder: str, first_batch: Path,
+                           tmp: Path, args) -> None:
+    """Another model's preparation, classifier alone and whole path, beside the shipped model's in the same run."""
+    other = Settings(**{**settings.__dict__, "model_dir": args.compare_model})
+    manifest = load_classifier(other.model_dir, "litert").manifest
+    name = f"model {manifest.label} ({manifest.input_size}x{manifest.input_size})"
+    prep_paths = paths[: max(SWEEP[-1], other.batch_size * 4)]
+    prep_rate, scaled = time_decode(prep_paths, manifest, other)
+    report.add("compare", f"read + decode + preprocess alone (1 thread), {name}", prep_rate)
+    report.add("compare", f"classifier alone, LiteRT fp32, batch {other.batch_size}, {name}",
+               time_classifier("litert", other.model_dir, scaled[: other.batch_size], args.repeats))
+    ref = Reference(other.model_dir, scaled[: other.batch_size], ["litert"], 0.2 if args.quick else 1.5)
+    with running_workers(other, 1, tmp / "worker-compare.log"):
+        timed_job(client, lambda: client.submit_server_folder(str(first_batch)), min(len(paths), other.batch_size))  # warm-up
+        rate, alone = ref.around("litert", lambda: len(paths) / timed_job(client, lambda: client.submit_server_folder(folder), len(paths)))
+    report.add("compare", f"whole path, folder job, 1 worker process, {name}", rate, ref=alone, ref_name="its litert")
 
 
 #: the load generators, side by side: the benchmark's figure first (``bench.load`` says why two)

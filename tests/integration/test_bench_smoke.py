@@ -16,7 +16,8 @@ def test_quick_benchmark_prints_every_figure(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("HEMATOVISION_BENCH_REDIS", REDIS_URL)
     out = tmp_path / "bench.txt"
     assert throughput.main(["--quick", "--images", "24", "--concurrency", "1", "--stack", "redis-postgres",
-                            "--source", str(REPO / "samples" / "cells"), "--out", str(out)]) == 0
+                            "--source", str(REPO / "samples" / "cells"), "--out", str(out),
+                            "--compare-model", str(REPO / "models" / "hematovision-mnv2-cc-160")]) == 0
     text = out.read_text()
     for figure in ("classifier alone, LiteRT fp32, batch 64", "classifier alone, LiteRT fp32, batch 128",
                    "read + decode + preprocess alone", "whole path, folder job, 1 worker process",
@@ -25,7 +26,9 @@ def test_quick_benchmark_prints_every_figure(tmp_path, capsys, monkeypatch):
                    "peak RSS per worker process, 1 worker process (after a batch of 8 4000x3000 images)",
                    "GET /api/v1/jobs/<id> at 50 req/s", "during a job, asyncio client", "during a job, threaded requests client",
                    "no job running, asyncio client", "finalise a 1,000-image job", "GET /report of the 1,000-image job",
-                   "predictions/s the database accepts, 4 writer processes", "targets (issue 12)"):
+                   "predictions/s the database accepts, 4 writer processes", "targets (issue 12)",
+                   "whole path, folder job, 1 worker process, model hematovision-mnv2-cc-160@",
+                   "whole path, folder job, 1 process: shipped / model hematovision-mnv2-cc-160@"):
         assert figure in text, figure
     assert "nan" not in text.split("targets")[0]
     assert "0 errors" in text
