@@ -28,13 +28,11 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.classifier import load_classifier
 from pipeline.domain import fit_domain_model
-from pipeline.images import decode_image
 from training.alarm_study import Conditions, conditions_of, print_summary, study_conditions
 from training.config import TrainConfig
 from training.data import load_splits
-from training.evaluate import BATCH, classify_chunks
+from training.refit_domain import split_features
 
 #: reference name -> training labels of its components, from (class index, laboratory index)
 REFERENCES = {
@@ -45,16 +43,8 @@ REFERENCES = {
 
 def training_features(model_dir: str, config: TrainConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Pooled features, class indices and laboratory indices (0 Kaggle, 1 PBC) of the training split, serving path."""
-    classifier = load_classifier(model_dir, "litert")
-    classes = classifier.manifest.classes
-    samples = [s for s in load_splits(Path(config.work_dir) / "splits.json")["train"] if s.label in classes]
-    features: list[np.ndarray] = []
-    chunks = ([decode_image(Path(s.path).read_bytes(), 10**9) for s in samples[i : i + BATCH]]
-              for i in range(0, len(samples), BATCH))
-    classify_chunks(classifier, chunks, features)
-    labels = np.array([classes.index(s.label) for s in samples])
-    labs = np.array([0 if s.dataset == "kaggle" else 1 for s in samples])
-    return np.concatenate(features), labels, labs
+    features, labels, labs = split_features(model_dir, load_splits(Path(config.work_dir) / "splits.json")["train"])
+    return features, labels, (labs != "kaggle").astype(int)
 
 
 def validation_features(paths: list[str], index: int = 0) -> dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]:

@@ -76,17 +76,28 @@ def with_features(model):
     return keras.Model(model.inputs, [model.get_layer("logits").output, model.get_layer("pool").output], name=model.name)
 
 
-def fit_domain(model, train_x: np.ndarray, train_y: np.ndarray, f_val: np.ndarray, folder: Path) -> dict:
+def fit_domain(model, train_x: np.ndarray, train_y: np.ndarray, f_val: np.ndarray, val_groups: np.ndarray, folder: Path) -> dict:
     """Fit ``ood.npz`` on training features; thresholds from validation features (``pipeline.domain``)."""
-    from pipeline.domain import fit_domain_model
-
     _, f_train = model.predict(scale_for_mobilenet(train_x), batch_size=64, verbose=0)
-    domain = fit_domain_model(f_train, train_y, f_val)
+    return save_domain(f_train, train_y, f_val, val_groups, folder, f"{len(train_x)} training images")
+
+
+def save_domain(f_train: np.ndarray, train_y: np.ndarray, f_val: np.ndarray, val_groups: np.ndarray, folder: Path,
+                fitted_on: str) -> dict:
+    """Write ``ood.npz`` and return the manifest's ``ood`` block (what ``training.refit_domain`` also writes)."""
+    from pipeline.domain import FALSE_ALARM, JOB_SIZE, fit_domain_model
+
+    domain = fit_domain_model(f_train, train_y, f_val, val_groups)
     domain.save(folder / "ood.npz")
+    groups = [str(g) for g in np.unique(val_groups)]
     return {"file": "ood.npz", "method": "Mahalanobis to nearest class centre, shared covariance, PCA 64",
             "image_threshold": round(domain.image_threshold, 4), "job_threshold": round(domain.job_threshold, 4),
-            "job_size": 50, "in_domain_unusual_fraction": round(domain.expected_fraction, 4),
-            "fitted_on": f"{len(train_x)} training images; thresholds on {len(f_val)} validation images"}
+            "job_size": JOB_SIZE, "in_domain_unusual_fraction": round(domain.expected_fraction, 4),
+            "mean_distance": {"laboratories": groups, "centres": [round(float(v), 4) for v in domain.mean_centres],
+                              "job_thresholds": [round(float(v), 4) for v in domain.mean_thresholds]},
+            "job_statistics": f"share of images above the image threshold, or mean distance; each at {FALSE_ALARM:.1%} "
+                              f"false alarm on {JOB_SIZE}-image validation jobs of one laboratory",
+            "fitted_on": f"{fitted_on}; thresholds on {len(f_val)} validation images"}
 
 
 def try_int8(model, folder: Path, calibration: np.ndarray, scaled_val: np.ndarray, val_y: np.ndarray, fp32_accuracy: float) -> dict:
@@ -137,7 +148,8 @@ def export_model(model, config: TrainConfig, val_x: np.ndarray, val_y: np.ndarra
     int8 = None
     if calibration_x is not None and len(calibration_x):
         int8 = try_int8(model, tmp, scale_for_mobilenet(calibration_x), scaled, val_y, accuracy)
-    ood = fit_domain(model, train[0], train[1], val_features, tmp) if train is not None else None
+    val_groups = np.array([s.dataset for s in splits["val"]])
+    ood = fit_domain(model, train[0], train[1], val_features, val_groups, tmp) if train is not None else None
     files = ["model.keras", "model.tflite"] + ([int8["file"]] if int8 and int8["file"] else []) + (["ood.npz"] if ood else [])
 
     manifest = {

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from training.alarm_study import STATISTICS, study
+from training.alarm_study import SHIPPED, STATISTICS, study
 
 
 def test_a_shift_of_every_image_is_caught_and_unshifted_jobs_rarely_alarm(tmp_path):
@@ -21,8 +21,25 @@ def test_a_shift_of_every_image_is_caught_and_unshifted_jobs_rarely_alarm(tmp_pa
     result = study([str(path)])
     rows = {r["condition"]: r for r in result["rows"]}
     assert set(rows) == {"baseline/none", "stain/x2"}
-    for s in STATISTICS:
+    for s in [*STATISTICS, SHIPPED]:
         assert rows["baseline/none"]["alarm"][s] <= 0.15
         assert rows["stain/x2"]["alarm"][s] >= 0.9
     summary = result["summary"]["mean distance"]
     assert summary["n_below_85"] == 1 and summary["alarm_below_85"] >= 0.9
+
+
+def lab_file(path, level: float, seed: int) -> str:
+    rng = np.random.default_rng(seed)
+    base = rng.lognormal(level, 0.25, 1000)
+    np.savez(path, **{"0/baseline/none/ood": base, "0/baseline/none/correct": np.ones(1000, bool),
+                      "0/baseline/none/found": np.ones(1000, bool)})
+    return str(path)
+
+
+def test_thresholds_come_from_one_laboratory_at_a_time_so_neither_laboratory_false_alarms(tmp_path):
+    """Two laboratories whose ordinary images sit at different distances: thresholds from jobs of mixed images
+    would flag most of the farther laboratory's ordinary jobs on the mean; per-laboratory thresholds do not."""
+    paths = [lab_file(tmp_path / "near.npz", 1.9, 1), lab_file(tmp_path / "far.npz", 2.1, 2)]
+    summary = study(paths)["summary"]
+    for s in ("mean distance", SHIPPED):
+        assert summary[s]["false_alarm_worst_lab"] <= 0.1

@@ -78,3 +78,45 @@ def test_report_leaves_no_cell_images_out_of_the_differential_and_carries_the_ch
     assert report.domain_check["status"] == SHIFTED
     assert "domain_check,shifted" in report.to_csv().replace("\r", "")
     assert "domain check: shifted" in report.to_table()
+
+
+def test_a_moderate_shift_of_every_image_is_caught_by_the_mean_when_the_share_of_unusual_images_misses_it(model):
+    """Every image a little further away (e.g. mild blur): few cross the image threshold, the job's mean does."""
+    rng = np.random.default_rng(6)
+    base = model.score(features(50, rng)[0]).astype(np.float64)
+    moderate = list(np.minimum(base * 1.25, model.image_threshold * 0.98))  # none above the image threshold
+    check = check_job(moderate, model)
+    assert check.score == 0.0 and check.status == SHIFTED
+    assert "on average further" in check.reasons[0] and check.mean_distance > model.mean_threshold(50)
+    assert check.to_dict()["mean_distance"] == check.mean_distance
+
+
+def test_mean_threshold_is_fitted_per_laboratory_and_widens_for_small_jobs():
+    rng = np.random.default_rng(7)
+    train_x, train_y = features(2000, rng)
+
+    def far_lab(n: int) -> np.ndarray:
+        """A second laboratory whose images scatter more widely around the same class centres."""
+        x, y = features(n, rng)
+        return (np.eye(K, D)[y] * 6.0 + (x - np.eye(K, D)[y] * 6.0) * 1.15).astype(np.float32)
+
+    near, _ = features(1500, rng)
+    model = fit_domain_model(train_x, train_y, np.concatenate([near, far_lab(1500)]), np.array([0] * 1500 + [1] * 1500),
+                             components=32)
+    assert model.mean_centres.shape == (2,) and model.mean_centres[1] > model.mean_centres[0] + 0.3
+    # the farther laboratory's ordinary jobs stay quiet (a threshold from jobs mixing both would flag most of them)
+    mixed_threshold = np.quantile([model.score(np.concatenate([features(25, rng)[0], far_lab(25)])).mean() for _ in range(300)], 0.975)
+    far_means = [model.score(far_lab(50)).mean() for _ in range(100)]
+    assert np.mean(np.array(far_means) > mixed_threshold) > 0.3
+    far_jobs = [check_job(list(model.score(far_lab(50))), model).status for _ in range(100)]
+    assert far_jobs.count(SHIFTED) <= 10
+    assert model.mean_threshold(10) > model.mean_threshold(50) == model.mean_threshold(5000)
+
+
+def test_a_domain_model_saved_before_the_mean_statistic_still_loads_and_checks(model, tmp_path):
+    np.savez(tmp_path / "ood.npz", mean=model.mean, components=model.components, class_means=model.class_means,
+             precision=model.precision, thresholds=np.array([model.image_threshold, model.job_threshold, model.expected_fraction]))
+    old = DomainModel.load(tmp_path / "ood.npz")
+    assert old.mean_threshold(50) is None
+    check = check_job(list(model.score(features(50, np.random.default_rng(8), shift=6.0)[0])), old)
+    assert check.status == SHIFTED and check.mean_distance is None and "mean_distance" not in check.to_dict()
