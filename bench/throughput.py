@@ -37,7 +37,7 @@ from api.client import ApiClientError
 from bench import database, load, profile
 from bench.report import Report
 from bench.stack import running_api, running_workers, timed_job, wait_for
-from pipeline.batch import BatchLimits, apply_thread_budget, prepare_batches
+from pipeline.batch import BatchLimits, apply_thread_budget, classify_stream, prepare_batches
 from pipeline.classifier import load_classifier
 from pipeline.manifest import ModelManifest
 from pipeline.preprocess import scale_for_mobilenet
@@ -184,6 +184,7 @@ def main(argv: list[str] | None = None) -> int:
         if base.thread_budget > 1:
             report.add("decode", f"read + decode + preprocess alone, the worker's pool of {base.thread_budget} threads",
                        time_decode(prep_paths, manifest, base, base.thread_budget)[0])
+        args.stream_paths = paths[: min(len(paths), 640)]
         reference = _classifier_figures(report, base, scaled, args)
         overrides: dict[str, object] = {}
         if args.stack == "redis-postgres":
@@ -217,6 +218,20 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def time_stream(paths: list[Path], settings: Settings) -> float:
+    """The worker's own loop in this process: read, decode, prepare on the pool, classify one batch ahead
+    (``classify_stream`` with the worker's thread budget), without database, broker or API."""
+    apply_thread_budget(settings.thread_budget)
+    classifier = load_classifier(settings.model_dir, settings.backend, threads=settings.thread_budget)
+    limits = BatchLimits(settings.batch_size, settings.batch_pixels, settings.max_image_pixels)
+    items = [(i, p.read_bytes) for i, p in enumerate(paths)]
+    list(classify_stream(classifier, items[: settings.batch_size], limits, threads=settings.thread_budget))  # warm-up
+    t0 = time.perf_counter()
+    with contextlib.closing(classify_stream(classifier, items, limits, threads=settings.thread_budget)) as stream:
+        n = sum(len(batch) for batch in stream)
+    return n / (time.perf_counter() - t0)
+
+
 def _classifier_figures(report: Report, base: Settings, scaled: np.ndarray, args) -> Reference:
     batch = scaled[: base.batch_size]
     fp32 = time_classifier("litert", base.model_dir, batch, args.repeats)
@@ -234,6 +249,10 @@ def _classifier_figures(report: Report, base: Settings, scaled: np.ndarray, args
         report.add("classifier", f"classifier alone, Keras/TensorFlow, batch {base.batch_size}", keras, ref=fp32, ref_name="fp32")
     except ImportError:
         pass
+    stream_paths = args.stream_paths
+    report.add("classifier", f"read + decode + preprocess + classifier in one process ({len(stream_paths)} images, the worker's "
+               f"loop without database, broker or API), thread budget {base.thread_budget}", time_stream(stream_paths, base),
+               ref=fp32, ref_name="fp32")
     for b in SWEEP:
         report.add("sweep", f"classifier alone, LiteRT fp32, batch {b}", time_classifier("litert", base.model_dir, scaled[:b], args.repeats),
                    ref=fp32, ref_name=f"fp32 batch {base.batch_size}")

@@ -15,7 +15,7 @@ laboratory's job holds its own images: the shipped fit does the same from
 images, and its sensitivity on the second halves' shifted images (each
 condition of ``training.stress --scores``). "share or mean" is the shipped
 rule from 2.1.1: either of the first two statistics over its threshold, the
-mean's threshold widened as the shipped fit widens it. ``--halvings N``
+thresholds set by the shipped fit's rules. ``--halvings N``
 repeats the study on N random halvings.
 Validation images only, never the test split.
 """
@@ -30,8 +30,9 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.domain import FALSE_ALARM, predictive_widening
+from pipeline.domain import FALSE_ALARM, mean_job_threshold, share_job_threshold
 from pipeline.domain import JOB_SIZE as JOB
+from training.data import kaggle_source
 
 JOBS = 400
 
@@ -68,8 +69,24 @@ def load_conditions(paths: list[str], index: int = 0) -> Conditions:
     return out
 
 
-def study(paths: list[str], index: int = 0, seed: int = 0, halving: int | None = None) -> dict:
-    return study_conditions(load_conditions(paths, index), seed, halving)
+def load_sources(paths: list[str]) -> dict[str, np.ndarray] | None:
+    """Per file, each image's source photograph (Kaggle: the cell its copies come from; otherwise the image itself),
+    from the keys ``training.stress --scores`` stores; None if a file has no keys (written before they were kept)."""
+    out = {}
+    for path in paths:
+        with np.load(path) as data:
+            if "keys" not in data.files:
+                return None
+            out[Path(path).name] = np.array([kaggle_source(Path(k)) or k for k in data["keys"]])
+    return out
+
+
+def study(paths: list[str], index: int = 0, seed: int = 0, halving: int | None = None, by_source: bool = False,
+          source_aware: bool = True) -> dict:
+    sources = load_sources(paths) if by_source else None
+    if by_source and sources is None:
+        raise SystemExit("error: --by-source needs files written by training.stress --scores with image keys")
+    return study_conditions(load_conditions(paths, index), seed, halving, sources, source_aware)
 
 
 #: the shipped rule from 2.1.1: a job is shifted when either statistic exceeds its own threshold
@@ -77,32 +94,44 @@ EITHER = ("fraction above p95", "mean distance")
 SHIPPED = "share or mean (shipped from 2.1.1)"
 
 
-def _first_half(n: int, halving: int | None) -> np.ndarray:
-    """Which images set the thresholds: even positions, or a seeded random half (``halving`` = its seed)."""
+def _first_half(n: int, halving: int | None, sources: np.ndarray | None = None) -> np.ndarray:
+    """Which images set the thresholds: even positions, or a seeded random half (``halving`` = its seed); with
+    ``sources``, whole source photographs go to one half (sorted sources alternately, or a seeded random half)."""
+    if sources is not None:
+        unique = np.unique(sources)
+        chosen = (np.arange(len(unique)) % 2 == 0) if halving is None else np.random.default_rng(1000 + halving).random(len(unique)) < 0.5
+        return np.isin(sources, unique[chosen])
     if halving is None:
         return np.arange(n) % 2 == 0
     return np.random.default_rng(1000 + halving).random(n) < 0.5
 
 
-def study_conditions(files: Conditions, seed: int = 0, halving: int | None = None) -> dict:
-    """Thresholds from each file's first-half unshifted images (the larger over files; the mean's widened as the
-    shipped fit widens it, ``pipeline.domain.predictive_widening``); alarm rates per file and condition on the
-    second halves. Every statistic is computed on the same random jobs."""
-    bases = [next(iter(conds.values()))[0] for conds in files.values()]
-    masks = [_first_half(len(b), halving) for b in bases]
+def study_conditions(files: Conditions, seed: int = 0, halving: int | None = None,
+                     sources: dict[str, np.ndarray] | None = None, source_aware: bool = True) -> dict:
+    """Thresholds from each file's first-half unshifted images (the larger over files; the share's and the mean's
+    by the shipped fit's rules, ``pipeline.domain``, told how many source photographs the half holds when
+    ``sources`` are given and ``source_aware``); alarm rates per file and condition on the second halves.
+    Every statistic is computed on the same random jobs."""
+    names = list(files)
+    bases = [next(iter(files[f].values()))[0] for f in names]
+    masks = [_first_half(len(b), halving, None if sources is None else sources[f]) for f, b in zip(names, bases, strict=True)]
     firsts = [b[m] for b, m in zip(bases, masks, strict=True)]
+    clusters = [len(np.unique(sources[f][m])) if sources is not None and source_aware else None
+                for f, m in zip(names, masks, strict=True)]
     p95 = float(np.percentile(np.concatenate(firsts), 95))
 
-    def threshold(name: str, first: np.ndarray) -> float:
-        q = float(np.quantile(job_values(first, p95, STATISTICS[name], np.random.default_rng(seed)), 1 - FALSE_ALARM))
+    def threshold(name: str, first: np.ndarray, c: int | None) -> float:
+        """The shipped fit's own rules for its two statistics; resampled jobs' quantile for the others."""
+        if name == "fraction above p95":
+            return share_job_threshold(first > p95, JOB, c)
         if name == "mean distance":
-            q = float(first.mean() + (q - first.mean()) * predictive_widening(len(first), JOB))
-        return q
+            return mean_job_threshold(first, np.random.default_rng(seed), c)
+        return float(np.quantile(job_values(first, p95, STATISTICS[name], np.random.default_rng(seed)), 1 - FALSE_ALARM))
 
-    thresholds = {s: max(threshold(s, first) for first in firsts) for s in STATISTICS}
+    thresholds = {s: max(threshold(s, first, c) for first, c in zip(firsts, clusters, strict=True)) for s in STATISTICS}
     rows: list[dict] = []
-    for (file, conds), mask in zip(files.items(), masks, strict=True):
-        for condition, (distances, correct) in conds.items():
+    for file, mask in zip(names, masks, strict=True):
+        for condition, (distances, correct) in files[file].items():
             held = ~mask
             fired = {s: job_values(distances[held], p95, f, np.random.default_rng(seed + 1)) > thresholds[s]
                      for s, f in STATISTICS.items()}
@@ -145,16 +174,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model-index", type=int, default=0, help="0: the --model of that run, 1: its --compare")
     parser.add_argument("--halvings", type=int, default=0,
                         help="also repeat the study on N seeded random halvings (how stable the false-alarm rate is)")
+    parser.add_argument("--by-source", action="store_true",
+                        help="halve by source photograph (Kaggle's copies of one cell stay in one half), and compare "
+                             "thresholds told the number of sources with thresholds that count images")
     parser.add_argument("--json")
     args = parser.parse_args(argv)
-    result = study(args.scores, args.model_index)
-    print_summary(result["summary"])
-    result["halvings"] = []
-    for k in range(args.halvings):
-        again = study(args.scores, args.model_index, halving=k)
-        result["halvings"].append(again["summary"])
-        print(f"\nrandom halving {k}")
-        print_summary(again["summary"])
+    variants = [("", True)] if not args.by_source else [(" (thresholds know the sources)", True),
+                                                         (" (thresholds count images)", False)]
+    result: dict = {"by_source": args.by_source, "variants": {}}
+    for label, aware in variants:
+        first = study(args.scores, args.model_index, by_source=args.by_source, source_aware=aware)
+        halvings = [study(args.scores, args.model_index, halving=k, by_source=args.by_source, source_aware=aware)["summary"]
+                    for k in range(args.halvings)]
+        result["variants"][label.strip(" ()") or "shipped"] = {**first, "halvings": halvings}
+        for name, summary in [("fixed halving", first["summary"])] + [(f"random halving {k}", h) for k, h in enumerate(halvings)]:
+            print(f"\n{name}{label}")
+            print_summary(summary)
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))
     return 0

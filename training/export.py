@@ -83,11 +83,11 @@ def fit_domain(model, train_x: np.ndarray, train_y: np.ndarray, f_val: np.ndarra
 
 
 def save_domain(f_train: np.ndarray, train_y: np.ndarray, f_val: np.ndarray, val_groups: np.ndarray, folder: Path,
-                fitted_on: str) -> dict:
+                fitted_on: str, val_sources: np.ndarray | None = None) -> dict:
     """Write ``ood.npz`` and return the manifest's ``ood`` block (what ``training.refit_domain`` also writes)."""
     from pipeline.domain import FALSE_ALARM, JOB_SIZE, fit_domain_model
 
-    domain = fit_domain_model(f_train, train_y, f_val, val_groups)
+    domain = fit_domain_model(f_train, train_y, f_val, val_groups, val_sources=val_sources)
     domain.save(folder / "ood.npz")
     groups = [str(g) for g in np.unique(val_groups)]
     return {"file": "ood.npz", "method": "Mahalanobis to nearest class centre, shared covariance, PCA 64",

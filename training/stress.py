@@ -173,6 +173,8 @@ def run(model_dirs: list[str], data_dir: str, backend: str = "litert", limit: in
                    for clf, d in zip(classifiers, model_dirs, strict=True)],
     }
     log(header(result))
+    if per_image is not None:
+        per_image["keys"] = np.array(keys)  # which image each row is (for studies that split by source photograph)
     for condition in todo:
         t0 = time.perf_counter()
         shifted = condition.apply(images, keys, seed)

@@ -21,6 +21,7 @@ def test_quick_benchmark_prints_every_figure(tmp_path, capsys, monkeypatch):
     text = out.read_text()
     for figure in ("classifier alone, LiteRT fp32, batch 64", "classifier alone, LiteRT fp32, batch 128",
                    "read + decode + preprocess alone", "whole path, folder job, 1 worker process",
+                   "read + decode + preprocess + classifier in one process",
                    "whole path, upload, 1 worker process", "whole path, folder job, 1 worker process, batch 16",
                    "whole path, folder job, 1 worker process, LiteRT int8", "worker cold start, 1 process",
                    "peak RSS per worker process, 1 worker process (after a batch of 8 4000x3000 images)",
