@@ -43,3 +43,20 @@ def test_thresholds_come_from_one_laboratory_at_a_time_so_neither_laboratory_fal
     summary = study(paths)["summary"]
     for s in ("mean distance", SHIPPED):
         assert summary[s]["false_alarm_worst_lab"] <= 0.1
+
+
+def test_halving_by_source_keeps_every_copy_of_a_cell_in_one_half(tmp_path):
+    from training.alarm_study import _first_half, load_sources
+
+    keys = np.array([f"eosinophil/_{cell}_{copy}.jpeg" for cell in range(30) for copy in range(10)])
+    rng = np.random.default_rng(3)
+    base = rng.lognormal(2.0, 0.25, len(keys))
+    np.savez(tmp_path / "k.npz", keys=keys, **{"0/baseline/none/ood": base, "0/baseline/none/correct": np.ones(len(keys), bool),
+                                               "0/baseline/none/found": np.ones(len(keys), bool)})
+    sources = load_sources([str(tmp_path / "k.npz")])["k.npz"]
+    assert len(np.unique(sources)) == 30
+    for halving in (None, 0, 1):
+        first = _first_half(len(keys), halving, sources)
+        assert not set(sources[first]) & set(sources[~first]) and 0 < first.sum() < len(keys)
+    summary = study([str(tmp_path / "k.npz")], by_source=True)["summary"]
+    assert summary[SHIPPED]["false_alarm"] <= 0.15

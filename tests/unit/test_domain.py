@@ -120,3 +120,18 @@ def test_a_domain_model_saved_before_the_mean_statistic_still_loads_and_checks(m
     assert old.mean_threshold(50) is None
     check = check_job(list(model.score(features(50, np.random.default_rng(8), shift=6.0)[0])), old)
     assert check.status == SHIFTED and check.mean_distance is None and "mean_distance" not in check.to_dict()
+
+
+def test_thresholds_allow_for_validation_images_that_are_copies_of_few_source_photographs():
+    """Kaggle-like validation: 800 images that are copies of 40 cells say less about the laboratory than 800
+    cells would, so the thresholds are wider when told the sources; one source per image changes nothing."""
+    rng = np.random.default_rng(9)
+    train_x, train_y = features(2000, rng)
+    x, _ = features(40, rng)
+    val = np.repeat(x, 20, axis=0) + rng.normal(0, 0.3, (800, D)).astype(np.float32)
+    labs = np.zeros(len(val), int)
+    naive = fit_domain_model(train_x, train_y, val, labs, components=32)
+    aware = fit_domain_model(train_x, train_y, val, labs, components=32, val_sources=np.repeat(np.arange(40), 20))
+    own = fit_domain_model(train_x, train_y, val, labs, components=32, val_sources=np.arange(800))
+    assert aware.mean_threshold(50) > naive.mean_threshold(50) == pytest.approx(own.mean_threshold(50))
+    assert aware.job_threshold >= naive.job_threshold == own.job_threshold
