@@ -54,6 +54,20 @@ def test_train_export_evaluate_cli(tmp_path):
     assert metrics["per_source_cell"]["n_sources"] >= 4  # Kaggle names give the source cell
     assert (report.parent / "metrics_confusion.png").exists() and (report.parent / "metrics_reliability.png").exists()
 
+    # the alarm refitted on the same network: new version and thresholds, verified files, the same predictions
+    refit = [sys.executable, "-m", "training.refit_domain", "--model", str(export), "--config", str(work / "config.json"),
+             "--version", "0.0.1-refit"]
+    proc = subprocess.run(refit, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    refitted = json.loads((export / "manifest.json").read_text())
+    assert refitted["version"] == "0.0.1-refit" and "refitted" in refitted["history"][-1]
+    assert refitted["ood"]["mean_distance"]["laboratories"] == ["kaggle", "pbc"]
+    from pipeline.classifier import load_classifier
+
+    assert load_classifier(str(export), "litert").domain.mean_threshold(50) is not None  # sha256 of ood.npz verified
+    proc = subprocess.run(evaluate, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and json.loads(report.read_text())["accuracy"] == metrics["accuracy"]
+
 
 def test_evaluate_reports_unknown_class_folders(tmp_path, model_dir, sample_folder):
     data = tmp_path / "data"
