@@ -12,14 +12,16 @@ score in one model call); random jobs of N fields are then checked with
 those of ``training.evaluate_fields --subset even|odd`` (sorted names, every
 other one); only the even half may be used to choose anything.
 
-``--hue DEG`` rotates every field's hue first (a synthetic stain shift): the
-alarm should then fire.
+``--hue DEG`` rotates every field's hue first (a synthetic stain shift);
+``--shift FAMILY/STRENGTH`` applies any shift of the robustness suite (e.g.
+``scale/x2``, ``stain_intensity/x2``): the alarm should then fire.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from functools import partial
 from pathlib import Path
 
 import cv2
@@ -28,21 +30,32 @@ import numpy as np
 from pipeline.classifier import load_classifier
 from pipeline.domain import SHIFTED, UNAVAILABLE, DomainModel, check_job
 from pipeline.fields import FieldSettings, analyze_fields
-from training.shifts import hue_rotation
+from training.shifts import FAMILIES, Shift, hue_rotation
 
 
-def field_scores(classifier, paths: list[Path], hue: float = 0.0, chunk: int = 32) -> list[list[float | None]]:
-    """Per field, the domain scores of the white cells the serving path finds in it."""
+def field_scores(classifier, paths: list[Path], shift: Shift | None = None, chunk: int = 32) -> list[list[float | None]]:
+    """Per field, the domain scores of the white cells the serving path finds in it (after ``shift``, if given)."""
     scores: list[list[float | None]] = []
     for start in range(0, len(paths), chunk):
         items = []
-        for key, path in enumerate(paths[start : start + chunk]):
+        for key, path in enumerate(paths[start : start + chunk], start):
             data = path.read_bytes()
-            if hue:
-                data = cv2.imencode(".jpg", hue_rotation(cv2.imread(str(path)), None, hue), [cv2.IMWRITE_JPEG_QUALITY, 95])[1].tobytes()
+            if shift is not None:
+                shifted = shift(cv2.imread(str(path)), np.random.default_rng(key))
+                data = cv2.imencode(".jpg", shifted, [cv2.IMWRITE_JPEG_QUALITY, 95])[1].tobytes()
             items.append((key, data))
         scores += [[c.ood_score for c in r.cells] for r in analyze_fields(classifier, items, FieldSettings(), chunk)]
     return scores
+
+
+def named_shift(name: str) -> Shift:
+    """``family/strength`` of the robustness suite (``training.shifts.FAMILIES``), e.g. ``scale/x2``."""
+    family, _, strength = name.partition("/")
+    for label, shift in FAMILIES.get(family, []):
+        if label == strength:
+            return shift
+    choices = ", ".join(f"{f}/{label}" for f, members in FAMILIES.items() for label, _ in members)
+    raise SystemExit(f"error: unknown shift {name!r}; choose one of {choices}")
 
 
 def alarm_rates(scores: list[list[float | None]], domain: DomainModel, n_fields: int, jobs: int, seed: int = 0) -> dict:
@@ -61,7 +74,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fields", type=int, nargs="+", default=[10, 20, 50], help="fields per job")
     parser.add_argument("--jobs", type=int, default=2000)
     parser.add_argument("--hue", type=float, default=0.0, help="rotate every field's hue by this many degrees first")
+    parser.add_argument("--shift", help="apply one shift of the robustness suite to every field first, e.g. scale/x2")
     args = parser.parse_args(argv)
+    shift = named_shift(args.shift) if args.shift else (partial(hue_rotation, degrees=args.hue) if args.hue else None)
     cv2.setNumThreads(1)
     classifier = load_classifier(args.model, "litert", threads=1)
     if classifier.domain is None:
@@ -71,10 +86,11 @@ def main(argv: list[str] | None = None) -> int:
     if not paths:
         print(f"no fields in {args.data}/JPEGImages", file=sys.stderr)
         return 2
-    scores = field_scores(classifier, paths, args.hue)
+    scores = field_scores(classifier, paths, shift)
     domain = classifier.domain
     print(f"model {classifier.manifest.label}; image threshold {domain.image_threshold:.3f}, job threshold {domain.job_threshold:.3f} "
-          f"(in-domain validation: {domain.expected_fraction:.1%} unusual); hue {args.hue:+g} deg")
+          f"(in-domain validation: {domain.expected_fraction:.1%} unusual); "
+          f"{args.shift or (f'hue {args.hue:+g} deg' if args.hue else 'no shift')}")
     for half, part in (("all", scores), ("even", scores[0::2]), ("odd", scores[1::2])):
         cells = np.array([s for field in part for s in field if s is not None])
         unusual = float((cells > domain.image_threshold).mean()) if len(cells) else float("nan")
