@@ -77,7 +77,8 @@ def test_stress_run_on_the_shipped_model_covers_every_family_and_strength(model_
     printed = capsys.readouterr().out
     assert "baseline" in printed and "off_centre" in printed
     with np.load(scores) as per_image:  # per condition: 8 images' domain scores, found flags, correctness, answers, features
-        assert len(per_image.files) == 5 * sum(len(s) for s in expected.values())
+        assert len(per_image.files) == 5 * sum(len(s) for s in expected.values()) + 1  # + the images' keys
+        assert per_image["keys"].shape == (8,) and "/" in str(per_image["keys"][0])
         assert per_image["0/baseline/none/features"].shape[0] == 8 and per_image["0/baseline/none/predicted"].shape == (8,)
         assert per_image["0/baseline/none/ood"].shape == (8,) and np.isfinite(per_image["0/baseline/none/ood"]).all()
         assert per_image["0/baseline/none/correct"].sum() == round(baseline["accuracy"] * 8)
