@@ -31,6 +31,7 @@ small to matter. Stored with the model (``ood.npz`` + the manifest's ``ood`` key
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,6 +68,10 @@ class DomainModel:
     #: time (None for models exported before 2.1.1: the mean statistic is then not used)
     mean_centres: np.ndarray | None = None
     mean_thresholds: np.ndarray | None = None
+    #: for cells cut from field images (their crops sit further from the training crops than cell images do):
+    #: share threshold, mean centre and 50-cell mean threshold, fitted on in-domain fields (``training.field_alarm
+    #: --fit``); None: field jobs use the cell-image thresholds
+    field_thresholds: np.ndarray | None = None
 
     def score(self, features: np.ndarray) -> np.ndarray:
         """Distance of each feature row to its nearest class centre (larger = less familiar)."""
@@ -82,8 +87,17 @@ class DomainModel:
         widen = np.sqrt(JOB_SIZE / max(1, min(n, JOB_SIZE)))
         return float(np.max(self.mean_centres + (self.mean_thresholds - self.mean_centres) * widen))
 
+    def for_fields(self) -> DomainModel:
+        """The model with the field-image thresholds in place of the cell-image ones, where they were fitted."""
+        if self.field_thresholds is None:
+            return self
+        share, centre, mean50 = (float(v) for v in self.field_thresholds)
+        return dataclasses.replace(self, job_threshold=share, mean_centres=np.array([centre]), mean_thresholds=np.array([mean50]))
+
     def save(self, path: Path) -> None:
         extra = {} if self.mean_centres is None else {"mean_centres": self.mean_centres, "mean_thresholds": self.mean_thresholds}
+        if self.field_thresholds is not None:
+            extra["field_thresholds"] = self.field_thresholds
         np.savez(path, mean=self.mean, components=self.components, class_means=self.class_means, precision=self.precision,
                  thresholds=np.array([self.image_threshold, self.job_threshold, self.expected_fraction]), **extra)
 
@@ -93,8 +107,9 @@ class DomainModel:
             image_t, job_t, expected = (float(v) for v in data["thresholds"])
             centres = data["mean_centres"] if "mean_centres" in data.files else None
             thresholds = data["mean_thresholds"] if "mean_thresholds" in data.files else None
+            fields = data["field_thresholds"] if "field_thresholds" in data.files else None
             return cls(data["mean"], data["components"], data["class_means"], data["precision"], image_t, job_t, expected,
-                       centres, thresholds)
+                       centres, thresholds, fields)
 
 
 def _job_quantile(values: np.ndarray, statistic, rng: np.random.Generator, jobs: int = 2000) -> float:
@@ -145,6 +160,14 @@ def share_job_threshold(unusual: np.ndarray, n: int = JOB_SIZE, clusters: int | 
     survival = np.cumsum(np.exp(log_pmf)[::-1])[::-1]  # P(count >= x)
     first = int(np.argmax(survival <= FALSE_ALARM)) if np.any(survival <= FALSE_ALARM) else n + 1
     return (first - 1) / n  # alarm when the share is above this, i.e. at ``first`` or more unusual images
+
+
+def field_thresholds(cell_scores: np.ndarray, image_threshold: float, seed: int = 0) -> np.ndarray:
+    """``DomainModel.field_thresholds`` from the distances of the cells of in-domain field images: the same two
+    statistics and rules as for cell images, on cells instead of images."""
+    scores = np.asarray(cell_scores, np.float64)
+    return np.array([share_job_threshold(scores > image_threshold), scores.mean(),
+                     mean_job_threshold(scores, np.random.default_rng(seed))])
 
 
 def fit_domain_model(train_features: np.ndarray, train_labels: np.ndarray, val_features: np.ndarray,
@@ -202,11 +225,14 @@ def check_job(scores: list[float | None], model: DomainModel | None, n_no_cell: 
               unit: str = "images") -> DomainCheck:
     """Compare one job's per-image distances (None where not scored) with the in-domain thresholds.
 
-    ``unit`` names what was scored in the messages: "images" for cell jobs, "cells" for field jobs.
+    ``unit`` names what was scored: "images" for cell jobs, "cells" for field jobs (which use the field
+    thresholds where the model has them).
     """
     known = np.array([s for s in scores if s is not None], np.float64)
     if model is None:
         return DomainCheck(UNAVAILABLE, None, ["the model ships no domain model (exported before 2.0)"])
+    if unit == "cells":
+        model = model.for_fields()
     if len(known) < MIN_IMAGES:
         return DomainCheck(UNAVAILABLE, None, [f"only {len(known)} scored {unit}; the check needs {MIN_IMAGES}"])
     fraction = float((known > model.image_threshold).mean())

@@ -15,11 +15,18 @@ other one); only the even half may be used to choose anything.
 ``--hue DEG`` rotates every field's hue first (a synthetic stain shift);
 ``--shift FAMILY/STRENGTH`` applies any shift of the robustness suite (e.g.
 ``scale/x2``, ``stain_intensity/x2``): the alarm should then fire.
+
+``--fit`` fits the thresholds field jobs use (``DomainModel.field_thresholds``:
+cells cut from fields sit further from the training crops than cell images
+do) on the even fields, writes them into the model, and reports the odd
+fields with them.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import sys
 from functools import partial
 from pathlib import Path
@@ -28,7 +35,7 @@ import cv2
 import numpy as np
 
 from pipeline.classifier import load_classifier
-from pipeline.domain import SHIFTED, UNAVAILABLE, DomainModel, check_job
+from pipeline.domain import SHIFTED, UNAVAILABLE, DomainModel, check_job, field_thresholds
 from pipeline.fields import FieldSettings, analyze_fields
 from training.shifts import FAMILIES, Shift, hue_rotation
 
@@ -58,6 +65,23 @@ def named_shift(name: str) -> Shift:
     raise SystemExit(f"error: unknown shift {name!r}; choose one of {choices}")
 
 
+def fit_fields(model_dir: Path, domain: DomainModel, even_scores: list[list[float | None]]) -> DomainModel:
+    """Fit ``DomainModel.field_thresholds`` on the cells of the even fields (the half that may choose) and write
+    them into the model (``ood.npz`` and the manifest's ``ood.fields``)."""
+    from training.refit_domain import record
+
+    cells = np.array([s for field in even_scores for s in field if s is not None])
+    fitted = dataclasses.replace(domain, field_thresholds=field_thresholds(cells, domain.image_threshold))
+    fitted.save(model_dir / "ood.npz")
+    ood = json.loads((model_dir / "manifest.json").read_text())["ood"]
+    share, centre, mean50 = (round(float(v), 4) for v in fitted.field_thresholds)
+    ood["fields"] = {"job_threshold": share, "mean_centre": centre, "mean_job_threshold": mean50,
+                     "fitted_on": f"{len(cells)} cells of {len(even_scores)} even BCCD fields (training.field_alarm --fit)"}
+    record(model_dir, ood, "field thresholds fitted by training.field_alarm --fit on the even BCCD fields")
+    print(f"field thresholds: share {share:.3f}, mean centre {centre:.3f}, 50-cell mean {mean50:.3f} ({len(cells)} cells)")
+    return fitted
+
+
 def alarm_rates(scores: list[list[float | None]], domain: DomainModel, n_fields: int, jobs: int, seed: int = 0) -> dict:
     """Check ``jobs`` random jobs of ``n_fields`` fields each; how many alarm, how many cannot be checked."""
     rng = np.random.default_rng(seed)
@@ -75,7 +99,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=2000)
     parser.add_argument("--hue", type=float, default=0.0, help="rotate every field's hue by this many degrees first")
     parser.add_argument("--shift", help="apply one shift of the robustness suite to every field first, e.g. scale/x2")
+    parser.add_argument("--fit", action="store_true",
+                        help="fit the field thresholds on the even fields and write them into the model's ood.npz")
     args = parser.parse_args(argv)
+    if args.fit and (args.shift or args.hue):
+        parser.error("--fit takes the fields as they are (no --shift or --hue)")
     shift = named_shift(args.shift) if args.shift else (partial(hue_rotation, degrees=args.hue) if args.hue else None)
     cv2.setNumThreads(1)
     classifier = load_classifier(args.model, "litert", threads=1)
@@ -88,7 +116,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     scores = field_scores(classifier, paths, shift)
     domain = classifier.domain
-    print(f"model {classifier.manifest.label}; image threshold {domain.image_threshold:.3f}, job threshold {domain.job_threshold:.3f} "
+    if args.fit:
+        domain = fit_fields(Path(args.model), domain, scores[0::2])
+    used = domain.for_fields()
+    mean50 = used.mean_threshold(50)
+    print(f"model {classifier.manifest.label}; image threshold {domain.image_threshold:.3f}, job threshold {used.job_threshold:.3f}"
+          f"{f', mean threshold (50 cells) {mean50:.3f}' if mean50 else ''}"
+          f"{' (field thresholds)' if domain.field_thresholds is not None else ''} "
           f"(in-domain validation: {domain.expected_fraction:.1%} unusual); "
           f"{args.shift or (f'hue {args.hue:+g} deg' if args.hue else 'no shift')}")
     for half, part in (("all", scores), ("even", scores[0::2]), ("odd", scores[1::2])):

@@ -43,21 +43,27 @@ def split_features(model_dir: str, samples: list[Sample]) -> tuple[np.ndarray, n
     return np.concatenate(features), np.array([classes.index(s.label) for s in kept]), np.array([s.dataset for s in kept])
 
 
+def record(model_dir: Path, ood: dict, note: str, version: str | None = None) -> None:
+    """Write the manifest's ``ood`` block, a history line, the new ``ood.npz`` digest and (optionally) version."""
+    manifest_path = model_dir / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["ood"] = ood
+    if version:
+        manifest["version"] = version
+    manifest.setdefault("history", []).append(note)
+    manifest["files"]["ood.npz"] = sha256_of(model_dir / "ood.npz")
+    manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
+
+
 def refit(model_dir: Path, config: TrainConfig, version: str) -> dict:
     """Rewrite ``ood.npz`` and the manifest's ``ood``, ``version`` and file digests in place."""
     splits = load_splits(Path(config.work_dir) / "splits.json")
     f_train, y_train, _ = split_features(str(model_dir), splits["train"])
     f_val, _, val_labs = split_features(str(model_dir), splits["val"])
-    manifest_path = model_dir / "manifest.json"
-    manifest = json.loads(manifest_path.read_text())
-    previous = manifest["version"]
+    previous = json.loads((model_dir / "manifest.json").read_text())["version"]
     ood = save_domain(f_train, y_train, f_val, val_labs, model_dir, f"{len(f_train)} training images (serving path, LiteRT)")
-    manifest["ood"] = ood
-    manifest["version"] = version
-    manifest.setdefault("history", []).append(f"{version}: domain alarm refitted by training.refit_domain from {previous}'s "
-                                              f"network (same weights, same predictions)")
-    manifest["files"]["ood.npz"] = sha256_of(model_dir / "ood.npz")
-    manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
+    record(model_dir, ood, f"{version}: domain alarm refitted by training.refit_domain from {previous}'s network "
+                           f"(same weights, same predictions)", version)
     return ood
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -135,3 +137,18 @@ def test_thresholds_allow_for_validation_images_that_are_copies_of_few_source_ph
     own = fit_domain_model(train_x, train_y, val, labs, components=32, val_sources=np.arange(800))
     assert aware.mean_threshold(50) > naive.mean_threshold(50) == pytest.approx(own.mean_threshold(50))
     assert aware.job_threshold >= naive.job_threshold == own.job_threshold
+
+
+def test_field_jobs_use_the_field_thresholds_where_fitted(model, tmp_path):
+    from pipeline.domain import field_thresholds
+
+    rng = np.random.default_rng(10)
+    cells = model.score(features(200, rng)[0]).astype(np.float64) * 1.2  # field crops: a little further out
+    fitted = dataclasses.replace(model, field_thresholds=field_thresholds(cells, model.image_threshold))
+    job = list(cells[:50])
+    assert check_job(job, fitted, unit="images").status == SHIFTED  # cell-image thresholds: looks shifted
+    assert check_job(job, fitted, unit="cells").status == OK  # field thresholds: an ordinary field job
+    fitted.save(tmp_path / "ood.npz")
+    again = DomainModel.load(tmp_path / "ood.npz")
+    np.testing.assert_allclose(again.field_thresholds, fitted.field_thresholds)
+    assert model.for_fields() is model  # none fitted: field jobs use the cell-image thresholds

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import pytest
@@ -39,3 +40,16 @@ def test_shifted_fields_are_scored_further_from_the_training_data(fields, capsys
 def test_unknown_shift_is_a_clear_error():
     with pytest.raises(SystemExit, match="unknown shift 'scale/x9'"):
         field_alarm.named_shift("scale/x9")
+
+
+def test_fit_writes_field_thresholds_into_a_copy_of_the_model(fields, tmp_path, capsys):
+    from pipeline.classifier import load_classifier
+
+    model = tmp_path / "model"
+    shutil.copytree(MODEL, model, ignore=shutil.ignore_patterns("eval", "training"))
+    assert field_alarm.main(["--data", str(fields), "--model", str(model), "--fields", "2", "--jobs", "20", "--fit"]) == 0
+    assert "field thresholds: share" in capsys.readouterr().out
+    manifest = json.loads((model / "manifest.json").read_text())
+    assert "of 4 even BCCD fields" in manifest["ood"]["fields"]["fitted_on"]
+    domain = load_classifier(str(model), "litert").domain  # the manifest's digest of the new ood.npz verifies
+    assert domain.field_thresholds is not None and domain.for_fields().mean_threshold(50) is not None
