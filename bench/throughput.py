@@ -268,15 +268,22 @@ def _database_figures(report: Report, settings: Settings, classes: list[str], ar
     from worker import jobs
     from worker.context import WorkerContext
 
-    report.large_job_id = database.large_job(url, args.report_images, settings.batch_size, classes)
     ctx = WorkerContext(settings)
     _ = ctx.manifest  # model load is not part of finalisation
-    t0 = time.perf_counter()
-    if not jobs.finalize(ctx, report.large_job_id):
-        raise SystemExit("the large job did not finalise")
-    report.add("report", f"finalise a {args.report_images:,}-image job (check + build + store the report)", (time.perf_counter() - t0) * 1000,
-               unit="ms")
+    took = []
+    for _ in range(FINALISE_JOBS):  # a job finalises once: one large job per measurement, the median kept
+        report.large_job_id = database.large_job(url, args.report_images, settings.batch_size, classes)
+        t0 = time.perf_counter()
+        if not jobs.finalize(ctx, report.large_job_id):
+            raise SystemExit("the large job did not finalise")
+        took.append((time.perf_counter() - t0) * 1000)
+    report.add("report", f"finalise a {args.report_images:,}-image job (check + build + store the report; median of "
+               f"{FINALISE_JOBS} jobs, slowest {max(took):.0f} ms)", float(np.median(took)), unit="ms")
     ctx.db.dispose()
+
+
+#: large jobs finalised for the finalisation figure (each job can be finalised only once)
+FINALISE_JOBS = 3
 
 
 def _plural(c: int) -> str:

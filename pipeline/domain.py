@@ -72,6 +72,9 @@ class DomainModel:
     #: share threshold, mean centre and 50-cell mean threshold, fitted on in-domain fields (``training.field_alarm
     #: --fit``); None: field jobs use the cell-image thresholds
     field_thresholds: np.ndarray | None = None
+    #: per validation laboratory: unusual images and images (effective counts) behind the share statistic, so
+    #: that a job of any size gets its own threshold (None: ``job_threshold`` for every size)
+    share_counts: np.ndarray | None = None
 
     def score(self, features: np.ndarray) -> np.ndarray:
         """Distance of each feature row to its nearest class centre (larger = less familiar)."""
@@ -87,17 +90,29 @@ class DomainModel:
         widen = np.sqrt(JOB_SIZE / max(1, min(n, JOB_SIZE)))
         return float(np.max(self.mean_centres + (self.mean_thresholds - self.mean_centres) * widen))
 
+    def share_threshold(self, n: int) -> float:
+        """The share of unusual images above which a job of ``n`` scored images is shifted.
+
+        From the validation counts where stored (for 2.1.1 a 10-image job needs 4 unusual images, a 50-image job
+        8, for the same false-alarm rate), else the 50-image threshold for every size (models before 2.1.1)."""
+        if self.share_counts is None:
+            return self.job_threshold
+        return max(share_threshold_from_counts(k, total, max(1, n)) for k, total in self.share_counts)
+
     def for_fields(self) -> DomainModel:
         """The model with the field-image thresholds in place of the cell-image ones, where they were fitted."""
         if self.field_thresholds is None:
             return self
-        share, centre, mean50 = (float(v) for v in self.field_thresholds)
-        return dataclasses.replace(self, job_threshold=share, mean_centres=np.array([centre]), mean_thresholds=np.array([mean50]))
+        share, centre, mean50, unusual, cells = (float(v) for v in self.field_thresholds)
+        return dataclasses.replace(self, job_threshold=share, mean_centres=np.array([centre]), mean_thresholds=np.array([mean50]),
+                                   share_counts=np.array([[unusual, cells]]))
 
     def save(self, path: Path) -> None:
         extra = {} if self.mean_centres is None else {"mean_centres": self.mean_centres, "mean_thresholds": self.mean_thresholds}
         if self.field_thresholds is not None:
             extra["field_thresholds"] = self.field_thresholds
+        if self.share_counts is not None:
+            extra["share_counts"] = self.share_counts
         np.savez(path, mean=self.mean, components=self.components, class_means=self.class_means, precision=self.precision,
                  thresholds=np.array([self.image_threshold, self.job_threshold, self.expected_fraction]), **extra)
 
@@ -108,8 +123,9 @@ class DomainModel:
             centres = data["mean_centres"] if "mean_centres" in data.files else None
             thresholds = data["mean_thresholds"] if "mean_thresholds" in data.files else None
             fields = data["field_thresholds"] if "field_thresholds" in data.files else None
+            counts = data["share_counts"] if "share_counts" in data.files else None
             return cls(data["mean"], data["components"], data["class_means"], data["precision"], image_t, job_t, expected,
-                       centres, thresholds, fields)
+                       centres, thresholds, fields, counts)
 
 
 def _job_quantile(values: np.ndarray, statistic, rng: np.random.Generator, jobs: int = 2000) -> float:
@@ -139,20 +155,18 @@ def mean_job_threshold(distances: np.ndarray, rng: np.random.Generator, clusters
     return centre + (_job_quantile(distances, np.mean, rng) - centre) * predictive_widening(len(distances), clusters=clusters)
 
 
-def share_job_threshold(unusual: np.ndarray, n: int = JOB_SIZE, clusters: int | None = None) -> float:
-    """The share of unusual images a new ``n``-image job of this laboratory exceeds with probability at most
-    ``FALSE_ALARM``: the beta-binomial predictive of the count, from the laboratory's own rate (``unusual``:
-    one flag per validation image, Jeffreys prior; with ``clusters`` source photographs behind the images, the
-    evidence counts as that many images).
-
-    Why not resample jobs from the validation images: with a few hundred images the share's quantile is a
-    step of 2 % (one image in 50) that sampling moves by a step or two; on random halvings of 2.1.1's
-    validation images that gave held-out false alarms from 0.1 to 8 %.
-    """
+def share_counts(unusual: np.ndarray, clusters: int | None = None) -> tuple[float, float]:
+    """(unusual, total) images of one laboratory's validation, as effective counts: with ``clusters`` source
+    photographs behind the images, the evidence counts as that many images."""
     total = len(unusual)
     scale = min(1.0, (clusters or total) / max(1, total))
-    k = float(np.sum(unusual)) * scale
-    a, b = k + 0.5, total * scale - k + 0.5
+    return float(np.sum(unusual)) * scale, total * scale
+
+
+def share_threshold_from_counts(unusual: float, total: float, n: int = JOB_SIZE) -> float:
+    """The share of unusual images a new ``n``-image job exceeds with probability at most ``FALSE_ALARM``: the
+    beta-binomial predictive of its count from the laboratory's ``unusual`` of ``total`` (Jeffreys prior)."""
+    a, b = unusual + 0.5, total - unusual + 0.5
     counts = np.arange(n + 1)
     log_pmf = np.array([math.lgamma(n + 1) - math.lgamma(x + 1) - math.lgamma(n - x + 1) + math.lgamma(x + a)
                         + math.lgamma(n - x + b) - math.lgamma(n + a + b) - math.lgamma(a) - math.lgamma(b)
@@ -162,12 +176,23 @@ def share_job_threshold(unusual: np.ndarray, n: int = JOB_SIZE, clusters: int | 
     return (first - 1) / n  # alarm when the share is above this, i.e. at ``first`` or more unusual images
 
 
+def share_job_threshold(unusual: np.ndarray, n: int = JOB_SIZE, clusters: int | None = None) -> float:
+    """The share of unusual images a new ``n``-image job of this laboratory exceeds with probability at most
+    ``FALSE_ALARM`` (``unusual``: one flag per validation image).
+
+    Why not resample jobs from the validation images: with a few hundred images the share's quantile is a
+    step of 2 % (one image in 50) that sampling moves by a step or two; on random halvings of 2.1.1's
+    validation images that gave held-out false alarms from 0.1 to 8 %.
+    """
+    return share_threshold_from_counts(*share_counts(unusual, clusters), n)
+
+
 def field_thresholds(cell_scores: np.ndarray, image_threshold: float, seed: int = 0) -> np.ndarray:
     """``DomainModel.field_thresholds`` from the distances of the cells of in-domain field images: the same two
     statistics and rules as for cell images, on cells instead of images."""
     scores = np.asarray(cell_scores, np.float64)
     return np.array([share_job_threshold(scores > image_threshold), scores.mean(),
-                     mean_job_threshold(scores, np.random.default_rng(seed))])
+                     mean_job_threshold(scores, np.random.default_rng(seed)), *share_counts(scores > image_threshold)])
 
 
 def fit_domain_model(train_features: np.ndarray, train_labels: np.ndarray, val_features: np.ndarray,
@@ -198,11 +223,12 @@ def fit_domain_model(train_features: np.ndarray, train_labels: np.ndarray, val_f
     labs = np.unique(groups)
     per_group = [val_scores[groups == g] for g in labs]
     sources = [None if val_sources is None else len(np.unique(np.asarray(val_sources)[groups == g])) for g in labs]
-    job_threshold = max(share_job_threshold(d > image_threshold, clusters=c) for d, c in zip(per_group, sources, strict=True))
+    counts = np.array([share_counts(d > image_threshold, c) for d, c in zip(per_group, sources, strict=True)])
+    job_threshold = max(share_threshold_from_counts(k, total) for k, total in counts)
     mean_centres = np.array([d.mean() for d in per_group])
     mean_thresholds = np.array([mean_job_threshold(d, rng, c) for d, c in zip(per_group, sources, strict=True)])
     return DomainModel(mean, basis, centres, model.precision, image_threshold, job_threshold,
-                       float((val_scores > image_threshold).mean()), mean_centres, mean_thresholds)
+                       float((val_scores > image_threshold).mean()), mean_centres, mean_thresholds, share_counts=counts)
 
 
 @dataclass(frozen=True)
@@ -239,9 +265,10 @@ def check_job(scores: list[float | None], model: DomainModel | None, n_no_cell: 
     mean_distance = float(known.mean())
     mean_threshold = model.mean_threshold(len(known))
     reasons = []
-    if fraction > model.job_threshold:
+    share_threshold = model.share_threshold(len(known))
+    if fraction > share_threshold:
         reasons.append(f"{fraction:.0%} of {unit} look unlike the training laboratories (in-domain about "
-                       f"{model.expected_fraction:.0%}, alarm above {model.job_threshold:.0%}): stain, camera or "
+                       f"{model.expected_fraction:.0%}, alarm above {share_threshold:.0%}): stain, camera or "
                        f"magnification differ; review cells before trusting the count")
     if mean_threshold is not None and mean_distance > mean_threshold:
         reasons.append(f"the {unit} are on average further from the training data than in ordinary jobs (mean distance "

@@ -74,7 +74,7 @@ def fit_fields(model_dir: Path, domain: DomainModel, even_scores: list[list[floa
     fitted = dataclasses.replace(domain, field_thresholds=field_thresholds(cells, domain.image_threshold))
     fitted.save(model_dir / "ood.npz")
     ood = json.loads((model_dir / "manifest.json").read_text())["ood"]
-    share, centre, mean50 = (round(float(v), 4) for v in fitted.field_thresholds)
+    share, centre, mean50 = (round(float(v), 4) for v in fitted.field_thresholds[:3])
     ood["fields"] = {"job_threshold": share, "mean_centre": centre, "mean_job_threshold": mean50,
                      "fitted_on": f"{len(cells)} cells of {len(even_scores)} even BCCD fields (training.field_alarm --fit)"}
     record(model_dir, ood, "field thresholds fitted by training.field_alarm --fit on the even BCCD fields")
@@ -86,7 +86,8 @@ def alarm_rates(scores: list[list[float | None]], domain: DomainModel, n_fields:
     """Check ``jobs`` random jobs of ``n_fields`` fields each; how many alarm, how many cannot be checked."""
     rng = np.random.default_rng(seed)
     n = min(n_fields, len(scores))
-    statuses = [check_job([s for i in rng.choice(len(scores), n, replace=False) for s in scores[i]], domain).status for _ in range(jobs)]
+    statuses = [check_job([s for i in rng.choice(len(scores), n, replace=False) for s in scores[i]], domain, unit="cells").status
+                for _ in range(jobs)]
     return {"fields_per_job": n, "jobs": jobs, "shifted": statuses.count(SHIFTED) / jobs, "unavailable": statuses.count(UNAVAILABLE) / jobs}
 
 

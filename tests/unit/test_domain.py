@@ -152,3 +152,14 @@ def test_field_jobs_use_the_field_thresholds_where_fitted(model, tmp_path):
     again = DomainModel.load(tmp_path / "ood.npz")
     np.testing.assert_allclose(again.field_thresholds, fitted.field_thresholds)
     assert model.for_fields() is model  # none fitted: field jobs use the cell-image thresholds
+
+
+def test_the_share_threshold_follows_the_job_size(model):
+    """Two unusual images in ten are ordinary at a 5 % in-domain rate; eight in fifty are not."""
+    assert model.share_counts is not None
+    assert model.share_threshold(10) > model.share_threshold(50) >= model.share_threshold(500)
+    assert model.share_threshold(50) == pytest.approx(model.job_threshold)
+    far, near = model.image_threshold * 1.5, model.image_threshold * 0.5
+    assert check_job([far] * 2 + [near] * 8, model).status == OK
+    legacy = dataclasses.replace(model, share_counts=None)  # models before 2.1.1: one threshold for every size
+    assert legacy.share_threshold(10) == legacy.job_threshold
