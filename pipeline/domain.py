@@ -16,17 +16,21 @@ calls the job shifted:
   every image a little: blur, a higher magnification, cells off-centre).
 
 Both job thresholds are set on the validation split at export
-(``training.export`` / ``training.refit_domain``), never on test data, on
-random 50-image jobs drawn from *one laboratory at a time* (a laboratory's
-job holds its own images, not a mix of two), each at a 2 % false-alarm
-rate, the larger laboratory's threshold kept; the mean's threshold is
-widened for what resampling a few hundred validation images cannot show
-(``predictive_widening``). ``training.alarm_study`` and
-``training.domain_fit_study`` compare the choices. For jobs smaller than 50
-images the mean's threshold widens as 1/sqrt(n) (a mean of fewer images
-varies more); for larger jobs it stays at the 50-image value, so that a
-large job from a familiar laboratory is not flagged for a difference too
-small to matter. Stored with the model (``ood.npz`` + the manifest's ``ood`` key).
+(``training.export`` / ``training.refit_domain``), never on test data, for
+*one laboratory at a time* (a laboratory's job holds its own images, not a
+mix of two), each at a 2 % false-alarm rate, the larger laboratory's
+threshold kept. The share's threshold is the beta-binomial predictive of the
+count of unusual images in a job of the job's own size, from the
+laboratory's validation counts. The mean's threshold comes from random
+50-image validation jobs, widened for what resampling a few hundred
+validation images cannot show (``predictive_widening``); for jobs smaller
+than 50 images it widens as 1/sqrt(n) (a mean of fewer images varies more),
+for larger jobs it stays at the 50-image value, so that a large job from a
+familiar laboratory is not flagged for a difference too small to matter.
+Cells cut from field images have thresholds of their own where fitted
+(``field_thresholds``, ``training.field_alarm --fit``). ``training.alarm_study``
+and ``training.domain_fit_study`` compare the choices. Stored with the model
+(``ood.npz`` + the manifest's ``ood`` key).
 """
 
 from __future__ import annotations
