@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 
-.PHONY: demo test install install-dev services browser-deps lint bench train evaluate lolo stress clean
+.PHONY: demo test install install-dev services browser-deps lint bench train evaluate lolo stress alarm clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -70,6 +70,13 @@ stress: install-dev
 	for split in kaggle_val pbc_val; do \
 	  $(PY) -m training.stress --model $(MODEL) --data $(SPLITS)/$$split --limit $(STRESS_LIMIT) \
 	    --json $(MODEL)/eval/stress_$$split.json --plot $(MODEL)/eval/stress_$$split.png --markdown $(MODEL)/eval/stress_$$split.md || exit 1; done
+
+## alarm: refit the model's domain alarm without retraining (how 2.1.1 was made from 2.1), then its field thresholds
+ALARM_VERSION ?= 2.1.1
+alarm: install-dev
+	$(PY) -m training.splits --config $(CONFIG)
+	$(PY) -m training.refit_domain --model $(MODEL) --config $(CONFIG) --version $(ALARM_VERSION)
+	$(PY) -m training.field_alarm --data ../shared/data/bccd --model $(MODEL) --fit
 
 clean:
 	rm -rf var report bench/out .pytest_cache
