@@ -104,6 +104,8 @@ class DifferentialReport:
         writer.writerow(["summary", "no_white_cell_found", self.n_no_cell_found, "", "", ""])
         check = self.domain_check
         writer.writerow(["domain_check", check["status"], "" if check["score"] is None else check["score"], "; ".join(check["reasons"]), "", ""])
+        if check.get("mean_distance") is not None:
+            writer.writerow(["domain_mean_distance", check["mean_distance"], "", "", "", ""])
         return out.getvalue()
 
     def to_table(self) -> str:
@@ -120,7 +122,10 @@ class DifferentialReport:
         lines.append(f"images {self.n_images}, failed {self.n_failed}, low confidence (<{self.low_confidence_threshold:g}) "
                      f"{self.n_low_confidence}, no white cell found {self.n_no_cell_found}")
         check = self.domain_check
-        lines.append(f"domain check: {check['status']}" + (f" (score {check['score']})" if check["score"] is not None else ""))
+        detail = [f"score {check['score']}"] if check["score"] is not None else []
+        if check.get("mean_distance") is not None:
+            detail.append(f"mean distance {check['mean_distance']}")
+        lines.append(f"domain check: {check['status']}" + (f" ({', '.join(detail)})" if detail else ""))
         lines.extend(f"  ! {reason}" for reason in check["reasons"] if check["status"] == SHIFTED)
         return "\n".join(lines)
 

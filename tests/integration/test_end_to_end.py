@@ -96,7 +96,8 @@ def test_cli_analyze_fields_writes_and_prints_the_domain_check(tmp_path, model_d
     proc, out = _analyze(folder, tmp_path, model_dir)
     report = json.loads((out / "report.json").read_text())
     assert report["kind"] == "fields" and report["domain_check"]["status"] in ("ok", "shifted")  # scored, not "unavailable"
-    assert f"domain check: {report['domain_check']['status']} (score {report['domain_check']['score']})" in proc.stdout
+    check = report["domain_check"]
+    assert f"domain check: {check['status']} (score {check['score']}, mean distance {check['mean_distance']})" in proc.stdout
     with open(out / "results.csv", newline="") as fh:
         cells = list(csv.DictReader(fh))
     assert len(cells) >= 10 and all(float(c["ood_score"]) > 0 for c in cells)

@@ -163,3 +163,13 @@ def test_the_share_threshold_follows_the_job_size(model):
     assert check_job([far] * 2 + [near] * 8, model).status == OK
     legacy = dataclasses.replace(model, share_counts=None)  # models before 2.1.1: one threshold for every size
     assert legacy.share_threshold(10) == legacy.job_threshold
+
+
+def test_report_table_and_csv_carry_the_mean_distance(model):
+    scores = model.score(features(30, np.random.default_rng(11))[0])
+    preds = [CellPrediction(f"n{i}.jpg", "neutrophil", 0.9, None, True, float(s)) for i, s in enumerate(scores)]
+    report = build_report(preds, CLASSES, WHITE, "m@2", 0.5, domain=model)
+    mean = report.domain_check["mean_distance"]
+    assert mean == pytest.approx(float(np.mean(scores)), abs=1e-3)
+    assert f"mean distance {mean}" in report.to_table()
+    assert f"domain_mean_distance,{mean}" in report.to_csv()
