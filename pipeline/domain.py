@@ -171,10 +171,13 @@ def share_threshold_from_counts(unusual: float, total: float, n: int = JOB_SIZE)
     """The share of unusual images a new ``n``-image job exceeds with probability at most ``FALSE_ALARM``: the
     beta-binomial predictive of its count from the laboratory's ``unusual`` of ``total`` (Jeffreys prior)."""
     a, b = unusual + 0.5, total - unusual + 0.5
-    counts = np.arange(n + 1)
-    log_pmf = np.array([math.lgamma(n + 1) - math.lgamma(x + 1) - math.lgamma(n - x + 1) + math.lgamma(x + a)
-                        + math.lgamma(n - x + b) - math.lgamma(n + a + b) - math.lgamma(a) - math.lgamma(b)
-                        + math.lgamma(a + b) for x in counts])
+    # the pmf from P(0) and the ratios P(x+1)/P(x) = (n-x)/(x+1) * (x+a)/(n-x-1+b), in NumPy: the threshold is
+    # computed when a report is built, so its cost must not grow with the job (a Python loop over n+1 counts
+    # took 30 ms for a 10,000-image job)
+    x = np.arange(n, dtype=np.float64)
+    log_first = math.lgamma(n + b) + math.lgamma(a + b) - math.lgamma(n + a + b) - math.lgamma(b)
+    log_ratio = np.log(n - x) - np.log(x + 1) + np.log(x + a) - np.log(n - x - 1 + b)
+    log_pmf = np.concatenate([[log_first], log_first + np.cumsum(log_ratio)])
     survival = np.cumsum(np.exp(log_pmf)[::-1])[::-1]  # P(count >= x)
     first = int(np.argmax(survival <= FALSE_ALARM)) if np.any(survival <= FALSE_ALARM) else n + 1
     return (first - 1) / n  # alarm when the share is above this, i.e. at ``first`` or more unusual images

@@ -173,3 +173,24 @@ def test_report_table_and_csv_carry_the_mean_distance(model):
     assert mean == pytest.approx(float(np.mean(scores)), abs=1e-3)
     assert f"mean distance {mean}" in report.to_table()
     assert f"domain_mean_distance,{mean}" in report.to_csv()
+
+
+def test_share_threshold_matches_the_beta_binomial_written_out_and_stays_cheap_for_large_jobs():
+    """The vectorised pmf (P(0) and successive ratios) gives the thresholds of the lgamma formula term by term."""
+    import math
+
+    from pipeline.domain import FALSE_ALARM, share_threshold_from_counts
+
+    def direct(k: float, total: float, n: int) -> float:
+        a, b = k + 0.5, total - k + 0.5
+        pmf = [math.exp(math.lgamma(n + 1) - math.lgamma(x + 1) - math.lgamma(n - x + 1) + math.lgamma(x + a)
+                        + math.lgamma(n - x + b) - math.lgamma(n + a + b) - math.lgamma(a) - math.lgamma(b) + math.lgamma(a + b))
+               for x in range(n + 1)]
+        survival = np.cumsum(pmf[::-1])[::-1]
+        first = int(np.argmax(survival <= FALSE_ALARM)) if np.any(survival <= FALSE_ALARM) else n + 1
+        return (first - 1) / n
+
+    for k, total in ((0.0, 41.0), (35.0, 800.0), (14.0, 272.0), (272.0, 272.0)):
+        for n in (1, 10, 50, 333):
+            assert share_threshold_from_counts(k, total, n) == direct(k, total, n)
+    assert 35 / 800 < share_threshold_from_counts(35.0, 800.0, 100_000) < 0.07  # the posterior rate's 98 % bound
