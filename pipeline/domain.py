@@ -198,8 +198,9 @@ def field_thresholds(cell_scores: np.ndarray, image_threshold: float, seed: int 
     """``DomainModel.field_thresholds`` from the distances of the cells of in-domain field images: the same two
     statistics and rules as for cell images, on cells instead of images."""
     scores = np.asarray(cell_scores, np.float64)
-    return np.array([share_job_threshold(scores > image_threshold), scores.mean(),
-                     mean_job_threshold(scores, np.random.default_rng(seed)), *share_counts(scores > image_threshold)])
+    counts = share_counts(scores > image_threshold)
+    return np.array([share_threshold_from_counts(*counts), scores.mean(), mean_job_threshold(scores, np.random.default_rng(seed)),
+                     *counts])
 
 
 def fit_domain_model(train_features: np.ndarray, train_labels: np.ndarray, val_features: np.ndarray,

@@ -59,12 +59,13 @@ def job_values(distances: np.ndarray, p95: float, statistic: Callable, rng: np.r
 Conditions = dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]
 
 
-def load_conditions(paths: list[str], index: int = 0) -> Conditions:
-    """Distances and correctness per condition from files written by ``training.stress --scores``."""
+def load_conditions(paths: list[str], index: int = 0, field: str = "ood") -> Conditions:
+    """Distances (or another per-image ``field``, e.g. ``features``) and correctness per condition from files
+    written by ``training.stress --scores``."""
     out: Conditions = {}
     for path in paths:
         with np.load(path) as data:
-            out[Path(path).name] = {name.split("/", 1)[1]: (data[name + "/ood"], data[name + "/correct"])
+            out[Path(path).name] = {name.split("/", 1)[1]: (data[f"{name}/{field}"], data[name + "/correct"])
                                     for name in conditions_of(data, index)}
     return out
 

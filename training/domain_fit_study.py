@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.domain import fit_domain_model
-from training.alarm_study import Conditions, conditions_of, print_summary, study_conditions
+from training.alarm_study import Conditions, load_conditions, print_summary, study_conditions
 from training.config import TrainConfig
 from training.data import load_splits
 from training.refit_domain import split_features
@@ -47,14 +47,10 @@ def training_features(model_dir: str, config: TrainConfig) -> tuple[np.ndarray, 
     return features, labels, (labs != "kaggle").astype(int)
 
 
-def validation_features(paths: list[str], index: int = 0) -> dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]:
+def validation_features(paths: list[str], index: int = 0) -> Conditions:
     """Per file and condition: stored features (float32) and correctness."""
-    out = {}
-    for path in paths:
-        with np.load(path) as data:
-            out[Path(path).name] = {name.split("/", 1)[1]: (data[name + "/features"].astype(np.float32), data[name + "/correct"])
-                                    for name in conditions_of(data, index)}
-    return out
+    return {file: {cond: (f.astype(np.float32), correct) for cond, (f, correct) in conds.items()}
+            for file, conds in load_conditions(paths, index, "features").items()}
 
 
 def rescored(files: dict, reference) -> Conditions:

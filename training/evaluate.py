@@ -16,7 +16,7 @@ import re
 import sys
 import time
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +41,12 @@ def discover(data_dir: Path, classes: tuple[str, ...]) -> tuple[list[tuple[Path,
         else:
             known.extend((f, label) for f in files)
     return known, unknown
+
+
+def decoded_chunks(paths: list[Path]) -> Iterator[list[np.ndarray]]:
+    """The images at ``paths`` decoded as serving decodes them, one model batch (``BATCH``) at a time."""
+    for start in range(0, len(paths), BATCH):
+        yield [decode_image(p.read_bytes(), 10**9) for p in paths[start : start + BATCH]]
 
 
 def classify_chunks(classifier, chunks: Iterable[list[np.ndarray]],
@@ -68,8 +74,7 @@ def evaluate(model_dir: str, data_dir: str, backend: str = "litert", tta: bool =
     if not samples:
         raise SystemExit(f"error: no images of known classes under {data_dir} (known: {', '.join(manifest.classes)})")
     t0 = time.perf_counter()
-    chunks = ([decode_image(p.read_bytes(), 10**9) for p, _ in samples[i : i + BATCH]] for i in range(0, len(samples), BATCH))
-    probs_all, found_all, scores = classify_chunks(classifier, chunks)
+    probs_all, found_all, scores = classify_chunks(classifier, decoded_chunks([p for p, _ in samples]))
     seconds = time.perf_counter() - t0
     y_true = np.array([y for _, y in samples])
     # "no white cell found" is an answer a job gives instead of a class: wrong here

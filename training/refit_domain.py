@@ -22,11 +22,10 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.classifier import load_classifier
-from pipeline.images import decode_image
 from pipeline.manifest import sha256_of
 from training.config import TrainConfig
 from training.data import Sample, load_splits
-from training.evaluate import BATCH, classify_chunks
+from training.evaluate import classify_chunks, decoded_chunks
 from training.export import save_domain
 
 
@@ -36,8 +35,7 @@ def split_features(model_dir: str, samples: list[Sample]) -> tuple[np.ndarray, n
     classes = classifier.manifest.classes
     kept = [s for s in samples if s.label in classes]
     features: list[np.ndarray] = []
-    chunks = ([decode_image(Path(s.path).read_bytes(), 10**9) for s in kept[i : i + BATCH]] for i in range(0, len(kept), BATCH))
-    classify_chunks(classifier, chunks, features)
+    classify_chunks(classifier, decoded_chunks([Path(s.path) for s in kept]), features)
     if not features:
         raise SystemExit(f"error: model {classifier.manifest.label} has no feature output; it cannot carry a domain alarm")
     return np.concatenate(features), np.array([classes.index(s.label) for s in kept]), np.array([s.dataset for s in kept])
