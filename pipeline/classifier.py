@@ -9,6 +9,7 @@ softmax to the model's logits.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -19,11 +20,42 @@ from pipeline.manifest import ModelManifest
 from pipeline.preprocess import model_crop, scale_for_mobilenet
 
 
-def calibrated_softmax(logits: np.ndarray, temperature: float) -> np.ndarray:
-    z = logits.astype(np.float64) / temperature
+def calibrated_softmax(logits: np.ndarray, temperature: float | np.ndarray) -> np.ndarray:
+    """Softmax of ``logits / temperature``; ``temperature`` is one number or one per row (image)."""
+    t = np.asarray(temperature, dtype=np.float64)
+    z = logits.astype(np.float64) / (t[:, None] if t.ndim == 1 else t)
     z -= z.max(axis=1, keepdims=True)
     e = np.exp(z)
     return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class DistanceTemperature:
+    """A temperature that grows with the image's distance to the training data (``pipeline.domain``).
+
+    Why: one temperature fitted on in-domain validation images leaves the model
+    as sure of an image from another laboratory as of its own (the issue's
+    "probabilities stay confident when wrong"). The distance the domain alarm
+    already computes says how unfamiliar each image is; beyond ``reference``
+    (an in-domain quantile of that distance) the temperature rises as
+    ``(distance / reference) ** power``, so unfamiliar images get honest, lower
+    confidence and land among the low-confidence cells for review. Images at
+    or below ``reference`` keep the fitted temperature exactly. The answer
+    (argmax) never changes. Fitted by ``training.distance_temperature``.
+    """
+
+    reference: float
+    power: float
+
+    def temperatures(self, base: float, distances: np.ndarray) -> np.ndarray:
+        ratio = np.maximum(1.0, np.asarray(distances, dtype=np.float64) / self.reference)
+        return base * ratio**self.power
+
+    @classmethod
+    def from_manifest(cls, manifest: ModelManifest) -> DistanceTemperature | None:
+        """The manifest's rule (``temperature_distance``), None for models that carry none (before 2.1.2)."""
+        rule = manifest.extra.get("temperature_distance")
+        return cls(float(rule["reference"]), float(rule["power"])) if rule else None
 
 
 class Classifier(Protocol):
@@ -37,6 +69,10 @@ class Classifier(Protocol):
 
     def predict_with_features(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """Probabilities and the pooled features (None when the model file has no feature output)."""
+        ...
+
+    def scored(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+        """Probabilities, pooled features and each image's domain distance (None without them), one model call."""
         ...
 
 
@@ -54,11 +90,10 @@ def predict_scored(classifier: Classifier, batch: np.ndarray) -> tuple[np.ndarra
     same way, and the model must run once per crop, not once more for features.
     Scores are None when the model has no domain model or no feature output.
     """
-    probs, features = classifier.predict_with_features(batch)
-    domain = getattr(classifier, "domain", None)
-    if domain is None or features is None:
+    probs, _, distances = classifier.scored(batch)
+    if distances is None:
         return probs, [None] * len(probs)
-    return probs, [round(float(s), 4) for s in domain.score(features)]
+    return probs, [round(float(s), 4) for s in distances]
 
 
 def load_domain(model_dir: str | Path, manifest: ModelManifest) -> DomainModel | None:
@@ -78,11 +113,24 @@ class CalibratedOutputs:
         return self.outputs(batch)[0]
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
-        return calibrated_softmax(self.logits(batch), self.manifest.temperature)
+        return self.scored(batch)[0]
 
     def predict_with_features(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        probs, features, _ = self.scored(batch)
+        return probs, features
+
+    def scored(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
         logits, features = self.outputs(batch)
-        return calibrated_softmax(logits, self.manifest.temperature), features
+        domain = getattr(self, "domain", None)
+        distances = domain.score(features) if domain is not None and features is not None else None
+        return calibrated_softmax(logits, self.temperatures(distances)), features, distances
+
+    def temperatures(self, distances: np.ndarray | None) -> float | np.ndarray:
+        """The manifest's temperature, per image where the model carries a distance rule and distances exist."""
+        rule = DistanceTemperature.from_manifest(self.manifest)
+        if rule is None or distances is None:
+            return self.manifest.temperature
+        return rule.temperatures(self.manifest.temperature, distances)
 
 
 class LiteRTClassifier(CalibratedOutputs):

@@ -57,13 +57,13 @@ def classify_chunks(classifier, chunks: Iterable[list[np.ndarray]],
     probs, found, scores = [], [], []
     for images in chunks:
         batch, has_cell = prepare_cells(images, classifier.manifest)
-        batch_probs, features = classifier.predict_with_features(batch)
+        batch_probs, features, distances = classifier.scored(batch)
         probs.append(batch_probs)
         found.extend(has_cell)
         if features_out is not None and features is not None:
             features_out.append(features)
-        if classifier.domain is not None and features is not None:
-            scores.append(classifier.domain.score(features))
+        if distances is not None:
+            scores.append(distances)
     return np.concatenate(probs), np.array(found, bool), np.concatenate(scores) if scores else None
 
 

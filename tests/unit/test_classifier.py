@@ -132,5 +132,5 @@ def test_dihedral_tta_is_the_mean_of_the_eight_views(model_dir, sample_folder):
     views += [v[:, :, ::-1] for v in views]
     expected = np.mean([plain.logits(np.ascontiguousarray(v)) for v in views], axis=0)
     np.testing.assert_allclose(tta.logits(batch), expected, atol=1e-4)
-    probs, _ = tta.predict_with_features(batch)
-    np.testing.assert_allclose(probs, calibrated_softmax(expected, plain.manifest.temperature), atol=1e-4)
+    probs, _, distances = tta.scored(batch)
+    np.testing.assert_allclose(probs, calibrated_softmax(expected, tta.temperatures(distances)), atol=1e-4)
