@@ -65,6 +65,9 @@ class TrainConfig:
     #: "all" or a layer-name prefix such as "block_10": fine-tune from there up
     finetune_from: str = "all"
     label_smoothing: float = 0.05
+    #: "" (best-validation-loss checkpoint) or "dense": the mean of the weights visited after the first
+    #: fine-tuning epoch (``training.averaging``)
+    weight_averaging: str = ""
     early_stopping_patience: int = 3
     steps_per_epoch: int = 0  # 0 = one pass over the training set
     extra: dict = field(default_factory=dict)

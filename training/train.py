@@ -196,6 +196,13 @@ def fine_tune(config: TrainConfig, model, train_x, train_y, val_x, val_y, train_
         metrics=["accuracy"],
     )
     steps = config.steps_per_epoch or max(1, len(train_x) // config.batch_size)
+    averaging = []
+    if config.weight_averaging == "dense":
+        from training.averaging import weight_average_callback
+
+        averaging = [weight_average_callback(work / "weight_average.npz")]
+    elif config.weight_averaging:
+        raise ValueError(f"unknown weight_averaging {config.weight_averaging!r}; use '' or 'dense'")
     model.fit(
         augmented_dataset(config, train_x, train_y, train_raw),
         validation_data=(scale_for_mobilenet(val_x), keras.utils.to_categorical(val_y, k)),
@@ -208,8 +215,13 @@ def fine_tune(config: TrainConfig, model, train_x, train_y, val_x, val_y, train_
             keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.3, patience=1, min_lr=1e-6),
             keras.callbacks.CSVLogger(str(work / "history_finetune.csv"), append=True),
             Progress(every=25, steps=steps, batch_size=config.batch_size),
+            *averaging,  # last: installs the averaged weights when training ends
         ],
     )
+    if averaging:
+        model.save(str(work / "best.keras"))  # the average replaces the best-validation-loss checkpoint
+        loss = model.evaluate(scale_for_mobilenet(val_x), keras.utils.to_categorical(val_y, k), batch_size=64, verbose=0)
+        log(f"phase 2: averaged weights, validation loss {loss[0]:.4f}, accuracy {loss[1]:.4f}")
     model.load_weights(str(work / "best.keras"))
 
 
