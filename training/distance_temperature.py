@@ -157,41 +157,158 @@ def _brief(s: dict) -> dict:
     return {k: v for k, v in s.items() if k != "conditions"}
 
 
+def shaped_rule(data: list[dict[str, np.ndarray]], quantile: float, power: float) -> DistanceTemperature:
+    """The rule of a shape chosen by leave-one-laboratory-out for a model trained on several laboratories:
+    reference = the mean over laboratories of each one's ``quantile`` of clean validation distances (each
+    laboratory weighs the same, whatever its number of validation images)."""
+    reference = float(np.mean([np.quantile(d["distance"][d["condition"] == 0], quantile) for d in data]))
+    return DistanceTemperature(round(reference, 4), float(power))
+
+
 def study_model(model_dir: str, data_dirs: list[str], limit: int | None, families: list[str] | None = None,
-                log=print) -> tuple[DistanceTemperature, dict]:
-    """Collect, fit on everything, and report held-out halves and the full fit's per-condition figures."""
+                log=print, cache: Path | None = None,
+                shape: tuple[float, float] | None = None,
+                given: DistanceTemperature | None = None) -> tuple[DistanceTemperature, dict, list[dict[str, np.ndarray]]]:
+    """Collect (or read ``cache``), fit on everything, and report held-out halves and the full fit's figures."""
     classifier = load_classifier(model_dir, "litert")
     base = classifier.manifest.temperature
-    data = []
-    for folder in data_dirs:
-        d = collect(classifier, folder, limit, families=families, log=log)
-        d["lab"] = Path(folder).name
-        data.append(d)
-    rule = fit_rule(data, base)
+    data = [collect_cached(classifier, folder, limit, families, log, cache and cache.with_name(f"{cache.stem}_{i}.npz"))
+            for i, folder in enumerate(data_dirs)]
+    rule = given or (fit_rule(data, base) if shape is None else shaped_rule(data, *shape))
     result = {"model": classifier.manifest.label, "temperature": base, "rule": rule.__dict__, "limit_per_class": limit,
-              "held_out_halves": held_out_halves(data, base),
+              "held_out_halves": held_out_halves(data, base) if shape is None and given is None else "not run: the shape was given",
               "labs": {d["lab"]: {"constant": score(d, base, None), "distance": score(d, base, rule)} for d in data}}
-    return rule, result
+    return rule, result, data
+
+
+def collect_cached(classifier: Classifier, folder: str, limit: int | None, families: list[str] | None, log,
+                   cache: Path | None) -> dict[str, np.ndarray]:
+    """``collect``, kept in ``cache`` (``.npz``) when given: the studies re-read instead of re-running the model."""
+    if cache is not None and cache.is_file():
+        d = dict(np.load(cache))
+    else:
+        d = collect(classifier, folder, limit, families=families, log=log)
+        d["lab"] = np.array(Path(folder).name)
+        if cache is not None:
+            np.savez_compressed(cache, **d)
+    d["lab"] = str(d["lab"])
+    return d
+
+
+def _clean(d: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    rows = d["condition"] == 0
+    return {k: (v[rows] if isinstance(v, np.ndarray) and v.shape[:1] == rows.shape else v) for k, v in d.items()}
+
+
+def fit_shape(pairs: list[tuple[dict, dict, float]], allowed=None) -> tuple[float, float]:
+    """(reference quantile, power) with the lowest NLL, averaged over the *unseen* laboratory's images and the
+    model's own clean validation images (home and away weigh the same: a laboratory that installs the model is
+    either like the training data or not), over the leave-one-laboratory-out models of ``pairs``.
+
+    Each pair is (unseen laboratory's data, own laboratory's clean validation data, base temperature) of one
+    leave-one-laboratory-out model; the reference is the quantile of that model's own clean distances, so the
+    shape transfers between models whose distances have different scales. Own-laboratory ECE stays <= 3 %.
+    ``allowed(quantile, power)`` (optional) excludes shapes, e.g. those that would take the shipped model's own
+    validation ECE above 3 %.
+    """
+    best: tuple[float, float, float] | None = None
+    for q in REFERENCE_QUANTILES:
+        for power in POWERS:
+            if allowed is not None and power > 0 and not allowed(q, float(power)):
+                continue
+            losses, ok = [], True
+            for unseen, own, base in pairs:
+                rule = DistanceTemperature(float(np.quantile(own["distance"], q)), float(power))
+                limit = max(IN_DOMAIN_ECE_LIMIT, reliability(_probs(own["logits"], own["distance"], base, None), own["y"])[0])
+                if reliability(_probs(own["logits"], own["distance"], base, rule), own["y"])[0] > limit:
+                    ok = False
+                    break
+                losses.append(_nll(_probs(unseen["logits"], unseen["distance"], base, rule), unseen["y"]))
+                losses.append(_nll(_probs(own["logits"], own["distance"], base, rule), own["y"]))
+            if ok and (best is None or np.mean(losses) < best[0] - 1e-9):
+                best = (float(np.mean(losses)), q, float(power))
+    assert best is not None
+    return best[1], best[2]
 
 
 def study_lolo(root: Path, limit: int | None, families: list[str] | None = None, log=print) -> dict:
-    """Each LOLO model: rule fitted on its own laboratory's validation images and shifts, scored on the other's."""
+    """Each LOLO model: a rule fitted on its own laboratory's validation images and their synthetic shifts,
+    scored on the other laboratory's; then the cross-fit: the shape fitted on one model's unseen laboratory,
+    scored on the other model's (the check that a shape chosen on real laboratory shifts transfers)."""
     folders = {"pbc": root / "splits" / "splits" / "pbc_val", "kaggle": root / "splits" / "splits" / "kaggle_val",
                "pbc4": root / "splits" / "pbc_val_kaggle_classes"}
-    out = {}
+    out: dict = {}
+    pairs = {}
     for own, other in (("pbc", "kaggle"), ("kaggle", "pbc4")):
         model_dir = root / "export" / f"lolo_{own}"
-        rule, own_result = study_model(str(model_dir), [str(folders[own])], limit, families, log=log)
+        rule, own_result, own_data = study_model(str(model_dir), [str(folders[own])], limit, families, log=log,
+                                                 cache=root / f"dt_{own}_own.npz")
         classifier = load_classifier(model_dir, "litert")
-        unseen = collect(classifier, str(folders[other]), None, families=[], log=log)
+        unseen = collect_cached(classifier, str(folders[other]), None, [], log, root / f"dt_{own}_unseen.npz")
         base = classifier.manifest.temperature
+        pairs[own] = (unseen, _clean(own_data[0]), base)
         out[f"{own}->{other}"] = {
             "rule": rule.__dict__, "temperature": base,
-            "own_lab": {k: _brief(v) for k, v in own_result["labs"][folders[own].name].items()},
+            "own_lab": {k: _brief(v) for k, v in own_result["labs"][own_data[0]["lab"]].items()},
             "unseen_lab": {"constant": _brief(score(unseen, base, None)), "distance": _brief(score(unseen, base, rule)),
                            "accuracy": float((unseen["logits"].argmax(axis=1) == unseen["y"]).mean())},
         }
+    for fit_on, apply_to in (("pbc", "kaggle"), ("kaggle", "pbc")):
+        q, power = fit_shape([pairs[fit_on]])
+        unseen, own, base = pairs[apply_to]
+        rule = DistanceTemperature(float(np.quantile(own["distance"], q)), power)
+        name = next(k for k in out if k.startswith(apply_to + "->"))
+        out[name]["cross_fit"] = {"shape_from": fit_on, "quantile": q, "power": power, "rule": rule.__dict__,
+                                  "unseen_lab": _brief(score(unseen, base, rule)), "own_lab": _brief(score(own, base, rule))}
+    q, power = fit_shape(list(pairs.values()))
+    out["shape_from_both"] = {"quantile": q, "power": power}
     return out
+
+
+def lolo_pairs(root: Path) -> dict[str, tuple[dict, dict, float]]:
+    """The leave-one-laboratory-out models' collected data (written by ``--lolo-root``), keyed by training lab."""
+    pairs = {}
+    for own in ("pbc", "kaggle"):
+        paths = [root / f"dt_{own}_unseen.npz", root / f"dt_{own}_own_0.npz"]
+        if not all(p.is_file() for p in paths):
+            raise FileNotFoundError(f"{paths[0]} missing: run python -m training.distance_temperature --lolo-root {root} first")
+        unseen, own_data = (collect_cached(None, "", None, None, print, p) for p in paths)  # type: ignore[arg-type]
+        base = json.loads((root / "export" / f"lolo_{own}" / "manifest.json").read_text())["temperature"]
+        pairs[own] = (unseen, _clean(own_data), float(base))
+    return pairs
+
+
+def shape_for_model(model_dir: str, data_dirs: list[str], lolo_root: Path, log=print) -> tuple[tuple[float, float], dict]:
+    """The LOLO-chosen shape, restricted to those keeping this model's clean validation ECE <= 3 % in each laboratory
+    (every validation image of ``data_dirs``), as the shipped temperature is kept within the in-domain target."""
+    classifier = load_classifier(model_dir, "litert")
+    base = classifier.manifest.temperature
+    clean = [collect_cached(classifier, folder, None, [], log, None) for folder in data_dirs]
+    limits = [max(IN_DOMAIN_ECE_LIMIT, reliability(_probs(d["logits"], d["distance"], base, None), d["y"])[0]) for d in clean]
+
+    def allowed(q: float, power: float) -> bool:
+        rule = shaped_rule(clean, q, power)
+        return all(reliability(_probs(d["logits"], d["distance"], base, rule), d["y"])[0] <= lim
+                   for d, lim in zip(clean, limits, strict=True))
+
+    pairs = lolo_pairs(lolo_root)
+    free = fit_shape(list(pairs.values()))
+    q, power = fit_shape(list(pairs.values()), allowed)
+    rule = shaped_rule(clean, q, power)
+    report = {"shape_unconstrained": {"quantile": free[0], "power": free[1]}, "shape": {"quantile": q, "power": power},
+              "rule": rule.__dict__,
+              "validation_clean": {d["lab"]: {"images": int(len(d["y"])),
+                                              "ece_constant": reliability(_probs(d["logits"], d["distance"], base, None), d["y"])[0],
+                                              "ece_rule": reliability(_probs(d["logits"], d["distance"], base, rule), d["y"])[0]}
+                                   for d in clean},
+              "lolo_unseen_with_shape": {}}
+    for own, (unseen, own_clean, lolo_base) in pairs.items():
+        lolo_rule = DistanceTemperature(float(np.quantile(own_clean["distance"], q)), power)
+        report["lolo_unseen_with_shape"][own] = {
+            "constant": reliability(_probs(unseen["logits"], unseen["distance"], lolo_base, None), unseen["y"])[0],
+            "rule": reliability(_probs(unseen["logits"], unseen["distance"], lolo_base, lolo_rule), unseen["y"])[0],
+            "own_clean_rule": reliability(_probs(own_clean["logits"], own_clean["distance"], lolo_base, lolo_rule), own_clean["y"])[0]}
+    return (q, power), report
 
 
 def write_rule(model_dir: str, rule: DistanceTemperature, version: str, evidence: dict) -> None:
@@ -212,6 +329,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", nargs="+", default=[])
     parser.add_argument("--limit", type=int, default=100, help="images per class (default 100)")
     parser.add_argument("--families", nargs="+", help="shift families to fit on (default: all of training.shifts)")
+    parser.add_argument("--shape", nargs=2, type=float, metavar=("QUANTILE", "POWER"),
+                        help="use this shape (from --lolo-root's shape_from_both) instead of fitting on --data")
+    parser.add_argument("--shape-from-lolo", metavar="ROOT",
+                        help="choose the shape on the leave-one-laboratory-out data collected under ROOT (by --lolo-root), "
+                             "within this model's in-domain ECE limit on --data")
+    parser.add_argument("--cache", help="keep the collected logits and distances here (.npz stem) and re-read them")
     parser.add_argument("--write", action="store_true", help="store the fitted rule in the model's manifest")
     parser.add_argument("--version", help="with --write: the model's new version")
     parser.add_argument("--json")
@@ -221,27 +344,46 @@ def main(argv: list[str] | None = None) -> int:
     if args.lolo_root:
         result = study_lolo(Path(args.lolo_root), args.limit, args.families)
         for name, row in result.items():
+            if name == "shape_from_both":
+                print(f"shape fitted on both unseen laboratories: quantile {row['quantile']}, power {row['power']}")
+                continue
             u = row["unseen_lab"]
             print(f"{name:<14} rule {row['rule']}  unseen-lab ECE {u['constant']['clean_ece']:.3f} -> {u['distance']['clean_ece']:.3f}"
                   f"  NLL {u['constant']['clean_nll']:.3f} -> {u['distance']['clean_nll']:.3f}"
                   f"  own-lab clean ECE {row['own_lab']['distance']['clean_ece']:.3f}")
+            c = row["cross_fit"]
+            print(f"{'':<14} cross-fit (shape from {c['shape_from']}: q {c['quantile']}, power {c['power']}): unseen-lab ECE "
+                  f"{c['unseen_lab']['clean_ece']:.3f}, NLL {c['unseen_lab']['clean_nll']:.3f}; own-lab clean ECE {c['own_lab']['clean_ece']:.3f}")
     else:
         if not args.data:
             parser.error("--model needs --data")
         if args.write and not args.version:
             parser.error("--write needs --version")
-        rule, result = study_model(args.model, args.data, args.limit, args.families)
+        shape_report, given = None, None
+        if args.shape_from_lolo:
+            shape, shape_report = shape_for_model(args.model, args.data, Path(args.shape_from_lolo))
+            args.shape = list(shape)
+            given = DistanceTemperature(**shape_report["rule"])  # reference from every validation image
+            print(f"shape from leave-one-laboratory-out: {json.dumps(shape_report, default=float)}")
+        rule, result, _ = study_model(args.model, args.data, args.limit, args.families,
+                                      cache=Path(args.cache) if args.cache else None,
+                                      shape=tuple(args.shape) if args.shape else None, given=given)
         print(f"rule: reference {rule.reference}, power {rule.power}")
         for lab, row in result["labs"].items():
             c, d = row["constant"], row["distance"]
             print(f"{lab:<12} clean ECE {c['clean_ece']:.3f} -> {d['clean_ece']:.3f}; shifted mean ECE "
                   f"{c['shifted_mean_ece']:.3f} -> {d['shifted_mean_ece']:.3f} (worst {c['shifted_worst_ece']:.3f} -> {d['shifted_worst_ece']:.3f})")
-        for half in result["held_out_halves"]:
+        if shape_report:
+            result["shape_from_lolo"] = shape_report
+        for half in (result["held_out_halves"] if args.shape is None else []):
             for lab, row in half["labs"].items():
                 print(f"half {half['fit_on_half']} -> other, {lab:<12} shifted mean ECE {row['constant']['shifted_mean_ece']:.3f} -> "
                       f"{row['distance']['shifted_mean_ece']:.3f}; clean {row['constant']['clean_ece']:.3f} -> {row['distance']['clean_ece']:.3f}")
         if args.write:
-            write_rule(args.model, rule, args.version, {"limit_per_class": args.limit, "data": [Path(d).name for d in args.data]})
+            evidence = {"limit_per_class": args.limit, "data": [Path(d).name for d in args.data]}
+            if args.shape:
+                evidence["shape"] = {"quantile": args.shape[0], "power": args.shape[1], "chosen_by": "leave-one-laboratory-out"}
+            write_rule(args.model, rule, args.version, evidence)
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2, default=float))
     return 0

@@ -105,3 +105,41 @@ def test_fit_keeps_the_constant_temperature_when_distance_says_nothing_about_err
     tiled["distance"] = 7.0 + 2.0 * tiled["condition"] + rng.normal(0, 0.7, len(tiled["y"]))
     rule = fit_rule([tiled], base)
     assert rule.power <= 0.2
+
+
+def test_shape_fitted_on_one_unseen_laboratory_transfers_to_another_with_other_distance_scales():
+    """The cross-fit of ``training.distance_temperature --lolo-root``: the (quantile, power) shape is fitted on one
+    model's unseen laboratory and applied to another model whose distances are twice as large."""
+    from training.distance_temperature import _clean, fit_shape
+
+    def pair(seed: int, scale: float) -> tuple[dict, dict, float]:
+        d = _synthetic_lab(seed, conditions=4)
+        d["distance"] = d["distance"] * scale
+        own = _clean(d)
+        base = fit_temperature(own["logits"], own["y"])
+        far = d["condition"] == 3  # the "other laboratory": the furthest, most often wrong copies
+        unseen = {k: (v[far] if isinstance(v, np.ndarray) and v.shape[:1] == far.shape else v) for k, v in d.items()}
+        return unseen, own, base
+
+    a, b = pair(3, 1.0), pair(4, 2.0)
+    q, power = fit_shape([a])
+    assert power > 0
+    unseen, own, base = b
+    rule = DistanceTemperature(float(np.quantile(own["distance"], q)), power)
+    before = reliability(calibrated_softmax(unseen["logits"], base), unseen["y"])[0]
+    after = reliability(calibrated_softmax(unseen["logits"], rule.temperatures(base, unseen["distance"])), unseen["y"])[0]
+    assert after < before - 0.1
+
+
+def test_a_constraint_on_the_shipped_model_can_only_narrow_the_choice():
+    from training.distance_temperature import _clean, fit_shape
+
+    d = _synthetic_lab(5, conditions=4)
+    own = _clean(d)
+    far = d["condition"] == 3
+    unseen = {k: (v[far] if isinstance(v, np.ndarray) and v.shape[:1] == far.shape else v) for k, v in d.items()}
+    pair = (unseen, own, fit_temperature(own["logits"], own["y"]))
+    assert fit_shape([pair])[1] > 0
+    assert fit_shape([pair], allowed=lambda q, p: False) == (0.5, 0.0)  # nothing allowed: the constant temperature
+    q, power = fit_shape([pair], allowed=lambda q, p: p <= 1.0)
+    assert 0 < power <= 1.0

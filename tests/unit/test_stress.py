@@ -126,6 +126,10 @@ class MeanColourClassifier:
         probs[:, 0] = 1.0 - 0.1 * (probs.shape[1] - 1)
         return probs, batch.mean(axis=(1, 2))
 
+    def scored(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        probs, features = self.predict_with_features(batch)
+        return probs, features, None if self.domain is None else self.domain.score(features)
+
 
 def test_domain_alarm_rate_is_reported_per_condition_for_models_with_a_domain_model(model_dir):
     from pipeline.classifier import prepare_cells

@@ -44,14 +44,14 @@ def _counting_model(ctx: WorkerContext, monkeypatch) -> list[threading.Event]:
     """Wrap the model call; event k is set when model batch k (from 0) starts."""
     started = [threading.Event() for _ in range(64)]
     calls = [0]
-    inner = ctx.classifier.predict_with_features
+    inner = ctx.classifier.scored
 
-    def predict_with_features(batch):
+    def scored(batch):
         started[calls[0]].set()
         calls[0] += 1
         return inner(batch)
 
-    monkeypatch.setattr(ctx.classifier, "predict_with_features", predict_with_features)
+    monkeypatch.setattr(ctx.classifier, "scored", scored)
     return started
 
 
