@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 
-.PHONY: demo test install install-dev services browser-deps lint bench train evaluate lolo stress alarm clean
+.PHONY: demo test install install-dev services browser-deps lint bench train evaluate lolo stress alarm temperature clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -39,15 +39,21 @@ lint: install-dev
 bench: install-dev services
 	$(PY) -m bench.throughput
 
-CONFIG ?= training/configs/mnv2_cc_160_habits.json
+CONFIG ?= training/configs/mnv2_cc_160_habits_swa.json
 MODEL ?= $(firstword $(wildcard models/*))
-SPLITS = $(shell $(PY) -c "import json,sys; print(json.load(open('$(CONFIG)'))['work_dir'])")/splits
+config_key = $(shell $(PY) -c "import json,sys; print(json.load(open('$(CONFIG)'))['$(1)'])")
+WORK = $(call config_key,work_dir)
+SPLITS = $(WORK)/splits
 
-## train: model 2.0 from ImageNet (BASE_CONFIG; skipped where finished), then the shipped 2.1 from its weights
+## train: model 2.0 from ImageNet (BASE_CONFIG), 2.1 from its weights (MID_CONFIG), then the shipped 2.2 from 2.1's
+## with weight averaging (CONFIG); finished runs are skipped. Then `make alarm` and `make temperature`.
 BASE_CONFIG ?= training/configs/mnv2_cc_160.json
+MID_CONFIG ?= training/configs/mnv2_cc_160_habits.json
 train: install-dev
 	$(PY) -m training.train --config $(BASE_CONFIG)
+	$(PY) -m training.train --config $(MID_CONFIG)
 	$(PY) -m training.train --config $(CONFIG)
+	$(PY) -m training.export --work-dir $(WORK) --int8-into $(call config_key,export_dir)
 
 ## evaluate: the model card's figures: held-out splits of the training config, and BCCD fields (odd half)
 evaluate: install-dev
@@ -71,8 +77,15 @@ stress: install-dev
 	  $(PY) -m training.stress --model $(MODEL) --data $(SPLITS)/$$split --limit $(STRESS_LIMIT) \
 	    --json $(MODEL)/eval/stress_$$split.json --plot $(MODEL)/eval/stress_$$split.png --markdown $(MODEL)/eval/stress_$$split.md || exit 1; done
 
+## temperature: the distance-aware temperature (training.distance_temperature): the shape from the LOLO models
+## of `make lolo` (runs/lolo), within the model's in-domain ECE target; written into the manifest
+temperature: install-dev
+	$(PY) -m training.distance_temperature --lolo-root runs/lolo --limit 100 --json runs/lolo/distance_temperature.json
+	$(PY) -m training.distance_temperature --model $(MODEL) --data $(SPLITS)/kaggle_val $(SPLITS)/pbc_val --limit 100 \
+	  --shape-from-lolo runs/lolo --write --version $(ALARM_VERSION) --json $(MODEL)/eval/distance_temperature.json
+
 ## alarm: refit the model's domain alarm without retraining (how 2.1.1 was made from 2.1), then its field thresholds
-ALARM_VERSION ?= 2.1.1
+ALARM_VERSION ?= 2.2.0
 alarm: install-dev
 	$(PY) -m training.splits --config $(CONFIG)
 	$(PY) -m training.refit_domain --model $(MODEL) --config $(CONFIG) --version $(ALARM_VERSION)
