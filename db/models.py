@@ -121,6 +121,8 @@ class Image(Base):
     error: Mapped[str | None] = mapped_column(Text)
     error_code: Mapped[str | None] = mapped_column(String(32))  # see ErrorCode
     batch_id: Mapped[int | None] = mapped_column(ForeignKey("batches.id", ondelete="SET NULL"), index=True)
+    #: a field's red-cell diameter in pixels (the magnification check of "fields" jobs); None elsewhere
+    red_cell_px: Mapped[float | None] = mapped_column(Float)
 
 
 class Prediction(Base):

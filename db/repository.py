@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
@@ -252,8 +252,10 @@ class CellRow:
     ood_score: float | None = None
 
 
-def record_field(session: Session, job_id: str, image_id: int, cells: list[CellRow], error: str | None) -> None:
-    """Upsert the cells of one field on (job, image, index), drop cells past the new count, set the field's status.
+def record_field(session: Session, job_id: str, image_id: int, cells: list[CellRow], error: str | None,
+                 red_cell_px: float | None = None) -> None:
+    """Upsert the cells of one field on (job, image, index), drop cells past the new count, set the field's status
+    and keep its measured red-cell diameter.
 
     Two deliveries of the same batch may write at once (a lease that expired while its worker was
     alive): upserts never collide on the unique constraint, and the last writer's cells stand.
@@ -270,6 +272,8 @@ def record_field(session: Session, job_id: str, image_id: int, cells: list[CellR
                                                                               "probabilities", "thumbnail_key", "ood_score")})
         session.execute(stmt)
     session.execute(delete(Cell).where(Cell.job_id == job_id, Cell.image_id == image_id, Cell.idx >= len(cells)))
+    if red_cell_px is not None:
+        session.execute(update(Image).where(Image.id == image_id, Image.job_id == job_id).values(red_cell_px=red_cell_px))
     moved = _leave_pending(session, job_id, [image_id], ImageStatus.FAILED if error else ImageStatus.DONE, error,
                            ErrorCode.BAD_IMAGE if error else None)
     _count(session, job_id, 0 if error else moved, moved if error else 0)
@@ -282,14 +286,16 @@ class FieldOutcomes:
     fields: list[str]  # every field's path, in job order
     cells: list[tuple[str, int, str, float, float | None]]  # (field path, cell index, label, confidence, ood score)
     failed: dict[str, str]  # field path -> error
+    red_cells: dict[str, float | None] = field(default_factory=dict)  # field path -> red-cell diameter (px)
 
 
 def field_outcomes(session: Session, job_id: str) -> FieldOutcomes:
     cells = session.execute(select(Image.path, Cell.idx, Cell.label, Cell.confidence, Cell.ood_score).join(Cell, Cell.image_id == Image.id)
                             .where(Image.job_id == job_id).order_by(Image.seq, Cell.idx)).all()
     failed = session.execute(select(Image.path, Image.error).where(Image.job_id == job_id, Image.status == ImageStatus.FAILED)).all()
-    paths = session.scalars(select(Image.path).where(Image.job_id == job_id).order_by(Image.seq)).all()
-    return FieldOutcomes(list(paths), [tuple(c) for c in cells], {p: e or "failed" for p, e in failed})
+    rows = session.execute(select(Image.path, Image.red_cell_px).where(Image.job_id == job_id).order_by(Image.seq)).all()
+    return FieldOutcomes([p for p, _ in rows], [tuple(c) for c in cells], {p: e or "failed" for p, e in failed},
+                         {p: r for p, r in rows})
 
 
 def cells_of_images(session: Session, job_id: str, image_ids: list[int]) -> dict[int, list[Cell]]:

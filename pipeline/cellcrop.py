@@ -263,16 +263,33 @@ def balanced_square(bgr: np.ndarray, center: tuple[float, float], side: float, f
     return out
 
 
-def cell_crop(image: np.ndarray, size: int) -> CellCrop:
-    """Locate, scale-normalise and white-balance one single-cell image (BGR) into an RGB ``size`` crop."""
+def _analysed(image: np.ndarray) -> tuple[np.ndarray, float, np.ndarray, np.ndarray, np.ndarray]:
+    """The BGR image, the work copy's scale, white-balance gains and the work copy's nucleus and matter masks."""
     bgr = as_bgr(image)
     h, w = bgr.shape[:2]
     scale = WORK_SIDE / max(h, w)
     small = cv2.resize(bgr, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA) if scale < 1 else bgr
-    scale = min(scale, 1.0)
     gains = white_balance_gains(small)
-    balanced_small = apply_gains(small, gains)
-    nucleus, matter = stain_maps(balanced_small)
+    nucleus, matter = stain_maps(apply_gains(small, gains))
+    return bgr, min(scale, 1.0), gains, nucleus, matter
+
+
+def red_cell_ruler(image: np.ndarray) -> float | None:
+    """The typical red-cell diameter of an image (a field, say) in its own pixels, or None where too few are seen.
+
+    Why for fields: the localiser and the crop window assume a configured magnification
+    (``HEMATOVISION_CELL_DIAMETER_PX``); red cells, about 7.5 um in every smear, tell
+    whether the job's images were taken at it (``pipeline.fields.magnification_reason``).
+    """
+    _, scale, _, nucleus, matter = _analysed(image)
+    ruler = red_cell_diameter(matter, nucleus)
+    return ruler / scale if ruler else None
+
+
+def cell_crop(image: np.ndarray, size: int) -> CellCrop:
+    """Locate, scale-normalise and white-balance one single-cell image (BGR) into an RGB ``size`` crop."""
+    bgr, scale, gains, nucleus, matter = _analysed(image)
+    h, w = bgr.shape[:2]
     cell = find_cell(nucleus)
     ruler = red_cell_diameter(matter, nucleus)
     rbc = ruler

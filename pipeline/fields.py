@@ -24,6 +24,7 @@ from functools import partial
 import cv2
 import numpy as np
 
+from pipeline.cellcrop import red_cell_ruler
 from pipeline.classifier import Classifier, predict_scored
 from pipeline.images import ImageRejected, decode_image
 from pipeline.localize import Detection, LocaliserConfig
@@ -65,6 +66,8 @@ class FieldResult:
     key: int
     cells: list[FoundCell]
     error: str | None = None
+    #: the field's red-cell diameter in pixels (``pipeline.cellcrop.red_cell_ruler``), None where not measurable
+    red_cell_px: float | None = None
 
 
 def crop_around(bgr: np.ndarray, det: Detection, size: tuple[int, int]) -> np.ndarray:
@@ -95,6 +98,38 @@ class PreparedField:
     key: int
     crops: list[tuple[Detection, np.ndarray, bytes]]
     error: str | None = None
+    red_cell_px: float | None = None
+
+
+#: red-cell diameter per expected white-cell diameter (the localiser's ``cell_diameter_px``): the median
+#: over the even BCCD fields (88.8 px at the default 190 px), the half that chose the localiser's settings
+RED_CELL_PER_CELL_DIAMETER = 0.467
+#: a job's median red-cell diameter outside this range of the expected one means another magnification:
+#: 10-field in-domain jobs stay within 0.95-1.08 (BCCD, both halves); 0.75x and 1.5x magnified jobs fall
+#: at 0.68-0.77 and mostly above 1.25 (model card, "Slide-scale analysis")
+MAGNIFICATION_RANGE = (0.8, 1.25)
+#: fields with a measured red cell that a job needs before its magnification is judged
+MIN_RULED_FIELDS = 5
+
+
+def magnification_reason(rulers: list[float | None], cell_diameter_px: float) -> str | None:
+    """Why a field job's magnification differs from the configured one, or None.
+
+    Why: the localiser and the crop window are sized for ``cell_diameter_px``; at another
+    magnification they cut cells into pieces or crop several at once, and the crops then look
+    *closer* to the training data, so the feature-distance alarm stays quiet (model card). Red
+    cells are a ruler present in every smear: their median size over the job says so directly.
+    """
+    measured = [r for r in rulers if r is not None]
+    if len(measured) < MIN_RULED_FIELDS:
+        return None
+    expected = RED_CELL_PER_CELL_DIAMETER * cell_diameter_px
+    ratio = float(np.median(measured)) / expected
+    if MAGNIFICATION_RANGE[0] <= ratio <= MAGNIFICATION_RANGE[1]:
+        return None
+    return (f"red cells measure {np.median(measured):.0f} px across in these fields, {ratio:.2f} times the {expected:.0f} px "
+            f"expected at the configured magnification (cell diameter {cell_diameter_px:.0f} px): cells are cut or merged at "
+            f"the wrong scale; set HEMATOVISION_CELL_DIAMETER_PX to about {cell_diameter_px * ratio:.0f} and run the job again")
 
 
 def prepare_field(item: tuple[int, bytes], settings: FieldSettings, manifest: ModelManifest) -> PreparedField:
@@ -111,7 +146,8 @@ def prepare_field(item: tuple[int, bytes], settings: FieldSettings, manifest: Mo
     size = (int(round(settings.crop_scale[0] * diameter)), int(round(settings.crop_scale[1] * diameter)))
     crops = [(det, to_model_pixels(crop_around(bgr, det, size), manifest.input_size, manifest.preprocessing), thumbnail(bgr, det))
              for det in localise_large(bgr, settings.localiser, settings.tile)]
-    return PreparedField(key, crops)
+    ruler = red_cell_ruler(bgr)
+    return PreparedField(key, crops, red_cell_px=round(ruler, 2) if ruler else None)
 
 
 def analyze_fields(classifier: Classifier, items: list[tuple[int, bytes]], settings: FieldSettings, batch_size: int = 64,
@@ -143,7 +179,7 @@ def analyze_fields(classifier: Classifier, items: list[tuple[int, bytes]], setti
     prepare = partial(prepare_field, settings=settings, manifest=manifest)
     with closing(ordered_map(prepare, items, threads)) as fields:
         for field in fields:
-            results[field.key] = FieldResult(field.key, [], field.error)
+            results[field.key] = FieldResult(field.key, [], field.error, field.red_cell_px)
             pending.extend((field.key, det, pixels, thumb) for det, pixels, thumb in field.crops)
             while len(pending) >= batch_size:
                 classify(pending[:batch_size])

@@ -13,7 +13,8 @@ import csv
 import io
 from collections import defaultdict
 
-from pipeline.domain import DomainModel
+from pipeline.domain import SHIFTED, DomainModel
+from pipeline.fields import magnification_reason
 from pipeline.report import CellPrediction, DifferentialReport, build_report
 
 ROOT_SLIDE = "(job root)"
@@ -32,10 +33,14 @@ def build_fields_report(
     model: str,
     low_confidence: float,
     domain: DomainModel | None = None,
+    red_cells: dict[str, float | None] | None = None,
+    cell_diameter_px: float | None = None,
 ) -> dict:
     """The job-level report plus one report per slide; counts are of cells found in fields.
 
-    ``cells``: (field path, cell index, label, confidence, domain score or None).
+    ``cells``: (field path, cell index, label, confidence, domain score or None). ``red_cells`` (field path ->
+    measured red-cell diameter) and ``cell_diameter_px`` (the configured magnification) add the magnification
+    check to each section's ``domain_check`` (``pipeline.fields.magnification_reason``).
     """
     per_slide: dict[str, list[CellPrediction]] = defaultdict(list)
     fields_per_slide: dict[str, list[str]] = defaultdict(list)
@@ -48,9 +53,14 @@ def build_fields_report(
     with_cells = {path for path, *_ in cells}
 
     def section(paths: list[str], preds: list[CellPrediction]) -> dict:
-        report = build_report(preds, classes, white_cells, model, low_confidence, domain=domain, scored_unit="cells")
+        report = build_report(preds, classes, white_cells, model, low_confidence, domain=domain, scored_unit="cells").to_dict()
+        reason = magnification_reason([red_cells.get(p) for p in paths], cell_diameter_px) if red_cells and cell_diameter_px else None
+        if reason:
+            check = report["domain_check"]
+            check["status"] = SHIFTED
+            check["reasons"] = [*check.get("reasons", []), reason]
         return {
-            **report.to_dict(),
+            **report,
             "n_fields": len(paths),
             "n_fields_failed": sum(p in failed for p in paths),
             "n_fields_without_wbc": sum(p not in with_cells and p not in failed for p in paths),

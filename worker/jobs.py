@@ -161,11 +161,11 @@ def _run_field_batch(ctx: WorkerContext, job_id: str, items: list[tuple[int, byt
             ctx.store.put(key, cell.thumbnail_jpeg)
             cells.append(repo.CellRow(cell.index, cell.box, cell.score, cell.label, cell.confidence, cell.probabilities, key,
                                       cell.ood_score))
-        rows.append((field.key, cells, field.error))
+        rows.append((field.key, cells, field.error, field.red_cell_px))
     with ctx.db.session() as session, session.begin():
         if repo.job_status(session, job_id) in JobStatus.ACTIVE:
-            for image_id, cells, error in rows:
-                repo.record_field(session, job_id, image_id, cells, error)
+            for image_id, cells, error, red_cell_px in rows:
+                repo.record_field(session, job_id, image_id, cells, error, red_cell_px)
     return len(rows)
 
 
@@ -174,7 +174,8 @@ def summarize(ctx: WorkerContext, session, job_id: str) -> dict:
     if repo.get_job(session, job_id).kind == "fields":
         out = repo.field_outcomes(session, job_id)
         report = build_fields_report(out.fields, out.cells, out.failed, manifest.classes, manifest.white_cells, manifest.label,
-                                     ctx.settings.low_confidence, domain=ctx.classifier.domain)
+                                     ctx.settings.low_confidence, domain=ctx.classifier.domain, red_cells=out.red_cells,
+                                     cell_diameter_px=ctx.settings.cell_diameter_px)
         return {"job_id": job_id, **report}
     outcomes = [CellPrediction(*row) for row in repo.all_outcomes(session, job_id)]
     report = build_report(outcomes, manifest.classes, manifest.white_cells, manifest.label, ctx.settings.low_confidence,

@@ -102,6 +102,27 @@ def test_cli_analyze_fields_writes_and_prints_the_domain_check(tmp_path, model_d
         cells = list(csv.DictReader(fh))
     assert len(cells) >= 10 and all(float(c["ood_score"]) > 0 for c in cells)
     assert f"ALL,domain_check,{report['domain_check']['status']}," in (out / "report.csv").read_text()
+    assert not any("red cells measure" in r for r in check["reasons"])  # in-domain magnification
+
+
+def test_cli_field_job_at_another_magnification_is_flagged_with_the_setting_to_change(tmp_path, model_dir):
+    """Real BCCD fields magnified 2x: the localiser's configured scale no longer fits; the red cells say so."""
+    import cv2
+    import numpy as np
+
+    from tests.conftest import SHARED, encode_jpeg
+    from training.shifts import FAMILIES
+
+    folder = tmp_path / "fields"
+    folder.mkdir()
+    magnify = dict(FAMILIES["scale"])["x2"]
+    for path in sorted((SHARED / "bccd" / "JPEGImages").glob("*.jpg"))[1::2][:8]:
+        (folder / path.name).write_bytes(encode_jpeg(magnify(cv2.imread(str(path)), np.random.default_rng(0))))
+    proc, out = _analyze(folder, tmp_path, model_dir)
+    check = json.loads((out / "report.json").read_text())["domain_check"]
+    assert check["status"] == "shifted"
+    reason = next(r for r in check["reasons"] if "red cells measure" in r)
+    assert "HEMATOVISION_CELL_DIAMETER_PX" in reason and reason in proc.stdout
 
 
 def test_fields_job_through_http_and_real_workers(stack, tmp_path):

@@ -177,3 +177,32 @@ def test_field_cell_ood_score_migration_keeps_cells_and_round_trips(database_url
         assert conn.execute(text("SELECT count(*) FROM cells")).scalar() == 2
     db.dispose()
     upgrade(database_url)
+
+
+def test_field_red_cell_migration_round_trips_and_downgrades(database_url):
+    """0008 adds images.red_cell_px (old rows: NULL); record_field keeps a field's measurement, field_outcomes reads it
+    back by path; the downgrade drops only that column."""
+    from sqlalchemy import text
+
+    upgrade(database_url, "0007_field_ood")
+    db = Database(database_url)
+    with db.engine.begin() as conn:
+        conn.execute(text("INSERT INTO jobs (id, status, kind, kind_source, source, images_total, batch_size, created_at) "
+                          "VALUES ('r', 'running', 'fields', 'client', 'upload', 2, 8, CURRENT_TIMESTAMP)"))
+        conn.execute(text("INSERT INTO images (job_id, seq, path, status) VALUES ('r', 1, 's/old.jpg', 'done'), ('r', 2, 's/new.jpg', 'pending')"))
+    upgrade(database_url)
+    assert "red_cell_px" in {c["name"] for c in inspect(db.engine).get_columns("images")}
+    with db.session() as s, s.begin():
+        new_id = s.scalar(select(Image.id).where(Image.job_id == "r", Image.seq == 2))
+        repo.record_field(s, "r", new_id, [repo.CellRow(0, (5, 6, 7, 8), 0.7, "lymphocyte", 0.6, {}, None, 12.5)], None, 88.5)
+    with db.session() as s:
+        out = repo.field_outcomes(s, "r")
+    assert out.red_cells == {"s/old.jpg": None, "s/new.jpg": 88.5}
+    downgrade(database_url, "0007_field_ood")
+    assert "red_cell_px" not in {c["name"] for c in inspect(db.engine).get_columns("images")}
+    with db.engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM images WHERE job_id = 'r'")).scalar() == 2
+        # the images table is altered in place, not recreated: its cascades must not empty cells on SQLite
+        assert conn.execute(text("SELECT count(*) FROM cells WHERE job_id = 'r'")).scalar() == 1
+    db.dispose()
+    upgrade(database_url)

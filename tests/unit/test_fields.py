@@ -145,3 +145,52 @@ def test_fields_prepared_on_a_pool_give_the_same_results(model_dir):
     pooled = analyze_fields(clf, items, settings, batch_size=3, threads=3)
     assert pooled == one
     assert [r.key for r in pooled] == [k for k, _ in items] and sum(len(r.cells) for r in pooled) >= 5
+
+
+def test_magnification_reason_needs_enough_ruled_fields_and_a_clear_departure():
+    from pipeline.fields import MIN_RULED_FIELDS, RED_CELL_PER_CELL_DIAMETER, magnification_reason
+
+    expected = RED_CELL_PER_CELL_DIAMETER * 190
+    assert magnification_reason([expected * 2] * (MIN_RULED_FIELDS - 1) + [None] * 10, 190) is None  # too few measured
+    assert magnification_reason([expected * f for f in (0.9, 1.0, 1.1, 1.05, 0.95)], 190) is None  # in-domain spread
+    reason = magnification_reason([expected * 1.7] * 6 + [None], 190)
+    assert reason and "1.70 times" in reason and "HEMATOVISION_CELL_DIAMETER_PX to about 323" in reason
+    assert "0.70 times" in magnification_reason([expected * 0.7] * 6, 190)
+
+
+def test_field_report_adds_the_magnification_reason_per_slide_even_without_a_domain_model():
+    fields = [f"s{s}/f{i}.jpg" for s in (1, 2) for i in range(6)]
+    cells = [(f, 0, "neutrophil", 0.9, None) for f in fields]
+    from pipeline.fields import RED_CELL_PER_CELL_DIAMETER
+
+    expected = RED_CELL_PER_CELL_DIAMETER * 190
+    red = {f: expected * (2.0 if f.startswith("s2/") else 1.0) for f in fields}
+    report = build_fields_report(fields, cells, {}, CLASSES, WHITE, "m@2", 0.5, red_cells=red, cell_diameter_px=190)
+    by_slide = {s["slide"]: s["domain_check"] for s in report["slides"]}
+    assert by_slide["s1"]["status"] == "unavailable" and not any("red cells" in r for r in by_slide["s1"]["reasons"])
+    assert by_slide["s2"]["status"] == "shifted" and "2.00 times" in by_slide["s2"]["reasons"][-1]
+    assert report["domain_check"]["status"] == "shifted"  # the job's median: 1.5 times
+
+
+def test_prepare_field_measures_the_red_cells_of_real_fields_and_of_magnified_ones(model_dir):
+    """Held-out BCCD fields: their red cells measure about the expected size (job median); magnified 2x, beyond the
+    range a job may show (single fields are noisy, hence the median of several)."""
+    from pipeline.fields import MAGNIFICATION_RANGE, RED_CELL_PER_CELL_DIAMETER, FieldSettings, prepare_field
+    from pipeline.localize import LocaliserConfig
+    from pipeline.manifest import ModelManifest
+    from tests.conftest import SHARED
+
+    manifest = ModelManifest.load(model_dir, verify=False)
+    settings = FieldSettings(LocaliserConfig())
+    native, zoomed = [], []
+    for i, path in enumerate(sorted((SHARED / "bccd" / "JPEGImages").glob("*.jpg"))[1::2][:8]):
+        bgr = cv2.imread(str(path))
+        h, w = bgr.shape[:2]
+        magnified = cv2.resize(bgr, (2 * w, 2 * h), interpolation=cv2.INTER_CUBIC)[h // 2 : h // 2 + h, w // 2 : w // 2 + w]
+        native.append(prepare_field((i, path.read_bytes()), settings, manifest).red_cell_px)
+        zoomed.append(prepare_field((i, encode_jpeg(magnified)), settings, manifest).red_cell_px)
+    native, zoomed = [r for r in native if r is not None], [r for r in zoomed if r is not None]
+    assert len(native) >= 7 and len(zoomed) >= 6  # an occasional field shows too few whole red cells
+    expected = RED_CELL_PER_CELL_DIAMETER * settings.localiser.cell_diameter_px
+    assert MAGNIFICATION_RANGE[0] < np.median(native) / expected < MAGNIFICATION_RANGE[1]
+    assert np.median(zoomed) / expected > MAGNIFICATION_RANGE[1]
