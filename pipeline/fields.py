@@ -106,7 +106,8 @@ class PreparedField:
 RED_CELL_PER_CELL_DIAMETER = 0.467
 #: a job's median red-cell diameter outside this range of the expected one means another magnification:
 #: 10-field in-domain jobs stay within 0.95-1.08 (BCCD, both halves); 0.75x and 1.5x magnified jobs fall
-#: at 0.68-0.77 and mostly above 1.25 (model card, "Slide-scale analysis")
+#: at 0.68-0.77 and mostly above 1.25 (``python -m training.field_alarm --shift scale/x1.5``: 99.7-100 % of jobs
+#: flagged, none in-domain); a much paler stain also shrinks the measured red cells (stain x0.5: 30-48 %)
 MAGNIFICATION_RANGE = (0.8, 1.25)
 #: fields with a measured red cell that a job needs before its magnification is judged
 MIN_RULED_FIELDS = 5
@@ -128,8 +129,10 @@ def magnification_reason(rulers: list[float | None], cell_diameter_px: float) ->
     if MAGNIFICATION_RANGE[0] <= ratio <= MAGNIFICATION_RANGE[1]:
         return None
     return (f"red cells measure {np.median(measured):.0f} px across in these fields, {ratio:.2f} times the {expected:.0f} px "
-            f"expected at the configured magnification (cell diameter {cell_diameter_px:.0f} px): cells are cut or merged at "
-            f"the wrong scale; set HEMATOVISION_CELL_DIAMETER_PX to about {cell_diameter_px * ratio:.0f} and run the job again")
+            f"expected at the configured magnification (cell diameter {cell_diameter_px:.0f} px): the fields were taken at "
+            f"another magnification, and cells are then cut or merged at the wrong scale, or the stain is too pale or dark to "
+            f"measure red cells by; if the magnification differs, set HEMATOVISION_CELL_DIAMETER_PX to about "
+            f"{cell_diameter_px * ratio:.0f} and run the job again")
 
 
 def prepare_field(item: tuple[int, bytes], settings: FieldSettings, manifest: ModelManifest) -> PreparedField:

@@ -36,12 +36,15 @@ import numpy as np
 
 from pipeline.classifier import load_classifier
 from pipeline.domain import SHIFTED, UNAVAILABLE, DomainModel, check_job, field_thresholds
-from pipeline.fields import FieldSettings, analyze_fields
+from pipeline.fields import FieldSettings, analyze_fields, magnification_reason
+from pipeline.localize import LocaliserConfig
 from training.shifts import FAMILIES, Shift, hue_rotation
 
 
-def field_scores(classifier, paths: list[Path], shift: Shift | None = None, chunk: int = 32) -> list[list[float | None]]:
-    """Per field, the domain scores of the white cells the serving path finds in it (after ``shift``, if given)."""
+def field_scores(classifier, paths: list[Path], shift: Shift | None = None, chunk: int = 32,
+                 rulers: list[float | None] | None = None) -> list[list[float | None]]:
+    """Per field, the domain scores of the white cells the serving path finds in it (after ``shift``, if given);
+    ``rulers`` (optional) receives each field's measured red-cell diameter."""
     scores: list[list[float | None]] = []
     for start in range(0, len(paths), chunk):
         items = []
@@ -51,7 +54,10 @@ def field_scores(classifier, paths: list[Path], shift: Shift | None = None, chun
                 shifted = shift(cv2.imread(str(path)), np.random.default_rng(key))
                 data = cv2.imencode(".jpg", shifted, [cv2.IMWRITE_JPEG_QUALITY, 95])[1].tobytes()
             items.append((key, data))
-        scores += [[c.ood_score for c in r.cells] for r in analyze_fields(classifier, items, FieldSettings(), chunk)]
+        results = analyze_fields(classifier, items, FieldSettings(), chunk)
+        scores += [[c.ood_score for c in r.cells] for r in results]
+        if rulers is not None:
+            rulers += [r.red_cell_px for r in results]
     return scores
 
 
@@ -82,13 +88,25 @@ def fit_fields(model_dir: Path, domain: DomainModel, even_scores: list[list[floa
     return fitted
 
 
-def alarm_rates(scores: list[list[float | None]], domain: DomainModel, n_fields: int, jobs: int, seed: int = 0) -> dict:
-    """Check ``jobs`` random jobs of ``n_fields`` fields each; how many alarm, how many cannot be checked."""
+def alarm_rates(scores: list[list[float | None]], domain: DomainModel, n_fields: int, jobs: int, seed: int = 0,
+                rulers: list[float | None] | None = None) -> dict:
+    """Check ``jobs`` random jobs of ``n_fields`` fields each; how many alarm, how many cannot be checked.
+
+    With ``rulers`` (each field's red-cell diameter) the job is also checked for another magnification, as the
+    report does (``pipeline.fields.magnification_reason``): ``shifted`` counts either reason, ``magnification``
+    that one alone.
+    """
     rng = np.random.default_rng(seed)
     n = min(n_fields, len(scores))
-    statuses = [check_job([s for i in rng.choice(len(scores), n, replace=False) for s in scores[i]], domain, unit="cells").status
-                for _ in range(jobs)]
-    return {"fields_per_job": n, "jobs": jobs, "shifted": statuses.count(SHIFTED) / jobs, "unavailable": statuses.count(UNAVAILABLE) / jobs}
+    statuses, magnified = [], 0
+    for _ in range(jobs):
+        picked = rng.choice(len(scores), n, replace=False)
+        status = check_job([s for i in picked for s in scores[i]], domain, unit="cells").status
+        wrong_scale = rulers is not None and magnification_reason([rulers[i] for i in picked], LocaliserConfig().cell_diameter_px) is not None
+        magnified += wrong_scale
+        statuses.append(SHIFTED if wrong_scale else status)
+    return {"fields_per_job": n, "jobs": jobs, "shifted": statuses.count(SHIFTED) / jobs, "unavailable": statuses.count(UNAVAILABLE) / jobs,
+            "magnification": magnified / jobs}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -115,7 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     if not paths:
         print(f"no fields in {args.data}/JPEGImages", file=sys.stderr)
         return 2
-    scores = field_scores(classifier, paths, shift)
+    rulers: list[float | None] = []
+    scores = field_scores(classifier, paths, shift, rulers=rulers)
     domain = classifier.domain
     if args.fit:
         domain = fit_fields(Path(args.model), domain, scores[0::2])
@@ -126,14 +145,16 @@ def main(argv: list[str] | None = None) -> int:
           f"{' (field thresholds)' if domain.field_thresholds is not None else ''} "
           f"(in-domain validation: {domain.expected_fraction:.1%} unusual); "
           f"{args.shift or (f'hue {args.hue:+g} deg' if args.hue else 'no shift')}")
-    for half, part in (("all", scores), ("even", scores[0::2]), ("odd", scores[1::2])):
+    for half, part, part_rulers in (("all", scores, rulers), ("even", scores[0::2], rulers[0::2]), ("odd", scores[1::2], rulers[1::2])):
         cells = np.array([s for field in part for s in field if s is not None])
         unusual = float((cells > domain.image_threshold).mean()) if len(cells) else float("nan")
-        print(f"{half:>4}: {len(part)} fields, {len(cells)} cells, {unusual:.1%} of cells unusual")
+        measured = [r for r in part_rulers if r is not None]
+        print(f"{half:>4}: {len(part)} fields, {len(cells)} cells, {unusual:.1%} of cells unusual; red cells measured in "
+              f"{len(measured)} fields, median {np.median(measured) if measured else float('nan'):.1f} px")
         for n in args.fields:
-            r = alarm_rates(part, domain, n, args.jobs)
-            print(f"      {r['jobs']} random jobs of {r['fields_per_job']} fields: alarm {r['shifted']:.1%}, "
-                  f"too few cells to check {r['unavailable']:.1%}")
+            r = alarm_rates(part, domain, n, args.jobs, rulers=part_rulers)
+            print(f"      {r['jobs']} random jobs of {r['fields_per_job']} fields: alarm {r['shifted']:.1%} "
+                  f"(magnification {r['magnification']:.1%}), too few cells to check {r['unavailable']:.1%}")
     return 0
 
 
