@@ -150,17 +150,27 @@ def test_upgrade_backfills_counters_of_existing_jobs(database_url):
     db.dispose()
 
 
+def _old_fields_job(database_url: str, revision: str, job_id: str) -> Database:
+    """A database at ``revision`` holding one running "fields" job with a done and a pending field (for migrations)."""
+    from sqlalchemy import text
+
+    upgrade(database_url, revision)
+    db = Database(database_url)
+    with db.engine.begin() as conn:
+        conn.execute(text("INSERT INTO jobs (id, status, kind, kind_source, source, images_total, batch_size, created_at) "
+                          f"VALUES ('{job_id}', 'running', 'fields', 'client', 'upload', 2, 8, CURRENT_TIMESTAMP)"))
+        conn.execute(text(f"INSERT INTO images (job_id, seq, path, status) VALUES ('{job_id}', 1, 's/old.jpg', 'done'), "
+                          f"('{job_id}', 2, 's/new.jpg', 'pending')"))
+    return db
+
+
 def test_field_cell_ood_score_migration_keeps_cells_and_round_trips(database_url):
     """0007 adds cells.ood_score to a database with cells in it (old rows: NULL), the repository writes and reads it,
     and the downgrade drops only that column."""
     from sqlalchemy import text
 
-    upgrade(database_url, "0004_progress_counters")
-    db = Database(database_url)
+    db = _old_fields_job(database_url, "0004_progress_counters", "f")
     with db.engine.begin() as conn:
-        conn.execute(text("INSERT INTO jobs (id, status, kind, kind_source, source, images_total, batch_size, created_at) "
-                          "VALUES ('f', 'running', 'fields', 'client', 'upload', 2, 8, CURRENT_TIMESTAMP)"))
-        conn.execute(text("INSERT INTO images (job_id, seq, path, status) VALUES ('f', 1, 's/old.jpg', 'done'), ('f', 2, 's/new.jpg', 'pending')"))
         conn.execute(text("INSERT INTO cells (job_id, image_id, idx, x0, y0, x1, y1, score, label, confidence, probabilities) "
                           "SELECT 'f', id, 0, 1, 2, 3, 4, 0.9, 'neutrophil', 0.8, '{}' FROM images WHERE seq = 1"))
     upgrade(database_url)
@@ -184,12 +194,7 @@ def test_field_red_cell_migration_round_trips_and_downgrades(database_url):
     back by path; the downgrade drops only that column."""
     from sqlalchemy import text
 
-    upgrade(database_url, "0007_field_ood")
-    db = Database(database_url)
-    with db.engine.begin() as conn:
-        conn.execute(text("INSERT INTO jobs (id, status, kind, kind_source, source, images_total, batch_size, created_at) "
-                          "VALUES ('r', 'running', 'fields', 'client', 'upload', 2, 8, CURRENT_TIMESTAMP)"))
-        conn.execute(text("INSERT INTO images (job_id, seq, path, status) VALUES ('r', 1, 's/old.jpg', 'done'), ('r', 2, 's/new.jpg', 'pending')"))
+    db = _old_fields_job(database_url, "0007_field_ood", "r")
     upgrade(database_url)
     assert "red_cell_px" in {c["name"] for c in inspect(db.engine).get_columns("images")}
     with db.session() as s, s.begin():
