@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -256,12 +257,22 @@ class DomainCheck:
 
 
 def check_job(scores: list[float | None], model: DomainModel | None, n_no_cell: int = 0, n_images: int = 0,
-              unit: str = "images") -> DomainCheck:
+              unit: str = "images", other_reasons: Sequence[str] = ()) -> DomainCheck:
     """Compare one job's per-image distances (None where not scored) with the in-domain thresholds.
 
     ``unit`` names what was scored: "images" for cell jobs, "cells" for field jobs (which use the field
-    thresholds where the model has them).
+    thresholds where the model has them). ``other_reasons`` are shifts found without the model (a field
+    job's magnification, ``pipeline.fields.magnification_reason``): each makes the job shifted, after the
+    model's own reasons, even where the distances cannot be checked.
     """
+    check = _check_distances(scores, model, n_no_cell, n_images, unit)
+    if not other_reasons:
+        return check
+    return dataclasses.replace(check, status=SHIFTED, reasons=[*check.reasons, *other_reasons])
+
+
+def _check_distances(scores: list[float | None], model: DomainModel | None, n_no_cell: int, n_images: int,
+                     unit: str) -> DomainCheck:
     known = np.array([s for s in scores if s is not None], np.float64)
     if model is None:
         return DomainCheck(UNAVAILABLE, None, ["the model ships no domain model (exported before 2.0)"])

@@ -125,10 +125,11 @@ def magnification_reason(rulers: list[float | None], cell_diameter_px: float) ->
     if len(measured) < MIN_RULED_FIELDS:
         return None
     expected = RED_CELL_PER_CELL_DIAMETER * cell_diameter_px
-    ratio = float(np.median(measured)) / expected
+    median = float(np.median(measured))
+    ratio = median / expected
     if MAGNIFICATION_RANGE[0] <= ratio <= MAGNIFICATION_RANGE[1]:
         return None
-    return (f"red cells measure {np.median(measured):.0f} px across in these fields, {ratio:.2f} times the {expected:.0f} px "
+    return (f"red cells measure {median:.0f} px across in these fields, {ratio:.2f} times the {expected:.0f} px "
             f"expected at the configured magnification (cell diameter {cell_diameter_px:.0f} px): the fields were taken at "
             f"another magnification, and cells are then cut or merged at the wrong scale, or the stain is too pale or dark to "
             f"measure red cells by; if the magnification differs, set HEMATOVISION_CELL_DIAMETER_PX to about "

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import io
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 
 from scipy.special import betaincinv  # beta.ppf itself: scipy.stats costs ~1 s of every process's start-up
@@ -139,6 +140,7 @@ def build_report(
     max_listed: int = 1000,
     domain: DomainModel | None = None,
     scored_unit: str = "images",
+    other_reasons: Sequence[str] = (),
 ) -> DifferentialReport:
     """Aggregate per-image predictions into a :class:`DifferentialReport`.
 
@@ -176,5 +178,6 @@ def build_report(
         low_confidence_cells=[{"path": p.path, "label": p.label, "confidence": round(p.confidence or 0.0, 4)} for p in low[:max_listed]],
         n_no_cell_found=len(no_cell),
         no_cell_found=no_cell[:max_listed],
-        domain_check=check_job([p.ood_score for p in processed], domain, len(no_cell), len(processed), scored_unit).to_dict(),
+        domain_check=check_job([p.ood_score for p in processed], domain, len(no_cell), len(processed), scored_unit,
+                               other_reasons).to_dict(),
     )

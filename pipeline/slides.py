@@ -13,7 +13,7 @@ import csv
 import io
 from collections import defaultdict
 
-from pipeline.domain import SHIFTED, DomainModel
+from pipeline.domain import DomainModel
 from pipeline.fields import magnification_reason
 from pipeline.report import CellPrediction, DifferentialReport, build_report
 
@@ -53,14 +53,11 @@ def build_fields_report(
     with_cells = {path for path, *_ in cells}
 
     def section(paths: list[str], preds: list[CellPrediction]) -> dict:
-        report = build_report(preds, classes, white_cells, model, low_confidence, domain=domain, scored_unit="cells").to_dict()
         reason = magnification_reason([red_cells.get(p) for p in paths], cell_diameter_px) if red_cells and cell_diameter_px else None
-        if reason:
-            check = report["domain_check"]
-            check["status"] = SHIFTED
-            check["reasons"] = [*check.get("reasons", []), reason]
+        report = build_report(preds, classes, white_cells, model, low_confidence, domain=domain, scored_unit="cells",
+                              other_reasons=[reason] if reason else ())
         return {
-            **report,
+            **report.to_dict(),
             "n_fields": len(paths),
             "n_fields_failed": sum(p in failed for p in paths),
             "n_fields_without_wbc": sum(p not in with_cells and p not in failed for p in paths),

@@ -37,7 +37,6 @@ import numpy as np
 from pipeline.classifier import load_classifier
 from pipeline.domain import SHIFTED, UNAVAILABLE, DomainModel, check_job, field_thresholds
 from pipeline.fields import FieldSettings, analyze_fields, magnification_reason
-from pipeline.localize import LocaliserConfig
 from training.shifts import FAMILIES, Shift, hue_rotation
 
 
@@ -98,13 +97,14 @@ def alarm_rates(scores: list[list[float | None]], domain: DomainModel, n_fields:
     """
     rng = np.random.default_rng(seed)
     n = min(n_fields, len(scores))
+    diameter = FieldSettings().localiser.cell_diameter_px  # the settings field_scores analysed the fields with
     statuses, magnified = [], 0
     for _ in range(jobs):
         picked = rng.choice(len(scores), n, replace=False)
-        status = check_job([s for i in picked for s in scores[i]], domain, unit="cells").status
-        wrong_scale = rulers is not None and magnification_reason([rulers[i] for i in picked], LocaliserConfig().cell_diameter_px) is not None
-        magnified += wrong_scale
-        statuses.append(SHIFTED if wrong_scale else status)
+        reason = magnification_reason([rulers[i] for i in picked], diameter) if rulers is not None else None
+        magnified += reason is not None
+        statuses.append(check_job([s for i in picked for s in scores[i]], domain, unit="cells",
+                                  other_reasons=[reason] if reason else ()).status)
     return {"fields_per_job": n, "jobs": jobs, "shifted": statuses.count(SHIFTED) / jobs, "unavailable": statuses.count(UNAVAILABLE) / jobs,
             "magnification": magnified / jobs}
 
