@@ -118,6 +118,10 @@ def litert_logits(tflite_path: Path, batch: np.ndarray, chunk: int = 64) -> np.n
     return np.concatenate(out)
 
 
+def litert_accuracy(tflite_path: Path, scaled: np.ndarray, y: np.ndarray) -> float:
+    return float((litert_logits(tflite_path, scaled).argmax(axis=1) == y).mean())
+
+
 def with_features(model):
     """The same network with a second output, the pooled features the domain check scores."""
     import keras
@@ -162,7 +166,7 @@ def try_int8(model, folder: Path, calibration: np.ndarray, scaled_val: np.ndarra
         if n_float and not worst:
             worst = worst_quantised_layers(model, calibration)
         path.write_bytes(to_tflite_int8(model, calibration, worst[:n_float]))
-        accuracy = float((litert_logits(path, scaled_val).argmax(axis=1) == val_y).mean())
+        accuracy = litert_accuracy(path, scaled_val, val_y)
         tried.append({"float_layers": n_float, "val_accuracy": accuracy})
         if fp32_accuracy - accuracy <= INT8_MAX_DROP:
             return {"file": path.name, "val_accuracy": accuracy, "fp32_val_accuracy": fp32_accuracy, "max_drop": INT8_MAX_DROP,
@@ -170,6 +174,17 @@ def try_int8(model, folder: Path, calibration: np.ndarray, scaled_val: np.ndarra
     path.unlink()
     return {"file": None, "val_accuracy": tried[0]["val_accuracy"], "fp32_val_accuracy": fp32_accuracy, "max_drop": INT8_MAX_DROP,
             "shipped": False, "calibration_images": int(len(calibration)), "tried": tried}
+
+
+def run_images(work: Path) -> tuple[TrainConfig, dict[str, list[Sample]], np.ndarray, np.ndarray]:
+    """A finished run's config, split and cached validation and training crops (re-export and ``add_int8``)."""
+    from training.data import load_pixels, load_splits
+
+    config = TrainConfig(**json.loads((work / "config.json").read_text()))
+    splits = load_splits(work / "splits.json")
+    val_x = load_pixels(splits["val"], config.input_size, work / f"cache_val_{config.input_size}.npz", config.recipe)
+    train_x = load_pixels(splits["train"], config.input_size, work / f"cache_train_{config.input_size}.npz", config.recipe)
+    return config, splits, val_x, train_x
 
 
 def add_int8(model_dir: Path, work: Path, calibration_images: int = 200) -> dict:
@@ -180,18 +195,14 @@ def add_int8(model_dir: Path, work: Path, calibration_images: int = 200) -> dict
     """
     import keras
 
-    from training.data import load_pixels, load_splits
     from training.train import labels_of
 
     manifest_path = model_dir / "manifest.json"
     manifest = json.loads(manifest_path.read_text())
-    config = TrainConfig(**json.loads((work / "config.json").read_text()))
-    splits = load_splits(work / "splits.json")
-    val_x = load_pixels(splits["val"], config.input_size, work / f"cache_val_{config.input_size}.npz", config.recipe)
-    train_x = load_pixels(splits["train"], config.input_size, work / f"cache_train_{config.input_size}.npz", config.recipe)
+    config, splits, val_x, train_x = run_images(work)
     model = keras.models.load_model(str(model_dir / "model.keras"), compile=False)
     scaled, val_y = scale_for_mobilenet(val_x), labels_of(splits["val"])
-    fp32 = float((litert_logits(model_dir / "model.tflite", scaled).argmax(axis=1) == val_y).mean())
+    fp32 = litert_accuracy(model_dir / "model.tflite", scaled, val_y)
     int8 = try_int8(model, model_dir, scale_for_mobilenet(calibration_subset(train_x, calibration_images, config.seed)), scaled, val_y, fp32)
     manifest["int8"] = int8
     manifest["files"].pop("model.int8.tflite", None)
@@ -287,7 +298,6 @@ def main(argv: list[str] | None = None) -> int:
     """Re-export from a finished run: ``python -m training.export --work-dir runs/X``."""
     import keras
 
-    from training.data import load_pixels, load_splits
     from training.train import labels_of
 
     parser = argparse.ArgumentParser(prog="python -m training.export")
@@ -302,13 +312,10 @@ def main(argv: list[str] | None = None) -> int:
         int8 = add_int8(Path(args.int8_into), work, args.calibration_images)
         print(json.dumps({k: v for k, v in int8.items() if k != "float_layers"}, indent=2))
         return 0
-    config = TrainConfig(**{k: v for k, v in json.loads((work / "config.json").read_text()).items()})
+    config, splits, val_x, train_x = run_images(work)
     if args.export_dir:
         config.export_dir = args.export_dir
-    splits = load_splits(work / "splits.json")
-    val_x = load_pixels(splits["val"], config.input_size, work / f"cache_val_{config.input_size}.npz", config.recipe)
     model = keras.models.load_model(str(work / "final.keras"), compile=False)
-    train_x = load_pixels(splits["train"], config.input_size, work / f"cache_train_{config.input_size}.npz", config.recipe)
     calibration = calibration_subset(train_x, args.calibration_images, config.seed) if args.calibration_images else None
     print(export_model(model, config, val_x, labels_of(splits["val"]), splits, calibration, (train_x, labels_of(splits["train"]))))
     return 0

@@ -218,11 +218,12 @@ def fine_tune(config: TrainConfig, model, train_x, train_y, val_x, val_y, train_
             *averaging,  # last: installs the averaged weights when training ends
         ],
     )
-    if averaging:
-        model.save(str(work / "best.keras"))  # the average replaces the best-validation-loss checkpoint
+    if averaging:  # the model holds the average: it replaces the best-validation-loss checkpoint
+        model.save(str(work / "best.keras"))
         loss = model.evaluate(scale_for_mobilenet(val_x), keras.utils.to_categorical(val_y, k), batch_size=64, verbose=0)
         log(f"phase 2: averaged weights, validation loss {loss[0]:.4f}, accuracy {loss[1]:.4f}")
-    model.load_weights(str(work / "best.keras"))
+    else:
+        model.load_weights(str(work / "best.keras"))
 
 
 def warm_start(model, source: str) -> None:

@@ -68,6 +68,16 @@ def test_train_export_evaluate_cli(tmp_path):
     proc = subprocess.run(evaluate, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0 and json.loads(report.read_text())["accuracy"] == metrics["accuracy"]
 
+    # the int8 file rebuilt in place from the run's caches: only the int8 block and the file list change
+    int8 = [sys.executable, "-m", "training.export", "--work-dir", str(work), "--int8-into", str(export), "--calibration-images", "8"]
+    proc = subprocess.run(int8, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rebuilt = json.loads((export / "manifest.json").read_text())
+    assert rebuilt["int8"]["calibration_images"] == 8 and rebuilt["int8"]["tried"][0]["float_layers"] == 0
+    assert {k: v for k, v in rebuilt.items() if k not in ("int8", "files")} == {k: v for k, v in refitted.items() if k not in ("int8", "files")}
+    assert ("model.int8.tflite" in rebuilt["files"]) == bool(rebuilt["int8"]["shipped"])
+    load_classifier(str(export), "litert")  # every listed file's sha256 verified
+
 
 def test_evaluate_reports_unknown_class_folders(tmp_path, model_dir, sample_folder):
     data = tmp_path / "data"
