@@ -94,6 +94,16 @@ def _probs(logits: np.ndarray, distances: np.ndarray, base: float, rule: Distanc
     return calibrated_softmax(logits, base if rule is None else rule.temperatures(base, distances))
 
 
+def _ece(d: dict[str, np.ndarray], base: float, rule: DistanceTemperature | None) -> float:
+    """ECE of the rows of ``d`` (logits, distance, y) at the base temperature or with ``rule``."""
+    return reliability(_probs(d["logits"], d["distance"], base, rule), d["y"])[0]
+
+
+def _ece_limit(clean: dict[str, np.ndarray], base: float) -> float:
+    """The in-domain ECE a rule may reach on clean validation rows: 3 %, or the constant temperature's where higher."""
+    return max(IN_DOMAIN_ECE_LIMIT, _ece(clean, base, None))
+
+
 def fit_rule(data: list[dict[str, np.ndarray]], base: float, mask: list[np.ndarray] | None = None) -> DistanceTemperature:
     """The (reference, power) with the lowest NLL over every row of ``data`` (one dict per laboratory) whose clean
     rows keep ECE <= 3 % in every laboratory (or, where the constant temperature already exceeds it, no worse).
@@ -104,16 +114,15 @@ def fit_rule(data: list[dict[str, np.ndarray]], base: float, mask: list[np.ndarr
     logits = np.concatenate([d["logits"][m] for d, m in zip(data, mask, strict=True)])
     distances = np.concatenate([d["distance"][m] for d, m in zip(data, mask, strict=True)])
     y = np.concatenate([d["y"][m] for d, m in zip(data, mask, strict=True)])
-    clean = [(d["logits"][m & (d["condition"] == 0)], d["distance"][m & (d["condition"] == 0)], d["y"][m & (d["condition"] == 0)])
-             for d, m in zip(data, mask, strict=True)]
-    limits = [max(IN_DOMAIN_ECE_LIMIT, reliability(_probs(lg, ds, base, None), yy)[0]) for lg, ds, yy in clean]
-    pooled_clean = np.concatenate([ds for _, ds, _ in clean])
+    clean = [_rows(d, m & (d["condition"] == 0)) for d, m in zip(data, mask, strict=True)]
+    limits = [_ece_limit(c, base) for c in clean]
+    pooled_clean = np.concatenate([c["distance"] for c in clean])
     best: tuple[float, DistanceTemperature] | None = None
     for q in REFERENCE_QUANTILES:
         reference = float(np.quantile(pooled_clean, q))
         for power in POWERS:
             rule = DistanceTemperature(round(reference, 4), float(power))
-            if any(reliability(_probs(lg, ds, base, rule), yy)[0] > lim for (lg, ds, yy), lim in zip(clean, limits, strict=True)):
+            if any(_ece(c, base, rule) > lim for c, lim in zip(clean, limits, strict=True)):
                 continue
             loss = _nll(_probs(logits, distances, base, rule), y)
             if best is None or loss < best[0] - 1e-9:
@@ -192,19 +201,30 @@ def collect_cached(classifier: Classifier, folder: str, limit: int | None, famil
                    cache: Path | None) -> dict[str, np.ndarray]:
     """``collect``, kept in ``cache`` (``.npz``) when given: the studies re-read instead of re-running the model."""
     if cache is not None and cache.is_file():
-        d = dict(np.load(cache))
-    else:
-        d = collect(classifier, folder, limit, families=families, log=log)
-        d["lab"] = np.array(Path(folder).name)
-        if cache is not None:
-            np.savez_compressed(cache, **d)
+        return _read_cache(cache)
+    d = collect(classifier, folder, limit, families=families, log=log)
+    if cache is not None:
+        np.savez_compressed(cache, **d, lab=np.array(Path(folder).name))
+    return {**d, "lab": Path(folder).name}
+
+
+def _read_cache(path: Path) -> dict[str, np.ndarray]:
+    d = dict(np.load(path))
     d["lab"] = str(d["lab"])
     return d
 
 
+#: the arrays of ``collect`` with one entry per row (image x condition); the others describe the whole set
+PER_ROW = ("logits", "distance", "y", "condition", "image")
+
+
+def _rows(d: dict[str, np.ndarray], rows: np.ndarray) -> dict[str, np.ndarray]:
+    """``d`` cut to ``rows`` (the per-row arrays; condition names, image keys and the laboratory's name stay whole)."""
+    return {k: (v[rows] if k in PER_ROW else v) for k, v in d.items()}
+
+
 def _clean(d: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    rows = d["condition"] == 0
-    return {k: (v[rows] if isinstance(v, np.ndarray) and v.shape[:1] == rows.shape else v) for k, v in d.items()}
+    return _rows(d, d["condition"] == 0)
 
 
 def fit_shape(pairs: list[tuple[dict, dict, float]], allowed=None) -> tuple[float, float]:
@@ -218,16 +238,16 @@ def fit_shape(pairs: list[tuple[dict, dict, float]], allowed=None) -> tuple[floa
     ``allowed(quantile, power)`` (optional) excludes shapes, e.g. those that would take the shipped model's own
     validation ECE above 3 %.
     """
+    limits = [_ece_limit(own, base) for _, own, base in pairs]
     best: tuple[float, float, float] | None = None
     for q in REFERENCE_QUANTILES:
         for power in POWERS:
             if allowed is not None and power > 0 and not allowed(q, float(power)):
                 continue
             losses, ok = [], True
-            for unseen, own, base in pairs:
+            for (unseen, own, base), limit in zip(pairs, limits, strict=True):
                 rule = DistanceTemperature(float(np.quantile(own["distance"], q)), float(power))
-                limit = max(IN_DOMAIN_ECE_LIMIT, reliability(_probs(own["logits"], own["distance"], base, None), own["y"])[0])
-                if reliability(_probs(own["logits"], own["distance"], base, rule), own["y"])[0] > limit:
+                if _ece(own, base, rule) > limit:
                     ok = False
                     break
                 losses.append(_nll(_probs(unseen["logits"], unseen["distance"], base, rule), unseen["y"]))
@@ -279,7 +299,7 @@ def lolo_pairs(root: Path) -> dict[str, tuple[dict, dict, float]]:
         paths = [root / f"dt_{own}_unseen.npz", root / f"dt_{own}_own_0.npz"]
         if not all(p.is_file() for p in paths):
             raise FileNotFoundError(f"{paths[0]} missing: run python -m training.distance_temperature --lolo-root {root} first")
-        unseen, own_data = (collect_cached(None, "", None, None, print, p) for p in paths)  # type: ignore[arg-type]
+        unseen, own_data = (_read_cache(p) for p in paths)
         base = json.loads((root / "export" / f"lolo_{own}" / "manifest.json").read_text())["temperature"]
         pairs[own] = (unseen, _clean(own_data), float(base))
     return pairs
@@ -291,12 +311,11 @@ def shape_for_model(model_dir: str, data_dirs: list[str], lolo_root: Path, log=p
     classifier = load_classifier(model_dir, "litert")
     base = classifier.manifest.temperature
     clean = [collect_cached(classifier, folder, None, [], log, None) for folder in data_dirs]
-    limits = [max(IN_DOMAIN_ECE_LIMIT, reliability(_probs(d["logits"], d["distance"], base, None), d["y"])[0]) for d in clean]
+    limits = [_ece_limit(d, base) for d in clean]
 
     def allowed(q: float, power: float) -> bool:
         rule = shaped_rule(clean, q, power)
-        return all(reliability(_probs(d["logits"], d["distance"], base, rule), d["y"])[0] <= lim
-                   for d, lim in zip(clean, limits, strict=True))
+        return all(_ece(d, base, rule) <= lim for d, lim in zip(clean, limits, strict=True))
 
     pairs = lolo_pairs(lolo_root)
     free = fit_shape(list(pairs.values()))
@@ -304,17 +323,13 @@ def shape_for_model(model_dir: str, data_dirs: list[str], lolo_root: Path, log=p
     rule = shaped_rule(clean, q, power)
     report = {"shape_unconstrained": {"quantile": free[0], "power": free[1]}, "shape": {"quantile": q, "power": power},
               "rule": rule.__dict__,
-              "validation_clean": {d["lab"]: {"images": int(len(d["y"])),
-                                              "ece_constant": reliability(_probs(d["logits"], d["distance"], base, None), d["y"])[0],
-                                              "ece_rule": reliability(_probs(d["logits"], d["distance"], base, rule), d["y"])[0]}
+              "validation_clean": {d["lab"]: {"images": int(len(d["y"])), "ece_constant": _ece(d, base, None), "ece_rule": _ece(d, base, rule)}
                                    for d in clean},
               "lolo_unseen_with_shape": {}}
     for own, (unseen, own_clean, lolo_base) in pairs.items():
         lolo_rule = DistanceTemperature(float(np.quantile(own_clean["distance"], q)), power)
-        report["lolo_unseen_with_shape"][own] = {
-            "constant": reliability(_probs(unseen["logits"], unseen["distance"], lolo_base, None), unseen["y"])[0],
-            "rule": reliability(_probs(unseen["logits"], unseen["distance"], lolo_base, lolo_rule), unseen["y"])[0],
-            "own_clean_rule": reliability(_probs(own_clean["logits"], own_clean["distance"], lolo_base, lolo_rule), own_clean["y"])[0]}
+        report["lolo_unseen_with_shape"][own] = {"constant": _ece(unseen, lolo_base, None), "rule": _ece(unseen, lolo_base, lolo_rule),
+                                                 "own_clean_rule": _ece(own_clean, lolo_base, lolo_rule)}
     return (q, power), report
 
 

@@ -110,7 +110,7 @@ def test_fit_keeps_the_constant_temperature_when_distance_says_nothing_about_err
 def test_shape_fitted_on_one_unseen_laboratory_transfers_to_another_with_other_distance_scales():
     """The cross-fit of ``training.distance_temperature --lolo-root``: the (quantile, power) shape is fitted on one
     model's unseen laboratory and applied to another model whose distances are twice as large."""
-    from training.distance_temperature import _clean, fit_shape
+    from training.distance_temperature import _clean, _rows, fit_shape
 
     def pair(seed: int, scale: float) -> tuple[dict, dict, float]:
         d = _synthetic_lab(seed, conditions=4)
@@ -118,7 +118,7 @@ def test_shape_fitted_on_one_unseen_laboratory_transfers_to_another_with_other_d
         own = _clean(d)
         base = fit_temperature(own["logits"], own["y"])
         far = d["condition"] == 3  # the "other laboratory": the furthest, most often wrong copies
-        unseen = {k: (v[far] if isinstance(v, np.ndarray) and v.shape[:1] == far.shape else v) for k, v in d.items()}
+        unseen = _rows(d, far)
         return unseen, own, base
 
     a, b = pair(3, 1.0), pair(4, 2.0)
@@ -132,12 +132,12 @@ def test_shape_fitted_on_one_unseen_laboratory_transfers_to_another_with_other_d
 
 
 def test_a_constraint_on_the_shipped_model_can_only_narrow_the_choice():
-    from training.distance_temperature import _clean, fit_shape
+    from training.distance_temperature import _clean, _rows, fit_shape
 
     d = _synthetic_lab(5, conditions=4)
     own = _clean(d)
     far = d["condition"] == 3
-    unseen = {k: (v[far] if isinstance(v, np.ndarray) and v.shape[:1] == far.shape else v) for k, v in d.items()}
+    unseen = _rows(d, far)
     pair = (unseen, own, fit_temperature(own["logits"], own["y"]))
     assert fit_shape([pair])[1] > 0
     assert fit_shape([pair], allowed=lambda q, p: False) == (0.5, 0.0)  # nothing allowed: the constant temperature
