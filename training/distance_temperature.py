@@ -241,12 +241,13 @@ def fit_shape(pairs: list[tuple[dict, dict, float]], allowed=None) -> tuple[floa
     limits = [_ece_limit(own, base) for _, own, base in pairs]
     best: tuple[float, float, float] | None = None
     for q in REFERENCE_QUANTILES:
+        references = [float(np.quantile(own["distance"], q)) for _, own, _ in pairs]
         for power in POWERS:
             if allowed is not None and power > 0 and not allowed(q, float(power)):
                 continue
             losses, ok = [], True
-            for (unseen, own, base), limit in zip(pairs, limits, strict=True):
-                rule = DistanceTemperature(float(np.quantile(own["distance"], q)), float(power))
+            for (unseen, own, base), limit, reference in zip(pairs, limits, references, strict=True):
+                rule = DistanceTemperature(reference, float(power))
                 if _ece(own, base, rule) > limit:
                     ok = False
                     break
