@@ -5,7 +5,8 @@ white balance, focus, compression and magnification, and where the cell sits
 in the crop. Cells have no orientation, so all eight rotations/flips are used.
 Inputs and outputs are float32 RGB in [0, 255].
 
-``v1`` is the recipe of the 1.x models. ``strong`` (2.x) adds stain jitter in
+``v1`` is the recipe of the 1.x models. ``strong-randconv`` is ``strong`` followed by a random convolution on half of
+the images (``random_convolution``). ``strong`` (2.x) adds stain jitter in
 haematoxylin-eosin (HED) optical-density space, larger colour casts and
 gamma, scale jitter of +-25 % with glass-coloured padding (the serving crop
 is four red-cell diameters, measured with about 15 % spread), off-centre
@@ -113,7 +114,35 @@ def _augment_strong(image: tf.Tensor, size: int) -> tf.Tensor:
     return tf.clip_by_value(image, 0.0, 1.0) * 255.0
 
 
-AUGMENTATIONS = {"v1": _augment_v1, "strong": _augment_strong}
+def random_convolution(image: tf.Tensor, probability: float = 0.5, sizes: tuple[int, ...] = (1, 3, 5, 7)) -> tf.Tensor:
+    """RandConv (Xu et al., ICLR 2021): with ``probability``, mix the image with itself passed through
+    a random convolution of a random size from ``sizes`` (He-normal weights), image in [0, 1].
+
+    Why: a random filter changes colour (1x1: a random channel mix) and local texture
+    (larger kernels) while keeping shapes, so the network cannot lean on a laboratory's
+    stain colour or its camera's sharpness, the shortcuts that fail on other laboratories.
+    The filtered image is brought back to the original's mean and spread per image and
+    blended with it by a uniform random weight, as in the paper's mixing variant.
+    """
+    def convolved() -> tf.Tensor:
+        k = tf.random.shuffle(tf.constant(sizes))[0]
+        weights = tf.random.normal(tf.stack([k, k, 3, 3])) * tf.sqrt(2.0 / tf.cast(k * k * 3, tf.float32))
+        centred = image - tf.reduce_mean(image)
+        out = tf.nn.conv2d(centred[None], weights, [1, 1, 1, 1], "SAME")[0]
+        out = out / (tf.math.reduce_std(out) + 1e-6) * tf.math.reduce_std(image) + tf.reduce_mean(image)
+        alpha = tf.random.uniform([])
+        return tf.clip_by_value(alpha * image + (1.0 - alpha) * out, 0.0, 1.0)
+
+    return tf.cond(tf.random.uniform([]) < probability, convolved, lambda: image)
+
+
+def _augment_strong_randconv(image: tf.Tensor, size: int) -> tf.Tensor:
+    """``strong``, then a random convolution on half of the images (``random_convolution``)."""
+    image = _augment_strong(image, size) / 255.0
+    return random_convolution(image) * 255.0
+
+
+AUGMENTATIONS = {"v1": _augment_v1, "strong": _augment_strong, "strong-randconv": _augment_strong_randconv}
 
 
 def augment(image: tf.Tensor, size: int, recipe: str = "strong") -> tf.Tensor:

@@ -41,7 +41,8 @@ class TrainConfig:
     recipe: str = "cell-centred-rbc4-whitebalance-mobilenet-v2-scale"
     #: which laboratories to train on: "both", "pbc" or "kaggle" (leave-one-laboratory-out runs)
     datasets: str = "both"
-    #: augmentation strength: "v1" (1.x models) or "strong" (large colour casts, HED jitter, scale, shifts)
+    #: augmentation strength: "v1" (1.x models), "strong" (large colour casts, HED jitter, scale, shifts) or
+    #: "strong-randconv" (strong, then a random convolution on half of the images: ``training.augment``)
     augmentation: str = "strong"
     #: augmentation of the raw image before the serving crop ("" none, "lab-habits": ``training.raw_augment``)
     raw_augmentation: str = ""
