@@ -277,7 +277,8 @@ def _database_figures(report: Report, settings: Settings, classes: list[str], ar
         if not jobs.finalize(ctx, report.large_job_id):
             raise SystemExit("the large job did not finalise")
         took.append((time.perf_counter() - t0) * 1000)
-    # in order: the first in a fresh worker context also pays one-time costs (connections, statement compilation)
+    # in order: the first in a fresh worker context also pays one-time costs (a connection, statement compilation);
+    # the model load froze the start-up heap (``pipeline.heap``), so no full collection walks it mid-finalisation
     report.add("report", f"finalise a {args.report_images:,}-image job (check + build + store the report; median of "
                f"{FINALISE_JOBS} jobs; in order {' / '.join(f'{t:.0f}' for t in took)} ms)", float(np.median(took)), unit="ms")
     ctx.db.dispose()

@@ -14,6 +14,7 @@ from functools import cached_property
 from db.engine import Database
 from pipeline.batch import apply_thread_budget
 from pipeline.classifier import Classifier, load_classifier
+from pipeline.heap import settle_after_startup
 from pipeline.manifest import ModelManifest
 from pipeline.settings import Settings
 from pipeline.storage import ImageStore
@@ -34,11 +35,16 @@ class WorkerContext:
 
     @cached_property
     def classifier(self) -> Classifier:
-        """The model, with this process's thread budget for the backend (OpenCV: one thread per call)."""
+        """The model, with this process's thread budget for the backend (OpenCV: one thread per call).
+
+        Loading the model is the end of the process's start-up: what exists then is frozen out of
+        the garbage collector's full passes (``pipeline.heap``)."""
         with self._lock:
             threads = self.settings.thread_budget
             apply_thread_budget(threads)
-            return load_classifier(self.settings.model_dir, self.settings.backend, bool(self.settings.tta), threads=threads)
+            classifier = load_classifier(self.settings.model_dir, self.settings.backend, bool(self.settings.tta), threads=threads)
+            settle_after_startup()
+            return classifier
 
     @property
     def manifest(self) -> ModelManifest:
