@@ -253,9 +253,9 @@ class CellRow:
 
 
 def record_field(session: Session, job_id: str, image_id: int, cells: list[CellRow], error: str | None,
-                 red_cell_px: float | None = None) -> None:
+                 red_cell_px: float | None = None, code: str | None = None) -> None:
     """Upsert the cells of one field on (job, image, index), drop cells past the new count, set the field's status
-    and keep its measured red-cell diameter.
+    and keep its measured red-cell diameter. A failed field's reason ``code`` defaults to a bad image.
 
     Two deliveries of the same batch may write at once (a lease that expired while its worker was
     alive): upserts never collide on the unique constraint, and the last writer's cells stand.
@@ -275,7 +275,7 @@ def record_field(session: Session, job_id: str, image_id: int, cells: list[CellR
     if red_cell_px is not None:
         session.execute(update(Image).where(Image.id == image_id, Image.job_id == job_id).values(red_cell_px=red_cell_px))
     moved = _leave_pending(session, job_id, [image_id], ImageStatus.FAILED if error else ImageStatus.DONE, error,
-                           ErrorCode.BAD_IMAGE if error else None)
+                           (code or ErrorCode.BAD_IMAGE) if error else None)
     _count(session, job_id, 0 if error else moved, moved if error else 0)
 
 

@@ -153,7 +153,9 @@ def _run_field_batch(ctx: WorkerContext, job_id: str, items: list[tuple[int, byt
     s = ctx.settings
     settings = FieldSettings(LocaliserConfig(cell_diameter_px=s.cell_diameter_px), tile=s.field_tile, max_pixels=s.max_field_pixels)
     results = analyze_fields(ctx.classifier, items, settings, s.batch_size, threads=s.thread_budget)
-    rows: list[tuple[int, list[repo.CellRow], str | None]] = [(m.image_id, [], m.error) for m in missing]
+    # (image id, cells, error, its code, red-cell diameter): a missing stored file keeps its own code
+    rows: list[tuple[int, list[repo.CellRow], str | None, str | None, float | None]] = [
+        (m.image_id, [], m.error, m.code, None) for m in missing]
     for field in results:
         cells = []
         for cell in field.cells:
@@ -161,11 +163,11 @@ def _run_field_batch(ctx: WorkerContext, job_id: str, items: list[tuple[int, byt
             ctx.store.put(key, cell.thumbnail_jpeg)
             cells.append(repo.CellRow(cell.index, cell.box, cell.score, cell.label, cell.confidence, cell.probabilities, key,
                                       cell.ood_score))
-        rows.append((field.key, cells, field.error, field.red_cell_px))
+        rows.append((field.key, cells, field.error, None, field.red_cell_px))
     with ctx.db.session() as session, session.begin():
         if repo.job_status(session, job_id) in JobStatus.ACTIVE:
-            for image_id, cells, error, red_cell_px in rows:
-                repo.record_field(session, job_id, image_id, cells, error, red_cell_px)
+            for image_id, cells, error, code, red_cell_px in rows:
+                repo.record_field(session, job_id, image_id, cells, error, red_cell_px, code)
     return len(rows)
 
 

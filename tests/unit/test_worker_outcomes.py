@@ -30,9 +30,9 @@ def env(migrated_url, tmp_path, model_dir):
     st.db.dispose()
 
 
-def _submit(env, files: dict[str, bytes], batch_size: int = 2) -> tuple[str, list[int]]:
+def _submit(env, files: dict[str, bytes], batch_size: int = 2, kind: str = "cells") -> tuple[str, list[int]]:
     st, ctx = env
-    job_id = accept_job(st, iter(files.items()), "upload", None, batch_size, "cells")
+    job_id = accept_job(st, iter(files.items()), "upload", None, batch_size, kind)
     batches: list[int] = []
     jobs.start_job(ctx, job_id, batches.append)
     return job_id, batches
@@ -60,6 +60,16 @@ def test_unmounted_storage_is_transient_not_a_bad_image(env, tmp_path):
 def test_one_missing_file_is_a_per_image_failure(env, tmp_path):
     st, ctx = env
     job_id, batches = _submit(env, {"a.jpg": jpeg_bytes(1), "b.jpg": jpeg_bytes(2)})
+    next((tmp_path / "storage" / "jobs" / job_id).glob("0000001.*")).unlink()
+    jobs.run_batch(ctx, job_id, batches[0])
+    job, progress, codes = _job(ctx, job_id)
+    assert job.status == JobStatus.SUCCEEDED and (progress.done, codes) == (1, {ErrorCode.MISSING_FILE: 1})
+
+
+def test_one_missing_field_is_a_per_image_failure(env, tmp_path):
+    """The same in a fields job: the other field of the batch is still analysed and the code says why."""
+    st, ctx = env
+    job_id, batches = _submit(env, {"a.jpg": jpeg_bytes(1), "b.jpg": jpeg_bytes(2)}, kind="fields")
     next((tmp_path / "storage" / "jobs" / job_id).glob("0000001.*")).unlink()
     jobs.run_batch(ctx, job_id, batches[0])
     job, progress, codes = _job(ctx, job_id)
