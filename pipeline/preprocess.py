@@ -15,7 +15,7 @@ from collections.abc import Callable
 import cv2
 import numpy as np
 
-from pipeline.cellcrop import CellCrop, as_bgr, cell_crop
+from pipeline.cellcrop import FAST, CellCrop, as_bgr, cell_crop
 from pipeline.stainnorm import normalise_stain
 
 #: The recipe of models up to 1.1: the largest centred square, resized.
@@ -27,6 +27,9 @@ RECIPE_CELL_CENTRED = "cell-centred-rbc4-whitebalance-mobilenet-v2-scale"
 #: the red cells' colour (``pipeline.stainnorm``); candidate recipe, chosen by
 #: leave-one-laboratory-out and the robustness suite.
 RECIPE_CELL_CENTRED_RBC_STAIN = "cell-centred-rbc4-whitebalance-rbcstain-mobilenet-v2-scale"
+#: The cell-centred crop with cheaper resampling (``pipeline.cellcrop.FAST``: bilinear work copy and
+#: crop, white balance on the model-sized crop): about half the preparation time on 360-px images.
+RECIPE_CELL_CENTRED_FAST = "cell-centred-rbc4-whitebalance-fastresample-mobilenet-v2-scale"
 #: The recipe new models are trained with.
 RECIPE = RECIPE_CELL_CENTRED
 
@@ -56,11 +59,17 @@ def stain_normalised_crop(bgr: np.ndarray, size: int) -> CellCrop:
     return dataclasses.replace(crop, pixels=normalise_stain(crop.pixels))
 
 
+def fast_cell_crop(bgr: np.ndarray, size: int) -> CellCrop:
+    """The cell-centred crop with ``FAST`` resampling."""
+    return cell_crop(bgr, size, FAST)
+
+
 #: recipe name -> function (decoded BGR image, input size) -> CellCrop
 RECIPES: dict[str, Callable[[np.ndarray, int], CellCrop]] = {
     RECIPE_CENTER_SQUARE: center_square_crop,
     RECIPE_CELL_CENTRED: cell_crop,
     RECIPE_CELL_CENTRED_RBC_STAIN: stain_normalised_crop,
+    RECIPE_CELL_CENTRED_FAST: fast_cell_crop,
 }
 
 #: recipe name -> the colour step training repeats after its colour augmentation (so that the

@@ -6,8 +6,16 @@ import cv2
 import numpy as np
 import pytest
 
-from pipeline.cellcrop import BACKGROUND_LEVEL, CROP_RBC_DIAMETERS, MAX_CELL_BOX_RBC, background_color, cell_crop
-from pipeline.preprocess import RECIPE_CELL_CENTRED, RECIPES, model_crop
+from pipeline.cellcrop import (
+    BACKGROUND_LEVEL,
+    CROP_RBC_DIAMETERS,
+    FAST,
+    MAX_CELL_BOX_RBC,
+    background_color,
+    cell_crop,
+    padded_square,
+)
+from pipeline.preprocess import RECIPE_CELL_CENTRED, RECIPE_CELL_CENTRED_FAST, RECIPES, model_crop
 from tests.conftest import synthetic_field
 
 #: conftest's red cells have radii 38-48 px: a diameter of about 86 px
@@ -100,3 +108,45 @@ def test_red_cell_fragments_much_smaller_than_the_cell_are_not_trusted_as_a_rule
     assert crop.ruler_px is not None and crop.cell_box_px > MAX_CELL_BOX_RBC * crop.ruler_px
     # the whole cell stays in the crop (the crop is at least the image), instead of a zoom onto the nucleus
     assert crop.side_px >= 240
+
+
+@pytest.mark.parametrize("center", [(180.0, 180.0), (20.0, 340.0), (-400.0, 50.0)])
+def test_padded_square_is_the_square_with_glass_where_it_leaves_the_image(center):
+    """Inside, a cut of the image; outside, the fill colour; entirely outside, all fill."""
+    image = np.random.default_rng(0).integers(0, 256, (360, 300, 3), dtype=np.uint8)
+    side, fill = 151.0, (210.4, 220.6, 300.0)
+    out = padded_square(image, center, side, fill)
+    s, x0, y0 = 151, int(round(center[0] - side / 2)), int(round(center[1] - side / 2))
+    expected = np.empty((s, s, 3), np.uint8)
+    expected[:] = (210, 220, 255)  # truncated and clipped as uint8
+    for y in range(s):
+        sy = y0 + y
+        if 0 <= sy < 360:
+            xs = np.arange(x0, x0 + s)
+            inside = (xs >= 0) & (xs < 300)
+            expected[y, inside] = image[sy, xs[inside]]
+    assert np.array_equal(out, expected)
+
+
+def test_fast_resampling_finds_the_same_cell_at_the_same_scale_with_nearly_the_same_pixels():
+    """FAST changes how the crop is resampled, not what it shows: cell, centre, ruler and colours agree."""
+    for image in (cell_image(), cell_image(center=(250, 120), seed=2), cv2.resize(cell_image(size=720, rbc=56, seed=1), (500, 500))):
+        exact, fast = cell_crop(image, 160), cell_crop(image, 160, FAST)
+        assert fast.found == exact.found
+        assert np.hypot(fast.center[0] - exact.center[0], fast.center[1] - exact.center[1]) <= 0.02 * exact.side_px
+        assert fast.side_px == pytest.approx(exact.side_px, rel=0.08)  # real images: 5-95 % within -3 % and +4 %
+        assert np.allclose(fast.gains, exact.gains, atol=0.02)
+        # the synthetic smears' pixel noise is where bilinear and area resampling differ most (real
+        # images: 1-3 levels on average); a wrong cell or scale differs by tens of levels
+        exact_px, fast_px = exact.pixels.astype(float), fast.pixels.astype(float)
+        assert np.abs(fast_px - exact_px).mean() < 6.0
+        assert np.abs(cv2.GaussianBlur(fast_px, (0, 0), 2) - cv2.GaussianBlur(exact_px, (0, 0), 2)).mean() < 4.0
+    blank = cell_crop(np.full((100, 100, 3), 255, np.uint8), 64, FAST)
+    assert not blank.found and blank.pixels.shape == (64, 64, 3)
+
+
+def test_fast_recipe_is_registered_and_cheaper_resampling_is_its_only_difference():
+    crop = model_crop(cell_image(), 96, RECIPE_CELL_CENTRED_FAST)
+    assert crop.found and crop.pixels.shape == (96, 96, 3)
+    assert np.array_equal(crop.pixels, cell_crop(cell_image(), 96, FAST).pixels)
+    assert not np.array_equal(crop.pixels, model_crop(cell_image(), 96).pixels)

@@ -78,6 +78,18 @@ def test_train_export_evaluate_cli(tmp_path):
     assert ("model.int8.tflite" in rebuilt["files"]) == bool(rebuilt["int8"]["shipped"])
     load_classifier(str(export), "litert")  # every listed file's sha256 verified
 
+    # a soup of the run with itself: its own run folder, exported like a run, the same answers
+    soup_export = tmp_path / "soup_model"
+    soup = [sys.executable, "-m", "training.soup", "--work-dir", str(work), "--work-dir", str(work),
+            "--out", str(tmp_path / "soup"), "--export-dir", str(soup_export), "--calibration-images", "0"]
+    proc = subprocess.run(soup, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    souped = json.loads((soup_export / "manifest.json").read_text())
+    assert souped["version"] == manifest["version"] + "+soup" and len(souped["training_recipe"]["soup"]["ingredients"]) == 2
+    evaluate[evaluate.index(str(export))] = str(soup_export)
+    proc = subprocess.run(evaluate, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and json.loads(report.read_text())["accuracy"] == metrics["accuracy"]
+
 
 def test_evaluate_reports_unknown_class_folders(tmp_path, model_dir, sample_folder):
     data = tmp_path / "data"
