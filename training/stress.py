@@ -35,6 +35,7 @@ from pipeline.images import ImageRejected, decode_image
 from training.evaluate import BATCH, classify_chunks, discover, domain_summary
 from training.metrics import confusion_matrix, macro_f1, per_class_prf, reliability
 from training.shifts import FAMILIES, Shift
+from training.stress_means import describe
 
 BASELINE = ("baseline", "none")
 
@@ -283,6 +284,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"{result['n_images']} images {result['images_per_class']}; not counted: {result['unknown_class_folders'] or 'none'}")
+    print(f"mean accuracy under shift (training.stress_means): {describe(result)}")
     outputs = [(args.json, lambda path: path.write_text(json.dumps(result, indent=2))),
                (args.markdown, lambda path: path.write_text(markdown_table(result))),
                (args.plot, lambda path: write_plot(result, path)),
