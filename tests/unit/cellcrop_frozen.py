@@ -5,9 +5,11 @@ implementation must reproduce them bit for bit (pixels) and float for float
 (centre, ruler, side, gains). ``tests/fixtures/cellcrop_frozen.json`` holds
 the outputs of the implementation as it was when the fixture was made
 (before the speed-up of 2026-11-27); ``test_cellcrop_frozen`` compares.
+``cellcrop_frozen_fast.json`` does the same for the ``FAST`` resampling (frozen
+when model 2.3's training crops were made, 2026-11-28).
 
 Regenerate only when the recipe's behaviour is *meant* to change (which also
-means a new recipe name and retraining): ``python -m tests.unit.cellcrop_frozen``.
+means a new recipe name and retraining): ``python -m tests.unit.cellcrop_frozen exact|fast``.
 """
 
 from __future__ import annotations
@@ -21,10 +23,15 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from pipeline.cellcrop import CellCrop, cell_crop
+from pipeline.cellcrop import EXACT, FAST, CellCrop, Resampling, cell_crop
 from tests.conftest import REPO, SHARED, synthetic_field
 
 FIXTURE = REPO / "tests" / "fixtures" / "cellcrop_frozen.json"
+#: resampling name -> (resampling, its fixture)
+FROZEN: dict[str, tuple[Resampling, Path]] = {
+    "exact": (EXACT, FIXTURE),
+    "fast": (FAST, REPO / "tests" / "fixtures" / "cellcrop_frozen_fast.json"),
+}
 #: the two input sizes of the shipped models
 SIZES = (160, 224)
 #: images per laboratory taken from ../shared (spread over the sorted file list, so over the classes)
@@ -107,17 +114,22 @@ def fingerprint(crop: CellCrop) -> dict[str, object]:
     }
 
 
-def outputs() -> dict[str, dict[str, object]]:
+def outputs(resampling: Resampling = EXACT) -> dict[str, dict[str, object]]:
     """``cell_crop``'s outputs for every case and model input size, keyed "name@size"."""
-    return {f"{name}@{size}": fingerprint(cell_crop(image, size)) for name, image in cases() for size in SIZES}
+    return {f"{name}@{size}": fingerprint(cell_crop(image, size, resampling)) for name, image in cases() for size in SIZES}
 
 
-def main() -> int:
-    FIXTURE.parent.mkdir(parents=True, exist_ok=True)
-    frozen = outputs()
+def main(argv: list[str] | None = None) -> int:
+    which = (argv if argv is not None else sys.argv[1:])[:1]
+    if not which or which[0] not in FROZEN:
+        print(f"usage: python -m tests.unit.cellcrop_frozen {'|'.join(FROZEN)}", file=sys.stderr)
+        return 2
+    resampling, fixture = FROZEN[which[0]]
+    fixture.parent.mkdir(parents=True, exist_ok=True)
+    frozen = outputs(resampling)
     lines = [f"{json.dumps(key)}: {json.dumps(value, sort_keys=True)}" for key, value in sorted(frozen.items())]
-    FIXTURE.write_text("{\n" + ",\n".join(lines) + "\n}\n")  # one case a line: reviewable diffs
-    print(f"{len(frozen)} outputs written to {FIXTURE}")
+    fixture.write_text("{\n" + ",\n".join(lines) + "\n}\n")  # one case a line: reviewable diffs
+    print(f"{len(frozen)} outputs written to {fixture}")
     return 0
 
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from pipeline.cellcrop import _most_prominent, find_cell
-from tests.unit.cellcrop_frozen import FIXTURE, outputs
+from tests.unit.cellcrop_frozen import FIXTURE, FROZEN, outputs
 
 
 @pytest.fixture(scope="module")
@@ -33,8 +33,11 @@ def test_the_fixture_covers_both_laboratories_variants_and_edge_cases(frozen):
     assert any(v["rbc_diameter_px"] is not None for v in frozen.values())
 
 
-def test_cell_crop_reproduces_the_frozen_outputs_exactly(frozen):
-    now = outputs()
+@pytest.mark.parametrize("which", sorted(FROZEN))
+def test_cell_crop_reproduces_the_frozen_outputs_exactly(which):
+    resampling, fixture = FROZEN[which]
+    frozen = json.loads(fixture.read_text())
+    now = outputs(resampling)
     assert sorted(now) == sorted(frozen)
     changed = {key: (frozen[key], now[key]) for key in frozen if now[key] != frozen[key]}
     assert not changed, f"{len(changed)} of {len(frozen)} crops changed, e.g. {next(iter(changed.items()))}"
