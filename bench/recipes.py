@@ -103,6 +103,25 @@ def compare_cellcrop(ref: str, images: list[np.ndarray], size: int = 160, rounds
               f"({before / after:.2f}x); identical outputs for {same} of {len(items)}")
 
 
+def compare_resampling(images: dict[str, list[np.ndarray]], size: int = 160) -> None:
+    """``EXACT`` and ``FAST`` resampling (``pipeline.cellcrop``) per laboratory: time, and how far the crops move.
+
+    A model trained on one is served with the same one (its recipe name says which), so this is not
+    an accuracy figure: it says how different the network's input is (found cell, crop side, pixels).
+    """
+    for lab, items in images.items():
+        exact_ms = ms_per_image(lambda img: cellcrop.cell_crop(img, size), items)
+        fast_ms = ms_per_image(lambda img: cellcrop.cell_crop(img, size, cellcrop.FAST), items)
+        pairs = [(cellcrop.cell_crop(img, size), cellcrop.cell_crop(img, size, cellcrop.FAST)) for img in items]
+        found = sum(a.found == b.found for a, b in pairs)
+        ratio = np.percentile([b.side_px / a.side_px for a, b in pairs], [5, 50, 95])
+        diff = [float(np.abs(a.pixels.astype(np.int16) - b.pixels.astype(np.int16)).mean()) for a, b in pairs]
+        print(f"cell_crop at {size}, {len(items)} {lab} images: EXACT {exact_ms:.2f} ms/image, FAST {fast_ms:.2f} ms/image "
+              f"({exact_ms / fast_ms:.2f}x); same found/not found {found} of {len(items)}; crop side FAST/EXACT "
+              f"p5/p50/p95 {ratio[0]:.3f}/{ratio[1]:.3f}/{ratio[2]:.3f}; mean |pixel difference| {np.mean(diff):.2f} "
+              f"levels (p95 {np.percentile(diff, 95):.2f})")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.recipes", description=__doc__)
     parser.add_argument("--images", type=int, default=400)
@@ -122,6 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     for recipe in RECIPES:
         for size in (160, 224):
             print(f"preprocess {recipe} at {size}: {ms_per_image(lambda img, r=recipe, s=size: model_crop(img, s, r), images):.2f} ms/image")
+    compare_resampling({"Kaggle": images[:half], "PBC": images[half:]})
     if args.baseline:
         compare_cellcrop(args.baseline, images)
     for model_dir in [Settings().model_dir] + ([args.old_model] if args.old_model else []):

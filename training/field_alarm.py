@@ -14,7 +14,11 @@ other one); only the even half may be used to choose anything.
 
 ``--hue DEG`` rotates every field's hue first (a synthetic stain shift);
 ``--shift FAMILY/STRENGTH`` applies any shift of the robustness suite (e.g.
-``scale/x2``, ``stain_intensity/x2``): the alarm should then fire.
+``scale/x2``, ``stain_intensity/x2``): the alarm should then fire where the
+shift costs accuracy, so the run also prints the field-level accuracy (the
+type of the most prominent cell found against ``labels.csv``; optimistic,
+as these photographs are the training images' sources, but it says whether a
+shift hurts at all).
 
 ``--fit`` fits the thresholds field jobs use (``DomainModel.field_thresholds``:
 cells cut from fields sit further from the training crops than cell images
@@ -41,9 +45,10 @@ from training.shifts import FAMILIES, Shift, hue_rotation
 
 
 def field_scores(classifier, paths: list[Path], shift: Shift | None = None, chunk: int = 32,
-                 rulers: list[float | None] | None = None) -> list[list[float | None]]:
+                 rulers: list[float | None] | None = None, answers: list[str | None] | None = None) -> list[list[float | None]]:
     """Per field, the domain scores of the white cells the serving path finds in it (after ``shift``, if given);
-    ``rulers`` (optional) receives each field's measured red-cell diameter."""
+    ``rulers`` (optional) receives each field's measured red-cell diameter, ``answers`` the class of its most
+    prominent cell (highest localiser score; None where no cell was found)."""
     scores: list[list[float | None]] = []
     for start in range(0, len(paths), chunk):
         items = []
@@ -57,7 +62,22 @@ def field_scores(classifier, paths: list[Path], shift: Shift | None = None, chun
         scores += [[c.ood_score for c in r.cells] for r in results]
         if rulers is not None:
             rulers += [r.red_cell_px for r in results]
+        if answers is not None:
+            answers += [max(r.cells, key=lambda c: c.score).label if r.cells else None for r in results]
     return scores
+
+
+def field_accuracy(paths: list[Path], answers: list[str | None], labels_csv: Path) -> tuple[float, int] | None:
+    """Share of labelled fields whose most prominent cell gets the field's type (``labels.csv``), and how many
+    fields had a label (a field without a found cell counts as wrong); None without ``labels.csv``."""
+    if not labels_csv.is_file():
+        return None
+    import csv
+
+    with open(labels_csv) as fh:
+        labels = {row["image"]: row["wbc_category"].strip().lower() for row in csv.DictReader(fh)}
+    pairs = [(labels[p.stem], a) for p, a in zip(paths, answers, strict=True) if labels.get(p.stem)]
+    return (sum(truth == answer for truth, answer in pairs) / len(pairs), len(pairs)) if pairs else None
 
 
 def named_shift(name: str) -> Shift:
@@ -134,7 +154,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"no fields in {args.data}/JPEGImages", file=sys.stderr)
         return 2
     rulers: list[float | None] = []
-    scores = field_scores(classifier, paths, shift, rulers=rulers)
+    answers: list[str | None] = []
+    scores = field_scores(classifier, paths, shift, rulers=rulers, answers=answers)
     domain = classifier.domain
     if args.fit:
         domain = fit_fields(Path(args.model), domain, scores[0::2])
@@ -145,6 +166,9 @@ def main(argv: list[str] | None = None) -> int:
           f"{' (field thresholds)' if domain.field_thresholds is not None else ''} "
           f"(in-domain validation: {domain.expected_fraction:.1%} unusual); "
           f"{args.shift or (f'hue {args.hue:+g} deg' if args.hue else 'no shift')}")
+    accuracy = field_accuracy(paths, answers, Path(args.data) / "labels.csv")
+    if accuracy is not None:
+        print(f"field-level accuracy (most prominent cell vs labels.csv): {accuracy[0]:.1%} of {accuracy[1]} labelled fields")
     for half, part, part_rulers in (("all", scores, rulers), ("even", scores[0::2], rulers[0::2]), ("odd", scores[1::2], rulers[1::2])):
         cells = np.array([s for field in part for s in field if s is not None])
         unusual = float((cells > domain.image_threshold).mean()) if len(cells) else float("nan")

@@ -53,3 +53,15 @@ def test_fit_writes_field_thresholds_into_a_copy_of_the_model(fields, tmp_path, 
     assert "of 4 even BCCD fields" in manifest["ood"]["fields"]["fitted_on"]
     domain = load_classifier(str(model), "litert").domain  # the manifest's digest of the new ood.npz verifies
     assert domain.field_thresholds is not None and domain.for_fields().mean_threshold(50) is not None
+
+
+def test_field_accuracy_counts_labelled_fields_and_a_field_without_a_cell_as_wrong(tmp_path, fields, capsys):
+    paths = [tmp_path / f"{name}.jpg" for name in ("a", "b", "c", "d")]
+    (tmp_path / "labels.csv").write_text("image,wbc_category\na,NEUTROPHIL\nb,EOSINOPHIL\nc,LYMPHOCYTE\n")
+    accuracy = field_alarm.field_accuracy(paths, ["neutrophil", "neutrophil", None, "monocyte"], tmp_path / "labels.csv")
+    assert accuracy == (pytest.approx(1 / 3), 3)  # d has no label; c found no cell
+    assert field_alarm.field_accuracy(paths, [None] * 4, tmp_path / "missing.csv") is None
+
+    shutil.copy(SHARED / "bccd" / "labels.csv", fields / "labels.csv")  # the real study prints it
+    assert field_alarm.main(["--data", str(fields), "--model", str(MODEL), "--fields", "4", "--jobs", "5"]) == 0
+    assert "field-level accuracy (most prominent cell vs labels.csv): " in capsys.readouterr().out
