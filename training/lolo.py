@@ -51,17 +51,14 @@ def evaluation_folders(base: TrainConfig, root: Path) -> dict[str, Path]:
     return {"kaggle": splits / "kaggle_val", "pbc": four, "pbc_all": splits / "pbc_val"}
 
 
-def run(base: TrainConfig, root: Path, eval_only: bool = False, soup_of: list[Path] | None = None) -> dict:
-    """Train (or, with ``soup_of``, average the finished runs of other roots) and score each direction."""
+def run(base: TrainConfig, root: Path, eval_only: bool = False) -> dict:
     from training.evaluate import evaluate
 
     folders = evaluation_folders(base, root)
     results = {}
     for trained_on, held_out in HELD_OUT.items():
         config = lolo_config(base, root, trained_on)
-        if soup_of:
-            _soup(config, [other / f"lolo_{trained_on}" for other in soup_of])
-        elif not eval_only:
+        if not eval_only:
             from training.train import run as train
 
             train(config)
@@ -74,15 +71,6 @@ def run(base: TrainConfig, root: Path, eval_only: bool = False, soup_of: list[Pa
     return {"recipe": base.recipe, "augmentation": base.augmentation, "raw_augmentation": base.raw_augmentation,
             "input_size": base.input_size,
             "finetune_epochs": base.finetune_epochs, "results": results}
-
-
-def _soup(config: TrainConfig, runs: list[Path]) -> None:
-    """One direction's soup (``training.soup``) of the same direction's runs under other roots, exported."""
-    from training.export import main as export
-    from training.soup import make_soup_run
-
-    make_soup_run(runs, Path(config.work_dir), config.export_dir)
-    export(["--work-dir", config.work_dir])
 
 
 def _brief(result: dict) -> dict:
@@ -108,13 +96,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--root", required=True, help="folder for the two runs, their exports and the evaluation folders")
     parser.add_argument("--json", help="write the results here")
     parser.add_argument("--eval-only", action="store_true")
-    parser.add_argument("--soup-of", nargs="+", metavar="ROOT",
-                        help="instead of training: average each direction's finished runs under these roots (training.soup)")
     add_config_arguments(parser)
     args = parser.parse_args(argv)
-    summary = run(config_from_args(args), Path(args.root), args.eval_only, [Path(r) for r in args.soup_of or ()])
-    if args.soup_of:
-        summary["soup_of"] = args.soup_of
+    summary = run(config_from_args(args), Path(args.root), args.eval_only)
     print_table(summary)
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
