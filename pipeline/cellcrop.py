@@ -272,7 +272,8 @@ class Resampling:
 
 
 EXACT = Resampling()
-FAST = Resampling(cv2.INTER_LINEAR, cv2.INTER_LINEAR, True, 2)
+FAST = Resampling(work_interpolation=cv2.INTER_LINEAR, shrink_interpolation=cv2.INTER_LINEAR, balance_after_resize=True,
+                  gain_stride=2)
 
 
 def padded_square(bgr: np.ndarray, center: tuple[float, float], side: float, fill: tuple[float, float, float]) -> np.ndarray:

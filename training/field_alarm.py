@@ -29,6 +29,7 @@ fields with them.
 from __future__ import annotations
 
 import argparse
+import csv
 import dataclasses
 import json
 import sys
@@ -72,8 +73,6 @@ def field_accuracy(paths: list[Path], answers: list[str | None], labels_csv: Pat
     fields had a label (a field without a found cell counts as wrong); None without ``labels.csv``."""
     if not labels_csv.is_file():
         return None
-    import csv
-
     with open(labels_csv) as fh:
         labels = {row["image"]: row["wbc_category"].strip().lower() for row in csv.DictReader(fh)}
     pairs = [(labels[p.stem], a) for p, a in zip(paths, answers, strict=True) if labels.get(p.stem)]

@@ -69,8 +69,8 @@ def make_soup_run(work_dirs: list[Path], out: Path, export_dir: str | None = Non
     soup_of([w / "final.keras" for w in work_dirs]).save(str(out / "final.keras"))
     for name in ("splits.json", f"cache_train_{first.input_size}.npz", f"cache_val_{first.input_size}.npz"):
         link = out / name
-        if not link.exists():
-            link.symlink_to((work_dirs[0] / name).resolve())
+        link.unlink(missing_ok=True)  # a folder re-used for another soup must not keep the old first run's files
+        link.symlink_to((work_dirs[0] / name).resolve())
     ingredients = [json.loads((w / "config.json").read_text()) for w in work_dirs]
     config = dataclasses.replace(
         first, work_dir=str(out), export_dir=export_dir or str(out / "export"),
