@@ -239,14 +239,6 @@ def red_cell_diameter(matter: np.ndarray, nucleus: np.ndarray) -> float | None:
     return diameter if 0.03 * min(h, w) <= diameter <= 0.6 * min(h, w) else None
 
 
-def balanced_square(bgr: np.ndarray, center: tuple[float, float], side: float, fill: tuple[float, float, float],
-                    gains: np.ndarray) -> np.ndarray:
-    """The ``side``-pixel square centred on ``center``, padded with ``fill`` where it leaves the
-    image, with ``gains`` applied (a per-channel lookup: the same pixels whether the fill is
-    balanced before or after padding)."""
-    return cv2.LUT(padded_square(bgr, center, side, fill), gain_lut(gains))
-
-
 @dataclass(frozen=True)
 class Resampling:
     """How a recipe resamples: the analysis copy, the final crop, and where the white balance is applied.
@@ -339,14 +331,14 @@ def cell_crop(image: np.ndarray, size: int, resampling: Resampling = EXACT) -> C
         fallback = float(np.clip(CROP_NUCLEUS_SIDES * cell[1] / scale, min(h, w), 3.0 * min(h, w)))
         side = CROP_RBC_DIAMETERS * rbc_px if rbc_px else fallback
     fill = tuple(float(v) for v in BACKGROUND_LEVEL / gains)  # glass colour before balance
+    # the gains are a per-channel lookup: the same pixels whether the fill is balanced before or after padding
+    square = padded_square(bgr, center, side, fill)
+    if not resampling.balance_after_resize:
+        square = apply_gains(square, gains)
+    shrink = resampling.shrink_interpolation if square.shape[0] > size else cv2.INTER_LINEAR
+    resized = cv2.resize(square, (size, size), interpolation=shrink)
     if resampling.balance_after_resize:
-        square = padded_square(bgr, center, side, fill)
-        shrink = resampling.shrink_interpolation if square.shape[0] > size else cv2.INTER_LINEAR
-        resized = apply_gains(cv2.resize(square, (size, size), interpolation=shrink), gains)
-    else:
-        crop = balanced_square(bgr, center, side, fill, gains)
-        shrink = resampling.shrink_interpolation if crop.shape[0] > size else cv2.INTER_LINEAR
-        resized = cv2.resize(crop, (size, size), interpolation=shrink)
+        resized = apply_gains(resized, gains)
     rgb = cv2.cvtColor(resized, cv2.COLOR_BGR2RGB)
     return CellCrop(rgb, cell is not None, center, rbc_px, side, (float(gains[0]), float(gains[1]), float(gains[2])),
                     cell[1] / scale if cell is not None else None, ruler / scale if ruler else None)

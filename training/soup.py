@@ -64,14 +64,14 @@ def soup_of(paths: list[Path]):
 def make_soup_run(work_dirs: list[Path], out: Path, export_dir: str | None = None) -> TrainConfig:
     """Write ``out/final.keras`` (the soup of the runs' ``final.keras``) and a config whose split and cached
     crops are the first run's, ready for ``training.export --work-dir out``."""
-    first = TrainConfig(**json.loads((work_dirs[0] / "config.json").read_text()))
+    ingredients = [json.loads((w / "config.json").read_text()) for w in work_dirs]
+    first = TrainConfig(**ingredients[0])
     out.mkdir(parents=True, exist_ok=True)
     soup_of([w / "final.keras" for w in work_dirs]).save(str(out / "final.keras"))
     for name in ("splits.json", f"cache_train_{first.input_size}.npz", f"cache_val_{first.input_size}.npz"):
         link = out / name
         link.unlink(missing_ok=True)  # a folder re-used for another soup must not keep the old first run's files
         link.symlink_to((work_dirs[0] / name).resolve())
-    ingredients = [json.loads((w / "config.json").read_text()) for w in work_dirs]
     config = dataclasses.replace(
         first, work_dir=str(out), export_dir=export_dir or str(out / "export"),
         model_version=first.model_version + "+soup",
