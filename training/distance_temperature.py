@@ -36,22 +36,14 @@ import argparse
 import json
 import sys
 import time
-import zlib
 from pathlib import Path
 
 import numpy as np
 
-from pipeline.classifier import Classifier, DistanceTemperature, calibrated_softmax, load_classifier
+from pipeline.classifier import Classifier, DistanceTemperature, load_classifier
 from training.evaluate import BATCH, discover
-from training.metrics import reliability
 from training.stress import balanced_subsample, conditions, load_images
-
-#: reference distances tried: these quantiles of the clean validation images' distances
-REFERENCE_QUANTILES = (0.5, 0.75, 0.9, 0.95)
-#: powers tried (0 = the constant temperature)
-POWERS = np.round(np.arange(0.0, 6.01, 0.1), 2)
-#: clean in-domain validation ECE the rule may not exceed (the project's in-domain target)
-IN_DOMAIN_ECE_LIMIT = 0.03
+from training.temperature_shape import brief, clean_rows, ece_limit, ece_of, fit_rule, fit_shape, held_out_halves, score, shaped_rule
 
 
 def collect(classifier: Classifier, data_dir: str, limit: int | None, seed: int = 0,
@@ -84,101 +76,6 @@ def collect(classifier: Classifier, data_dir: str, limit: int | None, seed: int 
     out["names"] = np.array(names)
     out["keys"] = np.array(keys)
     return out
-
-
-def _nll(probs: np.ndarray, y: np.ndarray) -> float:
-    return float(-np.mean(np.log(np.clip(probs[np.arange(len(y)), y], 1e-12, None))))
-
-
-def _probs(logits: np.ndarray, distances: np.ndarray, base: float, rule: DistanceTemperature | None) -> np.ndarray:
-    return calibrated_softmax(logits, base if rule is None else rule.temperatures(base, distances))
-
-
-def _ece(d: dict[str, np.ndarray], base: float, rule: DistanceTemperature | None) -> float:
-    """ECE of the rows of ``d`` (logits, distance, y) at the base temperature or with ``rule``."""
-    return reliability(_probs(d["logits"], d["distance"], base, rule), d["y"])[0]
-
-
-def _ece_limit(clean: dict[str, np.ndarray], base: float) -> float:
-    """The in-domain ECE a rule may reach on clean validation rows: 3 %, or the constant temperature's where higher."""
-    return max(IN_DOMAIN_ECE_LIMIT, _ece(clean, base, None))
-
-
-def fit_rule(data: list[dict[str, np.ndarray]], base: float, mask: list[np.ndarray] | None = None) -> DistanceTemperature:
-    """The (reference, power) with the lowest NLL over every row of ``data`` (one dict per laboratory) whose clean
-    rows keep ECE <= 3 % in every laboratory (or, where the constant temperature already exceeds it, no worse).
-
-    ``mask`` (optional, per laboratory) chooses the rows (images) to fit on, for held-out halves.
-    """
-    mask = mask or [np.ones(len(d["y"]), bool) for d in data]
-    logits = np.concatenate([d["logits"][m] for d, m in zip(data, mask, strict=True)])
-    distances = np.concatenate([d["distance"][m] for d, m in zip(data, mask, strict=True)])
-    y = np.concatenate([d["y"][m] for d, m in zip(data, mask, strict=True)])
-    clean = [_rows(d, m & (d["condition"] == 0)) for d, m in zip(data, mask, strict=True)]
-    limits = [_ece_limit(c, base) for c in clean]
-    pooled_clean = np.concatenate([c["distance"] for c in clean])
-    best: tuple[float, DistanceTemperature] | None = None
-    for q in REFERENCE_QUANTILES:
-        reference = float(np.quantile(pooled_clean, q))
-        for power in POWERS:
-            rule = DistanceTemperature(round(reference, 4), float(power))
-            if any(_ece(c, base, rule) > lim for c, lim in zip(clean, limits, strict=True)):
-                continue
-            loss = _nll(_probs(logits, distances, base, rule), y)
-            if best is None or loss < best[0] - 1e-9:
-                best = (loss, rule)
-    assert best is not None  # power 0 is the constant temperature, which always passes
-    return best[1]
-
-
-def score(d: dict[str, np.ndarray], base: float, rule: DistanceTemperature | None, rows: np.ndarray | None = None) -> dict:
-    """ECE and NLL per condition (constant temperature when ``rule`` is None), and their means over shifted ones."""
-    rows = np.ones(len(d["y"]), bool) if rows is None else rows
-    per = {}
-    for index, name in enumerate(d["names"]):
-        sel = rows & (d["condition"] == index)
-        if not sel.any():
-            continue
-        probs = _probs(d["logits"][sel], d["distance"][sel], base, rule)
-        per[str(name)] = {"ece": reliability(probs, d["y"][sel])[0], "nll": _nll(probs, d["y"][sel]),
-                          "accuracy": float((probs.argmax(axis=1) == d["y"][sel]).mean())}
-    shifted = [v for k, v in per.items() if not k.startswith("baseline/")]
-    return {"clean_ece": per["baseline/none"]["ece"], "clean_nll": per["baseline/none"]["nll"],
-            "shifted_mean_ece": float(np.mean([v["ece"] for v in shifted])) if shifted else None,
-            "shifted_worst_ece": float(np.max([v["ece"] for v in shifted])) if shifted else None,
-            "shifted_mean_nll": float(np.mean([v["nll"] for v in shifted])) if shifted else None,
-            "conditions": per}
-
-
-def halves(d: dict[str, np.ndarray], which: int) -> np.ndarray:
-    """Rows whose image falls in half ``which`` (by a hash of the image's file name, the same in every condition)."""
-    parity = np.array([zlib.crc32(str(k).encode()) % 2 for k in d["keys"]])
-    return parity[d["image"]] == which
-
-
-def held_out_halves(data: list[dict[str, np.ndarray]], base: float) -> list[dict]:
-    """Fit on one half of every laboratory's images (all conditions), score the other half; both ways round."""
-    out = []
-    for which in (0, 1):
-        rule = fit_rule(data, base, [halves(d, which) for d in data])
-        row = {"fit_on_half": which, "rule": rule.__dict__, "labs": {}}
-        for d in data:
-            other = halves(d, 1 - which)
-            row["labs"][d["lab"]] = {"constant": _brief(score(d, base, None, other)), "distance": _brief(score(d, base, rule, other))}
-        out.append(row)
-    return out
-
-
-def _brief(s: dict) -> dict:
-    return {k: v for k, v in s.items() if k != "conditions"}
-
-
-def shaped_rule(data: list[dict[str, np.ndarray]], quantile: float, power: float) -> DistanceTemperature:
-    """The rule of a shape chosen by leave-one-laboratory-out for a model trained on several laboratories:
-    reference = the mean over laboratories of each one's ``quantile`` of clean validation distances (each
-    laboratory weighs the same, whatever its number of validation images)."""
-    reference = float(np.mean([np.quantile(d["distance"][d["condition"] == 0], quantile) for d in data]))
-    return DistanceTemperature(round(reference, 4), float(power))
 
 
 def study_model(model_dir: str, data_dirs: list[str], limit: int | None, families: list[str] | None = None,
@@ -214,51 +111,6 @@ def _read_cache(path: Path) -> dict[str, np.ndarray]:
     return d
 
 
-#: the arrays of ``collect`` with one entry per row (image x condition); the others describe the whole set
-PER_ROW = ("logits", "distance", "y", "condition", "image")
-
-
-def _rows(d: dict[str, np.ndarray], rows: np.ndarray) -> dict[str, np.ndarray]:
-    """``d`` cut to ``rows`` (the per-row arrays; condition names, image keys and the laboratory's name stay whole)."""
-    return {k: (v[rows] if k in PER_ROW else v) for k, v in d.items()}
-
-
-def _clean(d: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    return _rows(d, d["condition"] == 0)
-
-
-def fit_shape(pairs: list[tuple[dict, dict, float]], allowed=None) -> tuple[float, float]:
-    """(reference quantile, power) with the lowest NLL, averaged over the *unseen* laboratory's images and the
-    model's own clean validation images (home and away weigh the same: a laboratory that installs the model is
-    either like the training data or not), over the leave-one-laboratory-out models of ``pairs``.
-
-    Each pair is (unseen laboratory's data, own laboratory's clean validation data, base temperature) of one
-    leave-one-laboratory-out model; the reference is the quantile of that model's own clean distances, so the
-    shape transfers between models whose distances have different scales. Own-laboratory ECE stays <= 3 %.
-    ``allowed(quantile, power)`` (optional) excludes shapes, e.g. those that would take the shipped model's own
-    validation ECE above 3 %.
-    """
-    limits = [_ece_limit(own, base) for _, own, base in pairs]
-    best: tuple[float, float, float] | None = None
-    for q in REFERENCE_QUANTILES:
-        references = [float(np.quantile(own["distance"], q)) for _, own, _ in pairs]
-        for power in POWERS:
-            if allowed is not None and power > 0 and not allowed(q, float(power)):
-                continue
-            losses, ok = [], True
-            for (unseen, own, base), limit, reference in zip(pairs, limits, references, strict=True):
-                rule = DistanceTemperature(reference, float(power))
-                if _ece(own, base, rule) > limit:
-                    ok = False
-                    break
-                losses.append(_nll(_probs(unseen["logits"], unseen["distance"], base, rule), unseen["y"]))
-                losses.append(_nll(_probs(own["logits"], own["distance"], base, rule), own["y"]))
-            if ok and (best is None or np.mean(losses) < best[0] - 1e-9):
-                best = (float(np.mean(losses)), q, float(power))
-    assert best is not None
-    return best[1], best[2]
-
-
 def study_lolo(root: Path, limit: int | None, families: list[str] | None = None, log=print) -> dict:
     """Each LOLO model: a rule fitted on its own laboratory's validation images and their synthetic shifts,
     scored on the other laboratory's; then the cross-fit: the shape fitted on one model's unseen laboratory,
@@ -274,11 +126,11 @@ def study_lolo(root: Path, limit: int | None, families: list[str] | None = None,
         classifier = load_classifier(model_dir, "litert")
         unseen = collect_cached(classifier, str(folders[other]), None, [], log, root / f"dt_{own}_unseen.npz")
         base = classifier.manifest.temperature
-        pairs[own] = (unseen, _clean(own_data[0]), base)
+        pairs[own] = (unseen, clean_rows(own_data[0]), base)
         out[f"{own}->{other}"] = {
             "rule": rule.__dict__, "temperature": base,
-            "own_lab": {k: _brief(v) for k, v in own_result["labs"][own_data[0]["lab"]].items()},
-            "unseen_lab": {"constant": _brief(score(unseen, base, None)), "distance": _brief(score(unseen, base, rule)),
+            "own_lab": {k: brief(v) for k, v in own_result["labs"][own_data[0]["lab"]].items()},
+            "unseen_lab": {"constant": brief(score(unseen, base, None)), "distance": brief(score(unseen, base, rule)),
                            "accuracy": float((unseen["logits"].argmax(axis=1) == unseen["y"]).mean())},
         }
     for fit_on, apply_to in (("pbc", "kaggle"), ("kaggle", "pbc")):
@@ -287,7 +139,7 @@ def study_lolo(root: Path, limit: int | None, families: list[str] | None = None,
         rule = DistanceTemperature(float(np.quantile(own["distance"], q)), power)
         name = next(k for k in out if k.startswith(apply_to + "->"))
         out[name]["cross_fit"] = {"shape_from": fit_on, "quantile": q, "power": power, "rule": rule.__dict__,
-                                  "unseen_lab": _brief(score(unseen, base, rule)), "own_lab": _brief(score(own, base, rule))}
+                                  "unseen_lab": brief(score(unseen, base, rule)), "own_lab": brief(score(own, base, rule))}
     q, power = fit_shape(list(pairs.values()))
     out["shape_from_both"] = {"quantile": q, "power": power}
     return out
@@ -302,7 +154,7 @@ def lolo_pairs(root: Path) -> dict[str, tuple[dict, dict, float]]:
             raise FileNotFoundError(f"{paths[0]} missing: run python -m training.distance_temperature --lolo-root {root} first")
         unseen, own_data = (_read_cache(p) for p in paths)
         base = json.loads((root / "export" / f"lolo_{own}" / "manifest.json").read_text())["temperature"]
-        pairs[own] = (unseen, _clean(own_data), float(base))
+        pairs[own] = (unseen, clean_rows(own_data), float(base))
     return pairs
 
 
@@ -312,11 +164,11 @@ def shape_for_model(model_dir: str, data_dirs: list[str], lolo_root: Path, log=p
     classifier = load_classifier(model_dir, "litert")
     base = classifier.manifest.temperature
     clean = [collect_cached(classifier, folder, None, [], log, None) for folder in data_dirs]
-    limits = [_ece_limit(d, base) for d in clean]
+    limits = [ece_limit(d, base) for d in clean]
 
     def allowed(q: float, power: float) -> bool:
         rule = shaped_rule(clean, q, power)
-        return all(_ece(d, base, rule) <= lim for d, lim in zip(clean, limits, strict=True))
+        return all(ece_of(d, base, rule) <= lim for d, lim in zip(clean, limits, strict=True))
 
     pairs = lolo_pairs(lolo_root)
     free = fit_shape(list(pairs.values()))
@@ -324,13 +176,13 @@ def shape_for_model(model_dir: str, data_dirs: list[str], lolo_root: Path, log=p
     rule = shaped_rule(clean, q, power)
     report = {"shape_unconstrained": {"quantile": free[0], "power": free[1]}, "shape": {"quantile": q, "power": power},
               "rule": rule.__dict__,
-              "validation_clean": {d["lab"]: {"images": int(len(d["y"])), "ece_constant": _ece(d, base, None), "ece_rule": _ece(d, base, rule)}
+              "validation_clean": {d["lab"]: {"images": int(len(d["y"])), "ece_constant": ece_of(d, base, None), "ece_rule": ece_of(d, base, rule)}
                                    for d in clean},
               "lolo_unseen_with_shape": {}}
     for own, (unseen, own_clean, lolo_base) in pairs.items():
         lolo_rule = DistanceTemperature(float(np.quantile(own_clean["distance"], q)), power)
-        report["lolo_unseen_with_shape"][own] = {"constant": _ece(unseen, lolo_base, None), "rule": _ece(unseen, lolo_base, lolo_rule),
-                                                 "own_clean_rule": _ece(own_clean, lolo_base, lolo_rule)}
+        report["lolo_unseen_with_shape"][own] = {"constant": ece_of(unseen, lolo_base, None), "rule": ece_of(unseen, lolo_base, lolo_rule),
+                                                 "own_clean_rule": ece_of(own_clean, lolo_base, lolo_rule)}
     return (q, power), report
 
 

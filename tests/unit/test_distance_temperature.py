@@ -10,8 +10,9 @@ import pytest
 
 from pipeline.classifier import DistanceTemperature, calibrated_softmax, load_classifier, predict_scored, prepare_batch
 from pipeline.images import decode_image
-from training.distance_temperature import fit_rule, score, write_rule
+from training.distance_temperature import write_rule
 from training.metrics import fit_temperature, reliability
+from training.temperature_shape import fit_rule, score
 
 
 def test_temperature_is_the_base_up_to_the_reference_then_a_power_of_the_distance_ratio():
@@ -110,15 +111,15 @@ def test_fit_keeps_the_constant_temperature_when_distance_says_nothing_about_err
 def test_shape_fitted_on_one_unseen_laboratory_transfers_to_another_with_other_distance_scales():
     """The cross-fit of ``training.distance_temperature --lolo-root``: the (quantile, power) shape is fitted on one
     model's unseen laboratory and applied to another model whose distances are twice as large."""
-    from training.distance_temperature import _clean, _rows, fit_shape
+    from training.temperature_shape import clean_rows, fit_shape, rows_of
 
     def pair(seed: int, scale: float) -> tuple[dict, dict, float]:
         d = _synthetic_lab(seed, conditions=4)
         d["distance"] = d["distance"] * scale
-        own = _clean(d)
+        own = clean_rows(d)
         base = fit_temperature(own["logits"], own["y"])
         far = d["condition"] == 3  # the "other laboratory": the furthest, most often wrong copies
-        unseen = _rows(d, far)
+        unseen = rows_of(d, far)
         return unseen, own, base
 
     a, b = pair(3, 1.0), pair(4, 2.0)
@@ -132,12 +133,12 @@ def test_shape_fitted_on_one_unseen_laboratory_transfers_to_another_with_other_d
 
 
 def test_a_constraint_on_the_shipped_model_can_only_narrow_the_choice():
-    from training.distance_temperature import _clean, _rows, fit_shape
+    from training.temperature_shape import clean_rows, fit_shape, rows_of
 
     d = _synthetic_lab(5, conditions=4)
-    own = _clean(d)
+    own = clean_rows(d)
     far = d["condition"] == 3
-    unseen = _rows(d, far)
+    unseen = rows_of(d, far)
     pair = (unseen, own, fit_temperature(own["logits"], own["y"]))
     assert fit_shape([pair])[1] > 0
     assert fit_shape([pair], allowed=lambda q, p: False) == (0.5, 0.0)  # nothing allowed: the constant temperature
