@@ -139,6 +139,8 @@ def nearest_source(model: keras.Model, layers: list[AlignedBatchNorm], batch: np
     channel means): a job from one training laboratory is aligned onto that laboratory, not onto the mixture."""
     first = layers[0]
     saved = first.sources
+    if len(saved) == 1:
+        return next(iter(saved))
     set_mode(layers, "collect", 1)
     try:
         first.reset()
