@@ -24,6 +24,7 @@ import numpy as np
 from pipeline.classifier import load_classifier, prepare_cells
 from pipeline.images import decode_image
 from training.data import IMAGE_SUFFIXES, kaggle_source
+from training.job_mixes import differential_jobs
 from training.metrics import confusion_matrix, macro_f1, per_class_prf, reliability
 
 BATCH = 64
@@ -102,25 +103,35 @@ def evaluate(model_dir: str, data_dir: str, backend: str = "litert", tta: bool =
         "images_per_second": len(y_true) / seconds,
     }
     if scores is not None:
-        result["domain"] = domain_summary(classifier.domain, scores, found_all)
+        result["domain"] = domain_summary(classifier.domain, scores, found_all, y_true=y_true, classes=manifest.classes)
     per_source = source_accuracy([p for p, _ in samples], y_true == y_pred)
     if per_source:
         result["per_source_cell"] = per_source
     return result
 
 
-def domain_summary(domain, scores: np.ndarray, found: np.ndarray, job_size: int = 50, jobs: int = 200, seed: int = 0) -> dict:
-    """How often the domain alarm fires on random ``job_size``-image jobs drawn from this folder."""
-    from pipeline.domain import SHIFTED, check_job
-
+def domain_summary(domain, scores: np.ndarray, found: np.ndarray, job_size: int = 50, jobs: int = 200, seed: int = 0,
+                   y_true: np.ndarray | None = None, classes: tuple[str, ...] = ()) -> dict:
+    """How often the domain alarm fires on random ``job_size``-image jobs drawn from this folder, and (given labels)
+    on jobs drawn with a normal adult differential's class mix: the folders are balanced, real jobs are not, and
+    the alarm's thresholds were set on balanced jobs."""
     rng = np.random.default_rng(seed)
     n = min(job_size, len(scores))
-    fired = 0
-    for _ in range(jobs):
-        pick = rng.choice(len(scores), n, replace=False)
-        fired += check_job(list(scores[pick]), domain, int((~found[pick]).sum()), n).status == SHIFTED
-    return {"unusual_image_fraction": float((scores > domain.image_threshold).mean()), "job_size": n, "jobs": jobs,
-            "alarm_rate": fired / jobs, "image_threshold": domain.image_threshold, "job_threshold": domain.job_threshold}
+    random = [rng.choice(len(scores), n, replace=False) for _ in range(jobs)]
+    out = {"unusual_image_fraction": float((scores > domain.image_threshold).mean()), "job_size": n, "jobs": jobs,
+           "alarm_rate": _alarm_rate(domain, scores, found, random),
+           "image_threshold": domain.image_threshold, "job_threshold": domain.job_threshold}
+    mixed = differential_jobs(y_true, classes, jobs=jobs, size=n) if y_true is not None and len(scores) >= job_size else []
+    if mixed:
+        out["alarm_rate_normal_differential"] = _alarm_rate(domain, scores, found, mixed)
+    return out
+
+
+def _alarm_rate(domain, scores: np.ndarray, found: np.ndarray, jobs: list[np.ndarray]) -> float:
+    from pipeline.domain import SHIFTED, check_job
+
+    fired = sum(check_job(list(scores[pick]), domain, int((~found[pick]).sum()), len(pick)).status == SHIFTED for pick in jobs)
+    return fired / len(jobs)
 
 
 def source_accuracy(paths: list[Path], correct: np.ndarray) -> dict | None:
@@ -184,7 +195,9 @@ def print_summary(result: dict) -> None:
     if "domain" in result:
         d = result["domain"]
         print(f"domain: {d['unusual_image_fraction']:.1%} unusual images; "
-              f"alarm on {d['alarm_rate']:.0%} of {d['jobs']} random {d['job_size']}-image jobs")
+              f"alarm on {d['alarm_rate']:.1%} of {d['jobs']} random {d['job_size']}-image jobs"
+              + (f", {d['alarm_rate_normal_differential']:.1%} of jobs with a normal differential's class mix"
+                 if "alarm_rate_normal_differential" in d else ""))
     print(f"{'class':<14}{'precision':>10}{'recall':>8}{'f1':>8}{'n':>6}")
     for name, m in result["per_class"].items():
         print(f"{name:<14}{m['precision']:>10.3f}{m['recall']:>8.3f}{m['f1']:>8.3f}{m['support']:>6}")

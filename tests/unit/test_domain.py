@@ -194,3 +194,21 @@ def test_share_threshold_matches_the_beta_binomial_written_out_and_stays_cheap_f
         for n in (1, 10, 50, 333):
             assert share_threshold_from_counts(k, total, n) == direct(k, total, n)
     assert 35 / 800 < share_threshold_from_counts(35.0, 800.0, 100_000) < 0.07  # the posterior rate's 98 % bound
+
+
+def test_evaluation_reports_the_alarm_on_jobs_with_a_real_class_mix(model):
+    """``training.evaluate`` also draws jobs with a normal differential's mix (60 % neutrophils): when one class lies
+    further from the training data, those jobs alarm more often than balanced ones, and the report shows both."""
+    from training.evaluate import domain_summary
+
+    rng = np.random.default_rng(5)
+    x, y = features(800, rng)
+    classes = ("eosinophil", "lymphocyte", "monocyte", "neutrophil")
+    x[y == 3, -1] += 5.0  # neutrophils only: balanced jobs alarm about 20 %, 60 %-neutrophil jobs about 80 %
+    scores = model.score(x)
+    found = np.ones(len(scores), bool)
+    summary = domain_summary(model, scores, found, y_true=y, classes=classes)
+    assert summary["alarm_rate_normal_differential"] >= summary["alarm_rate"] + 0.3
+    plain = domain_summary(model, model.score(features(800, rng)[0]), found, y_true=y, classes=classes)
+    assert plain["alarm_rate_normal_differential"] <= 0.1 and plain["alarm_rate"] <= 0.1
+    assert "alarm_rate_normal_differential" not in domain_summary(model, scores, found)

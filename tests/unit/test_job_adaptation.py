@@ -50,19 +50,3 @@ def test_alignment_maps_a_shifted_batch_onto_the_recorded_source_statistics():
     flat = source.reshape(-1, 3)
     assert np.allclose(aligned.mean(axis=0), flat.mean(axis=0), atol=1e-3)
     assert np.allclose(aligned.std(axis=0), flat.std(axis=0), rtol=1e-2)
-
-
-def test_jobs_cover_the_images_and_keep_the_asked_class_mix():
-    from training.job_adaptation import differential_jobs, random_jobs, skewed_jobs
-
-    jobs = random_jobs(130, permutations=2)
-    assert [len(j) for j in jobs] == [50, 80, 50, 80]  # the remainder joins the last job: no job under 50
-    assert sorted(np.concatenate(jobs[:2]).tolist()) == list(range(130))
-    labels = np.repeat(np.arange(4), 100)
-    for job in skewed_jobs(labels, share=0.8):
-        assert len(job) == 50 and np.bincount(labels[job]).max() == 40
-    classes = ("eosinophil", "lymphocyte", "monocyte", "neutrophil")
-    for job in differential_jobs(labels, classes, jobs=3):
-        counts = np.bincount(labels[job], minlength=4)
-        # 60 / 30 / 6 / 3 % renormalised without basophils: 30 neutrophils, 15 lymphocytes, 3 monocytes, 2 eosinophils
-        assert counts.tolist() == [2, 15, 3, 30]
