@@ -97,7 +97,8 @@ def measure(classifier: Classifier, images: list[np.ndarray], y_true: np.ndarray
     probs, found, domain_scores = classify(classifier, images, features)
     metrics = score(probs, found, y_true, classifier.manifest.classes)
     if domain_scores is not None:
-        metrics["domain"] = domain_summary(classifier.domain, domain_scores, found)
+        metrics["domain"] = domain_summary(classifier.domain, domain_scores, found, y_true=y_true,
+                                           classes=classifier.manifest.classes)
     if keep is not None:
         keep.update(correct=found & (probs.argmax(axis=1) == y_true), found=found, predicted=probs.argmax(axis=1),
                     ood=domain_scores if domain_scores is not None else np.full(len(found), np.nan))

@@ -147,6 +147,8 @@ def test_domain_alarm_rate_is_reported_per_condition_for_models_with_a_domain_mo
     yellow = dict(FAMILIES["yellow_cast"])["1"]
     shifted = stress.measure(toy, [yellow(f, np.random.default_rng(0)) for f in fields[60:]], y)["domain"]
     assert in_domain["alarm_rate"] <= 0.2 and shifted["alarm_rate"] == 1.0
+    # the labels reach the alarm's jobs with a real differential's class mix too (here one class: all its jobs)
+    assert in_domain["alarm_rate_normal_differential"] <= 0.2 and shifted["alarm_rate_normal_differential"] == 1.0
     assert shifted["unusual_image_fraction"] > 0.9
 
 
