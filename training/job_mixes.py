@@ -46,7 +46,8 @@ NORMAL_DIFFERENTIAL = {"neutrophil": 60, "lymphocyte": 30, "monocyte": 6, "eosin
 
 def differential_jobs(labels: np.ndarray, classes: tuple[str, ...], jobs: int = 12, size: int = JOB_SIZE) -> list[np.ndarray]:
     """Jobs of ``size`` images drawn with a normal differential's class mix (classes the folder lacks are dropped and
-    the rest renormalised)."""
+    the rest renormalised). None (``[]``) when the folder holds too few images of a class for one such job: a job
+    never repeats an image."""
     present = {c: w for c, w in NORMAL_DIFFERENTIAL.items() if c in classes and (labels == classes.index(c)).any()}
     if not present:
         return []
@@ -54,6 +55,8 @@ def differential_jobs(labels: np.ndarray, classes: tuple[str, ...], jobs: int = 
     counts = {c: int(round(size * w / total)) for c, w in present.items()}
     top = max(counts, key=counts.get)
     counts[top] += size - sum(counts.values())
+    if any(n > int((labels == classes.index(c)).sum()) for c, n in counts.items()):
+        return []
     out = []
     for seed in range(jobs):
         rng = np.random.default_rng(2000 + seed)

@@ -24,3 +24,10 @@ def test_jobs_cover_the_images_and_keep_the_asked_class_mix():
 def test_a_folder_without_any_differential_class_gets_no_differential_jobs():
     labels = np.zeros(100, int)
     assert differential_jobs(labels, ("platelet",)) == []
+
+
+def test_too_few_images_of_a_class_for_one_job_gives_no_differential_jobs():
+    classes = ("lymphocyte", "neutrophil")
+    labels = np.array([0] * 200 + [1] * 20)  # a job of 50 needs 33 neutrophils
+    assert differential_jobs(labels, classes) == []
+    assert len(differential_jobs(np.array([0] * 200 + [1] * 40), classes, jobs=2)) == 2
