@@ -30,9 +30,8 @@ import keras
 import numpy as np
 
 from pipeline.classifier import calibrated_softmax, prepare_cells
-from pipeline.images import decode_image
 from pipeline.manifest import ModelManifest
-from training.evaluate import discover
+from training.evaluate import decoded_chunks, discover
 from training.job_mixes import JOB_SIZE, differential_jobs, random_jobs, skewed_jobs
 from training.lolo import HELD_OUT
 from training.metrics import reliability
@@ -159,10 +158,10 @@ def set_mode(layers: list[AlignedBatchNorm], mode: str, first: int | None = None
         layer.mode = mode if first is None or k < first else "off"
 
 
-def prepared(paths: list[Path], manifest: ModelManifest, chunk: int = 64):
-    """Model inputs for ``paths`` as serving prepares them, ``chunk`` images at a time."""
-    for start in range(0, len(paths), chunk):
-        images = [decode_image(p.read_bytes(), 10**9) for p in paths[start : start + chunk]]
+def prepared(paths: list[Path], manifest: ModelManifest):
+    """Model inputs for ``paths`` as serving prepares them, one model batch at a time (``training.evaluate``'s
+    decoding)."""
+    for images in decoded_chunks(paths):
         yield prepare_cells(images, manifest)[0]
 
 
