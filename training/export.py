@@ -261,6 +261,7 @@ def export_model(model, config: TrainConfig, val_x: np.ndarray, val_y: np.ndarra
         "preprocessing": config.recipe,
         "training_recipe": {"datasets": config.datasets, "augmentation": config.augmentation,
                             "raw_augmentation": config.raw_augmentation or None, "init_from": config.init_from or None,
+                            **({"feature_mixing": config.feature_mixing} if config.feature_mixing else {}),
                             **({"soup": config.extra["soup"]} if "soup" in config.extra else {})},
         "output": "logits",
         "temperature": round(temperature, 4),

@@ -190,7 +190,10 @@ def fine_tune(config: TrainConfig, model, train_x, train_y, val_x, val_y, train_
     if gap > 1e-4:
         raise RuntimeError("batch-norm layers would use batch statistics; refusing to fine-tune")
     k = len(CLASS_NAMES)
-    model.compile(
+    from training.feature_mixing import with_mixing
+
+    fit_model = with_mixing(model, config.feature_mixing, config.seed)  # ``model`` itself unless mixing is on
+    fit_model.compile(
         optimizer=keras.optimizers.Adam(config.finetune_lr),
         loss=keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=config.label_smoothing),
         metrics=["accuracy"],
@@ -203,7 +206,7 @@ def fine_tune(config: TrainConfig, model, train_x, train_y, val_x, val_y, train_
         averaging = [weight_average_callback(work / "weight_average.npz")]
     elif config.weight_averaging:
         raise ValueError(f"unknown weight_averaging {config.weight_averaging!r}; use '' or 'dense'")
-    model.fit(
+    fit_model.fit(
         augmented_dataset(config, train_x, train_y, train_raw),
         validation_data=(scale_for_mobilenet(val_x), keras.utils.to_categorical(val_y, k)),
         validation_batch_size=64,
@@ -218,12 +221,15 @@ def fine_tune(config: TrainConfig, model, train_x, train_y, val_x, val_y, train_
             *averaging,  # last: installs the averaged weights when training ends
         ],
     )
-    if averaging:  # the model holds the average: it replaces the best-validation-loss checkpoint
+    if not averaging:
+        fit_model.load_weights(str(work / "best.keras"))
+    if fit_model is not model:  # same layers in the same order: the trained weights go back to the plain model
+        model.set_weights(fit_model.get_weights())
+    if averaging or fit_model is not model:  # the checkpoint a resumed run loads holds the plain architecture
         model.save(str(work / "best.keras"))
-        loss = model.evaluate(scale_for_mobilenet(val_x), keras.utils.to_categorical(val_y, k), batch_size=64, verbose=0)
+    if averaging:  # the model holds the average: it replaces the best-validation-loss checkpoint
+        loss = fit_model.evaluate(scale_for_mobilenet(val_x), keras.utils.to_categorical(val_y, k), batch_size=64, verbose=0)
         log(f"phase 2: averaged weights, validation loss {loss[0]:.4f}, accuracy {loss[1]:.4f}")
-    else:
-        model.load_weights(str(work / "best.keras"))
 
 
 def warm_start(model, source: str) -> None:

@@ -119,3 +119,28 @@ def test_warm_start_copies_a_trained_models_weights(tmp_path):
     assert not np.allclose(fresh.predict(x, verbose=0), trained.predict(x, verbose=0))
     warm_start(fresh, str(tmp_path / "trained.keras"))
     assert np.allclose(fresh.predict(x, verbose=0), trained.predict(x, verbose=0), atol=1e-6)
+
+
+def test_training_with_feature_mixing_exports_the_plain_architecture(tmp_path):
+    """MixStyle acts while fine-tuning only: the saved and exported models are ordinary MobileNetV2s."""
+    import zipfile
+
+    if not WEIGHTS.exists():
+        pytest.fail(f"training data not found at {SHARED}: ../shared must sit beside the repository")
+    work, export = tmp_path / "run", tmp_path / "model"
+    train = [sys.executable, "-m", "training.train", "--work-dir", str(work), "--export-dir", str(export),
+             "--kaggle-dir", str(SHARED / "kaggle" / "TRAIN"), "--pbc-dir", str(SHARED / "pbc"), "--weights", str(WEIGHTS),
+             "--input-size", "64", "--kaggle-cap-train", "4", "--kaggle-cap-eval", "2", "--pbc-limit-per-class", "6",
+             "--head-epochs", "1", "--finetune-epochs", "2", "--steps-per-epoch", "2", "--batch-size", "8",
+             "--feature-mixing", "mixstyle", "--weight-averaging", "dense"]
+    proc = subprocess.run(train, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "phase 2: averaged weights" in proc.stdout
+    manifest = json.loads((export / "manifest.json").read_text())
+    assert manifest["training_recipe"]["feature_mixing"] == "mixstyle"
+    for saved in (work / "best.keras", work / "final.keras", export / "model.keras"):
+        with zipfile.ZipFile(saved) as archive:
+            assert "MixStyleAdd" not in archive.read("config.json").decode(), saved
+    from pipeline.classifier import load_classifier
+
+    load_classifier(str(export), "litert")  # every listed file's sha256 verified
