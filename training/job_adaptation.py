@@ -33,7 +33,7 @@ from pipeline.classifier import calibrated_softmax, prepare_cells
 from pipeline.manifest import ModelManifest
 from training.evaluate import decoded_chunks, discover
 from training.job_mixes import JOB_SIZE, differential_jobs, random_jobs, skewed_jobs
-from training.lolo import HELD_OUT
+from training.lolo import HELD_OUT, folders_of
 from training.metrics import reliability
 
 # How many of the 52 BN layers (in network order) each variant aligns; fixed before the first run (model card):
@@ -248,10 +248,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     result: dict = {"job_size": JOB_SIZE, "source_images": SOURCE_IMAGES, "lolo": {}, "in_domain": None}
     for root in map(Path, args.lolo_root):
-        splits = root / "splits" / "splits"
-        four = root / "splits" / "pbc_val_kaggle_classes"
+        folders = folders_of(root)
         for trained_on, held_out in HELD_OUT.items():
-            unseen = splits / "kaggle_val" if held_out == "kaggle" else four
+            unseen = folders[held_out]
             result["lolo"][f"{root.name}:{trained_on}->{held_out}"] = study_model(
                 root / "export" / f"lolo_{trained_on}", root / f"lolo_{trained_on}", {"unseen": unseen}, skewed=False)["unseen"]
     if args.model:

@@ -36,19 +36,24 @@ def lolo_config(base: TrainConfig, root: Path, trained_on: str) -> TrainConfig:
                                model_name=f"{base.model_name}-lolo-{trained_on}", model_version=base.model_version + "+lolo")
 
 
+def folders_of(root: Path) -> dict[str, Path]:
+    """Where a run under ``root`` keeps its validation folders (paths only: see :func:`evaluation_folders`)."""
+    splits = root / "splits" / "splits"
+    return {"kaggle": splits / "kaggle_val", "pbc": root / "splits" / "pbc_val_kaggle_classes", "pbc_all": splits / "pbc_val"}
+
+
 def evaluation_folders(base: TrainConfig, root: Path) -> dict[str, Path]:
     """Validation folders of both laboratories (the same split as the full model's), PBC cut to Kaggle's classes."""
     from training.train import make_splits
 
     make_splits(dataclasses.replace(base, datasets="both", work_dir=str(root / "splits")))
-    splits = root / "splits" / "splits"
-    four = root / "splits" / "pbc_val_kaggle_classes"
-    four.mkdir(parents=True, exist_ok=True)
+    folders = folders_of(root)
+    folders["pbc"].mkdir(parents=True, exist_ok=True)
     for label in KAGGLE_FOLDERS.values():
-        link = four / label
+        link = folders["pbc"] / label
         if not link.exists():
-            link.symlink_to((splits / "pbc_val" / label).resolve())
-    return {"kaggle": splits / "kaggle_val", "pbc": four, "pbc_all": splits / "pbc_val"}
+            link.symlink_to((folders["pbc_all"] / label).resolve())
+    return folders
 
 
 def run(base: TrainConfig, root: Path, eval_only: bool = False) -> dict:

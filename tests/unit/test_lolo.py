@@ -16,3 +16,18 @@ def test_each_run_trains_on_one_laboratory_from_imagenet(tmp_path: Path):
         assert config.datasets == trained_on and config.init_from == ""
         assert config.raw_augmentation == base.raw_augmentation and config.recipe == base.recipe
         assert Path(config.work_dir).parent == tmp_path and config.export_dir != base.export_dir
+
+
+def test_evaluation_folders_are_where_folders_of_says(tmp_path: Path):
+    """The study modules find a run's folders by path alone (``folders_of``); the run makes them there."""
+    from tests.conftest import SHARED
+    from training.lolo import evaluation_folders, folders_of
+
+    base = TrainConfig(kaggle_dir=str(SHARED / "kaggle" / "TRAIN"), pbc_dir=str(SHARED / "pbc"), pbc_limit_per_class=7,
+                       kaggle_cap_train=2, kaggle_cap_eval=2)
+    made = evaluation_folders(base, tmp_path)
+    assert made == folders_of(tmp_path)
+    kaggle_classes = {p.name for p in made["kaggle"].iterdir()}
+    assert {p.name for p in made["pbc"].iterdir()} == kaggle_classes == {"eosinophil", "lymphocyte", "monocyte", "neutrophil"}
+    assert len({p.name for p in made["pbc_all"].iterdir()}) == 8
+    assert all(any(folder.iterdir()) for folder in made["pbc"].iterdir())  # the links resolve to images
