@@ -23,11 +23,13 @@ import keras
 
 #: stage outputs (residual adds) that get mixed: strides 4, 8 and 16
 MIXED_LAYERS: tuple[str, ...] = ("block_2_add", "block_5_add", "block_9_add")
+#: which stage outputs each mode mixes; "mixstyle-early" leaves out stride 16, whose statistics begin to carry
+#: the class (the lesson of the AdaBN study, model card)
+MODE_LAYERS: dict[str, tuple[str, ...]] = {"": (), "mixstyle": MIXED_LAYERS, "mixstyle-early": MIXED_LAYERS[:2]}
 #: chance that an image's style is mixed at a layer, and the Beta(a, a) mixing weight (the paper's values)
 PROBABILITY = 0.5
 ALPHA = 0.1
 EPS = 1e-6
-MODES = ("", "mixstyle")
 
 
 @keras.saving.register_keras_serializable(package="hematovision")
@@ -84,23 +86,25 @@ def _copy_trainable(source: keras.Model, target: keras.Model) -> None:
 
 
 def with_mixing(model: keras.Model, mode: str, seed: int = 0) -> keras.Model:
-    """The model with MixStyle at :data:`MIXED_LAYERS` (same weights, same trainable flags); ``mode=""`` returns it."""
-    if mode not in MODES:
-        raise ValueError(f"unknown feature_mixing {mode!r}; use one of {MODES}")
+    """The model with MixStyle at the mode's layers (:data:`MODE_LAYERS`; same weights, same trainable flags);
+    ``mode=""`` returns it."""
+    if mode not in MODE_LAYERS:
+        raise ValueError(f"unknown feature_mixing {mode!r}; use one of {tuple(MODE_LAYERS)}")
     if not mode:
         return model
+    layers = MODE_LAYERS[mode]
     found: list[str] = []
 
     def replace(layer):
         config = layer.get_config()
-        if type(layer) is keras.layers.Add and layer.name in MIXED_LAYERS:
+        if type(layer) is keras.layers.Add and layer.name in layers:
             found.append(layer.name)
             return MixStyleAdd(seed=seed + len(found), **config)
         return layer.__class__.from_config(config)
 
     mixed = _cloned(model, replace)
-    if sorted(found) != sorted(MIXED_LAYERS):
-        raise RuntimeError(f"MixStyle layers missing from the model: {sorted(set(MIXED_LAYERS) - set(found))}")
+    if sorted(found) != sorted(layers):
+        raise RuntimeError(f"MixStyle layers missing from the model: {sorted(set(layers) - set(found))}")
     return mixed
 
 

@@ -79,6 +79,12 @@ def test_trainable_flags_and_round_trip(small_model):
     np.testing.assert_allclose(np.asarray(plain(x, training=True)), np.asarray(small_model(x, training=True)), rtol=1e-5, atol=1e-6)
 
 
+def test_early_mode_mixes_only_the_first_two_stages(small_model):
+    mixed = with_mixing(small_model, "mixstyle-early")
+    names = sorted(layer.name for layer in _layers(mixed) if isinstance(layer, MixStyleAdd))
+    assert names == sorted(MIXED_LAYERS[:2]) and "block_9_add" not in names
+
+
 def test_off_is_the_model_itself_and_unknown_mode_fails(small_model):
     assert with_mixing(small_model, "") is small_model
     with pytest.raises(ValueError, match="feature_mixing"):
