@@ -9,8 +9,10 @@ features, so a colour or texture shift alone stops deciding the class. The
 input-level augmentations (colour casts, HED jitter, random convolutions) only
 reach what can be written as a pixel transform; this reaches feature
 statistics. It changes nothing at inference: the layers are plain ``Add``
-layers outside training, and :func:`without_mixing` returns the ordinary
-architecture before anything is saved or exported.
+layers outside training, and ``training.train.fine_tune`` fits a mixing
+clone of the model and copies the trained weights back into the plain
+model (same layers, same order), so nothing saved or exported holds a
+mixing layer.
 
 Placement follows the paper's: after the early and middle stages (here the
 stride-4, -8 and -16 stage outputs of MobileNetV2), never the last, whose
@@ -107,16 +109,3 @@ def with_mixing(model: keras.Model, mode: str, seed: int = 0) -> keras.Model:
         raise RuntimeError(f"MixStyle layers missing from the model: {sorted(set(layers) - set(found))}")
     return mixed
 
-
-def without_mixing(model: keras.Model) -> keras.Model:
-    """The same weights in the ordinary architecture (plain ``Add`` layers), for saving and export."""
-
-    def replace(layer):
-        config = layer.get_config()
-        if isinstance(layer, MixStyleAdd):
-            for key in ("probability", "alpha", "seed"):
-                config.pop(key)
-            return keras.layers.Add.from_config(config)
-        return layer.__class__.from_config(config)
-
-    return _cloned(model, replace)
