@@ -69,7 +69,8 @@ class TrainConfig:
     #: "" (best-validation-loss checkpoint) or "dense": the mean of the weights visited after the first
     #: fine-tuning epoch (``training.averaging``)
     weight_averaging: str = ""
-    #: "", "mixstyle" or "mixstyle-early": mix early feature statistics between images while fine-tuning
+    #: "", "mixstyle", "mixstyle-early" or "mixstyle-mild": mix early feature statistics between images while
+    #: fine-tuning
     #: (``training.feature_mixing``)
     feature_mixing: str = ""
     early_stopping_patience: int = 3

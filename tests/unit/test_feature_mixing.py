@@ -95,6 +95,13 @@ def test_early_mode_mixes_only_the_first_two_stages(small_model):
     assert names == sorted(MIXED_LAYERS[:2]) and "block_9_add" not in names
 
 
+def test_mild_mode_mixes_the_same_stages_half_as_often(small_model):
+    mild = [layer for layer in _layers(with_mixing(small_model, "mixstyle-mild")) if isinstance(layer, MixStyleAdd)]
+    full = [layer for layer in _layers(with_mixing(small_model, "mixstyle")) if isinstance(layer, MixStyleAdd)]
+    assert sorted(a.name for a in mild) == sorted(MIXED_LAYERS) == sorted(a.name for a in full)
+    assert {a.probability for a in mild} == {0.25} and {a.probability for a in full} == {0.5}
+
+
 def test_off_is_the_model_itself_and_unknown_mode_fails(small_model):
     assert with_mixing(small_model, "") is small_model
     with pytest.raises(ValueError, match="feature_mixing"):
