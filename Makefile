@@ -39,19 +39,22 @@ lint: install-dev
 bench: install-dev services
 	$(PY) -m bench.throughput
 
-CONFIG ?= training/configs/mnv2_cc_160_habits_swa.json
+CONFIG ?= training/configs/mnv2_cc_160_mixstyle.json
 MODEL ?= $(firstword $(wildcard models/*))
 config_key = $(shell $(PY) -c "import json,sys; print(json.load(open('$(CONFIG)'))['$(1)'])")
 WORK = $(call config_key,work_dir)
 SPLITS = $(WORK)/splits
 
-## train: model 2.0 from ImageNet (BASE_CONFIG), 2.1 from its weights (MID_CONFIG), then the shipped 2.2 from 2.1's
-## with weight averaging (CONFIG); finished runs are skipped. Then `make alarm` and `make temperature`.
+## train: model 2.0 from ImageNet (BASE_CONFIG), 2.1 from its weights (MID_CONFIG), 2.2 from 2.1's with weight
+## averaging (SWA_CONFIG), then the shipped 2.3 from 2.2's with MixStyle (CONFIG); finished runs are skipped.
+## Then `make alarm` and `make temperature`.
 BASE_CONFIG ?= training/configs/mnv2_cc_160.json
 MID_CONFIG ?= training/configs/mnv2_cc_160_habits.json
+SWA_CONFIG ?= training/configs/mnv2_cc_160_habits_swa.json
 train: install-dev
 	$(PY) -m training.train --config $(BASE_CONFIG)
 	$(PY) -m training.train --config $(MID_CONFIG)
+	$(PY) -m training.train --config $(SWA_CONFIG)
 	$(PY) -m training.train --config $(CONFIG)
 	$(PY) -m training.export --work-dir $(WORK) --int8-into $(call config_key,export_dir)
 
@@ -85,7 +88,7 @@ temperature: install-dev
 	  --shape-from-lolo runs/lolo --write --version $(ALARM_VERSION) --json $(MODEL)/eval/distance_temperature.json
 
 ## alarm: refit the model's domain alarm without retraining (how 2.1.1 was made from 2.1), then its field thresholds
-ALARM_VERSION ?= 2.2.0
+ALARM_VERSION ?= 2.3.0
 alarm: install-dev
 	$(PY) -m training.splits --config $(CONFIG)
 	$(PY) -m training.refit_domain --model $(MODEL) --config $(CONFIG) --version $(ALARM_VERSION)
