@@ -25,16 +25,19 @@ import keras
 
 #: stage outputs (residual adds) that get mixed: strides 4, 8 and 16
 MIXED_LAYERS: tuple[str, ...] = ("block_2_add", "block_5_add", "block_9_add")
-#: which stage outputs each mode mixes; "mixstyle-early" leaves out stride 16, whose statistics begin to carry
-#: the class (the lesson of the AdaBN study, model card)
-MODE_LAYERS: dict[str, tuple[str, ...]] = {"": (), "mixstyle": MIXED_LAYERS, "mixstyle-early": MIXED_LAYERS[:2],
-                                           "mixstyle-mild": MIXED_LAYERS}
 #: chance that an image's style is mixed at a layer, and the Beta(a, a) mixing weight (the paper's values)
 PROBABILITY = 0.5
 ALPHA = 0.1
-#: modes that mix less often than the paper: "mixstyle-mild" keeps the layers and halves the chance, on the
-#: suspicion that full-strength mixing blurs colour cues that separate classes within a laboratory (model card)
-MODE_PROBABILITY: dict[str, float] = {"mixstyle-mild": 0.25}
+#: each mode's mixed stage outputs and mixing chance, in one place: "mixstyle-early" leaves out stride 16, whose
+#: statistics begin to carry the class (the lesson of the AdaBN study); "mixstyle-mild" keeps the layers and
+#: halves the chance, on the suspicion that full-strength mixing blurs colour cues that separate classes within a
+#: laboratory (model card)
+MODES: dict[str, tuple[tuple[str, ...], float]] = {
+    "": ((), PROBABILITY),
+    "mixstyle": (MIXED_LAYERS, PROBABILITY),
+    "mixstyle-early": (MIXED_LAYERS[:2], PROBABILITY),
+    "mixstyle-mild": (MIXED_LAYERS, 0.25),
+}
 EPS = 1e-6
 
 
@@ -92,20 +95,20 @@ def _copy_trainable(source: keras.Model, target: keras.Model) -> None:
 
 
 def with_mixing(model: keras.Model, mode: str, seed: int = 0) -> keras.Model:
-    """The model with MixStyle at the mode's layers (:data:`MODE_LAYERS`; same weights, same trainable flags);
-    ``mode=""`` returns it."""
-    if mode not in MODE_LAYERS:
-        raise ValueError(f"unknown feature_mixing {mode!r}; use one of {tuple(MODE_LAYERS)}")
+    """The model with MixStyle at the mode's layers and chance (:data:`MODES`; same weights, same trainable
+    flags); ``mode=""`` returns it."""
+    if mode not in MODES:
+        raise ValueError(f"unknown feature_mixing {mode!r}; use one of {tuple(MODES)}")
     if not mode:
         return model
-    layers = MODE_LAYERS[mode]
+    layers, probability = MODES[mode]
     found: list[str] = []
 
     def replace(layer):
         config = layer.get_config()
         if type(layer) is keras.layers.Add and layer.name in layers:
             found.append(layer.name)
-            return MixStyleAdd(probability=MODE_PROBABILITY.get(mode, PROBABILITY), seed=seed + len(found), **config)
+            return MixStyleAdd(probability=probability, seed=seed + len(found), **config)
         return layer.__class__.from_config(config)
 
     mixed = _cloned(model, replace)
