@@ -1,0 +1,153 @@
+"""Is this job's stain like the training laboratories'? A check that reads pixels, not features.
+
+Why: the feature alarm (``pipeline.domain``) asks whether the network's pooled
+features look familiar. From model 2.3 the network is trained to *ignore*
+stain (MixStyle mixes feature statistics between images), so a doubled stain
+or a rotated hue barely moves its features: on whole BCCD fields the feature
+alarm fired on 7 % of 50-field jobs under a doubled stain that cost accuracy
+below 85 % (2.2: 33 %). An alarm that reads only what the network was taught
+to ignore cannot be the whole answer; this one reads the pixels.
+
+The ruler is the red cells, as for scale (``pipeline.cellcrop``) and for the
+stain-normalisation study (``pipeline.stainnorm``): they are in nearly every
+smear image and take the eosin the same way everywhere, so their colour says
+how a laboratory stains, independent of which white cell is in the image.
+Per image, the signature is the median optical density (R, G, B) of the
+red-cell pixels of the white-balanced model crop (``stainnorm.red_cell_od``;
+None where a tight crop shows too few red cells). A lamp or camera cast is
+removed by the white balance first, so it does not count as a stain shift.
+
+Per laboratory of the training data: the mean and covariance of
+``log(OD + EPS)`` over its validation images. An image's distance to a
+laboratory is the Mahalanobis distance of its signature; a job's statistic
+is the mean distance of its measured images to each laboratory, and the job
+is flagged when it exceeds that laboratory's threshold for *every*
+laboratory (a job is one laboratory's slides: like either training
+laboratory is fine). The thresholds are the job means that random 50-image
+validation jobs of the laboratory exceed 2 % of the time, widened for the
+few source photographs behind the validation images
+(``pipeline.domain.mean_job_threshold``); smaller jobs widen as 1/sqrt(n),
+as the feature alarm's mean statistic does. Fitted by
+``python -m training.stain_check --fit`` and stored with the domain model
+(``ood.npz``); models without it skip the check.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from pipeline.stainnorm import red_cell_od
+
+#: added to the optical density before the logarithm, so that a faint channel's noise does not dominate
+EPS = 0.05
+#: fewer images with a measured signature than this and the check says nothing (the feature check still runs)
+MIN_MEASURED = 10
+#: the job size the thresholds are set for (``pipeline.domain.JOB_SIZE``)
+JOB_SIZE = 50
+
+Signature = tuple[float, float, float]
+
+
+def stain_signature(rgb: np.ndarray) -> Signature | None:
+    """Median red-cell optical density (R, G, B) of a white-balanced square RGB model crop, or None."""
+    od = red_cell_od(rgb)
+    return None if od is None else (round(float(od[0]), 4), round(float(od[1]), 4), round(float(od[2]), 4))
+
+
+def _log_signatures(signatures: Sequence[Signature | None] | np.ndarray) -> np.ndarray:
+    """(n, 3) ``log(OD + EPS)`` of the measured signatures (None and malformed rows dropped)."""
+    rows = [s for s in signatures if s is not None and len(s) == 3]
+    if not rows:
+        return np.zeros((0, 3))
+    return np.log(np.maximum(np.asarray(rows, np.float64), 0.0) + EPS)
+
+
+@dataclass(frozen=True)
+class StainReference:
+    """Per training laboratory: the red-cell stain's mean and spread, and the job thresholds."""
+
+    labs: tuple[str, ...]
+    means: np.ndarray  # (L, 3) mean log(OD + EPS)
+    precisions: np.ndarray  # (L, 3, 3) inverse covariance
+    centres: np.ndarray  # (L,) mean per-image distance of the laboratory's validation images
+    thresholds: np.ndarray  # (L,) the 50-image job mean distance exceeded 2 % of the time
+
+    def distances(self, signatures: Sequence[Signature | None] | np.ndarray) -> np.ndarray:
+        """(n, L) distance of each measured signature to each laboratory."""
+        x = _log_signatures(signatures)
+        d = x[:, None, :] - self.means[None, :, :]
+        return np.sqrt(np.maximum(np.einsum("nli,lij,nlj->nl", d, self.precisions, d), 0.0))
+
+    def job_thresholds(self, n: int) -> np.ndarray:
+        """(L,) job mean distances above which an ``n``-image job is unlike each laboratory."""
+        widen = np.sqrt(JOB_SIZE / max(1, min(n, JOB_SIZE)))
+        return self.centres + (self.thresholds - self.centres) * widen
+
+    def reason(self, signatures: Sequence[Signature | None], unit: str = "images") -> str | None:
+        """Why the job's stain is unlike every training laboratory's, or None (also where too few are measured)."""
+        d = self.distances(signatures)
+        if len(d) < MIN_MEASURED:
+            return None
+        means = d.mean(axis=0)
+        limits = self.job_thresholds(len(d))
+        if np.any(means <= limits):
+            return None
+        nearest = int(np.argmin(means / limits))
+        return (f"the red cells' stain is unlike the training laboratories' (stain distance {means[nearest]:.2f} to the "
+                f"nearest, {self.labs[nearest]}; alarm above {limits[nearest]:.2f}; {len(d)} {unit} measured): another "
+                f"stain, stain strength or hue; review cells before trusting the count")
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The arrays ``DomainModel.save`` stores (``stain_*`` keys of ``ood.npz``)."""
+        return {"stain_labs": np.array(self.labs), "stain_means": self.means, "stain_precisions": self.precisions,
+                "stain_thresholds": np.stack([self.centres, self.thresholds], axis=1)}
+
+    @classmethod
+    def from_arrays(cls, data) -> StainReference | None:
+        """From an opened ``ood.npz``; None where it has no stain reference (models before 2.3.1)."""
+        if "stain_means" not in data.files:
+            return None
+        thresholds = np.asarray(data["stain_thresholds"], np.float64)
+        return cls(tuple(str(v) for v in data["stain_labs"]), np.asarray(data["stain_means"], np.float64),
+                   np.asarray(data["stain_precisions"], np.float64), thresholds[:, 0], thresholds[:, 1])
+
+    def summary(self) -> dict:
+        """The manifest's record of the reference (what ``training.stain_check --fit`` wrote)."""
+        return {"laboratories": list(self.labs), "mean_log_od_rgb": np.round(self.means, 4).tolist(),
+                "centres": np.round(self.centres, 4).tolist(), "job_thresholds": np.round(self.thresholds, 4).tolist(),
+                "job_size": JOB_SIZE}
+
+
+def fit_stain_reference(signatures: dict[str, Sequence[Signature | None]], sources: dict[str, Sequence[str] | None] | None = None,
+                        seed: int = 0) -> StainReference:
+    """Fit the reference on each laboratory's validation signatures.
+
+    ``sources`` (optional, per laboratory) names each signature's source photograph where several images are
+    copies of one (Kaggle): the thresholds then allow for how few independent cells are behind them.
+    """
+    from pipeline.domain import mean_job_threshold
+
+    rng = np.random.default_rng(seed)
+    labs, means, precisions, centres, thresholds = [], [], [], [], []
+    for lab in sorted(signatures):
+        sigs = list(signatures[lab])
+        keep = [i for i, s in enumerate(sigs) if s is not None]
+        x = _log_signatures([sigs[i] for i in keep])
+        if len(x) < 2 * JOB_SIZE:
+            raise ValueError(f"laboratory {lab!r} has {len(x)} images with measured red cells; the fit needs {2 * JOB_SIZE}")
+        mean = x.mean(axis=0)
+        cov = np.cov(x.T) + np.eye(3) * 1e-6
+        precision = np.linalg.inv(cov)
+        d = x - mean
+        dist = np.sqrt(np.maximum(np.einsum("ni,ij,nj->n", d, precision, d), 0.0))
+        lab_sources = (sources or {}).get(lab)
+        clusters = len({lab_sources[i] for i in keep}) if lab_sources is not None else None
+        labs.append(lab)
+        means.append(mean)
+        precisions.append(precision)
+        centres.append(float(dist.mean()))
+        thresholds.append(mean_job_threshold(dist, rng, clusters))
+    return StainReference(tuple(labs), np.stack(means), np.stack(precisions), np.array(centres), np.array(thresholds))
