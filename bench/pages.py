@@ -48,7 +48,7 @@ def make_job(settings: Settings, n: int, seed: int = 0) -> str:
             label = max(probs, key=probs.get)
             rows.append(repo.ResultRow(image_id, label, probs[label], probs, None))
         repo.record_results(s, job_id, rows, manifest.version)
-        outcomes = [CellPrediction(path, label, conf, err) for path, label, conf, err in repo.all_outcomes(s, job_id)]
+        outcomes = [CellPrediction(*row) for row in repo.all_outcomes(s, job_id)]
         report = build_report(outcomes, manifest.classes, manifest.white_cells, manifest.label, settings.low_confidence)
         repo.finalize_if_complete(s, job_id, lambda: {"job_id": job_id, "kind": "cells", **report.to_dict()})
     st.db.dispose()

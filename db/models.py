@@ -141,6 +141,8 @@ class Prediction(Base):
     cell_found: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
     #: distance of the image's features to the training data (pipeline.domain); None for older models
     ood_score: Mapped[float | None] = mapped_column(Float)
+    #: median red-cell optical density [R, G, B] of the model crop (pipeline.stain_check); None where not measured
+    stain_od: Mapped[list[float] | None] = mapped_column(JSON(none_as_null=True))  # None: SQL NULL, not JSON null
 
 
 class JobSummary(Base):
@@ -172,6 +174,8 @@ class Cell(Base):
     thumbnail_key: Mapped[str | None] = mapped_column(String(80))
     #: distance of the cell's crop to the training data (pipeline.domain); None for older rows and models
     ood_score: Mapped[float | None] = mapped_column(Float)
+    #: median red-cell optical density [R, G, B] of the cell's model crop (pipeline.stain_check); None where not measured
+    stain_od: Mapped[list[float] | None] = mapped_column(JSON(none_as_null=True))  # None: SQL NULL, not JSON null
 
 
 class Review(Base):

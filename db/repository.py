@@ -61,6 +61,7 @@ class ResultRow:
     cell_found: bool = True
     ood_score: float | None = None
     code: str | None = None  # reason code of a failure (default ErrorCode.BAD_IMAGE)
+    stain_od: tuple[float, float, float] | None = None  # red-cell stain signature (pipeline.stain_check)
 
 
 def create_job(session: Session, job_id: str, source: str, name: str | None, batch_size: int, images: list[NewImage],
@@ -130,6 +131,16 @@ def _insert(session: Session):
     return postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
 
 
+def _json_od(od: tuple[float, float, float] | None) -> list[float] | None:
+    """A stain signature as its JSON column stores it (a list)."""
+    return None if od is None else [float(v) for v in od]
+
+
+def _stored_od(value: list | None) -> tuple[float, float, float] | None:
+    """A stored stain signature as the tuple ``pipeline.stain_check`` writes; None where not measured."""
+    return None if value is None else tuple(value)  # type: ignore[return-value]
+
+
 def _leave_pending(session: Session, job_id: str, image_ids: list[int], status: str, error: str | None, code: str | None = None) -> int:
     """Move still-pending images to ``status``; returns how many really moved (0 for a repeat)."""
     if not image_ids:
@@ -155,14 +166,15 @@ def record_results(session: Session, job_id: str, rows: list[ResultRow], model_v
         stmt = insert(Prediction).values([
             {"job_id": job_id, "image_id": r.image_id, "label": r.label, "confidence": r.confidence,
              "probabilities": r.probabilities, "model_version": model_version, "created_at": utcnow(),
-             "cell_found": r.cell_found, "ood_score": r.ood_score}
+             "cell_found": r.cell_found, "ood_score": r.ood_score, "stain_od": _json_od(r.stain_od)}
             for r in ok
         ])
         stmt = stmt.on_conflict_do_update(
             index_elements=["job_id", "image_id"],
             set_={"label": stmt.excluded.label, "confidence": stmt.excluded.confidence,
                   "probabilities": stmt.excluded.probabilities, "model_version": stmt.excluded.model_version,
-                  "cell_found": stmt.excluded.cell_found, "ood_score": stmt.excluded.ood_score},
+                  "cell_found": stmt.excluded.cell_found, "ood_score": stmt.excluded.ood_score,
+                  "stain_od": stmt.excluded.stain_od},
         )
         session.execute(stmt)
     done = _leave_pending(session, job_id, [r.image_id for r in ok], ImageStatus.DONE, None)
@@ -225,12 +237,14 @@ def results_page(session: Session, job_id: str, limit: int, offset: int) -> list
     return [(img, pred) for img, pred in session.execute(stmt).all()]
 
 
-def all_outcomes(session: Session, job_id: str) -> list[tuple[str, str | None, float | None, str | None, bool | None, float | None]]:
-    """(path, label, confidence, error, cell_found, ood_score) of every image of a job, for the report."""
-    stmt = (select(Image.path, Prediction.label, Prediction.confidence, Image.error, Prediction.cell_found, Prediction.ood_score)
+def all_outcomes(session: Session, job_id: str) -> list[tuple[str, str | None, float | None, str | None, bool | None, float | None,
+                                                             tuple[float, float, float] | None]]:
+    """(path, label, confidence, error, cell_found, ood_score, stain_od) of every image of a job, for the report."""
+    stmt = (select(Image.path, Prediction.label, Prediction.confidence, Image.error, Prediction.cell_found, Prediction.ood_score,
+                   Prediction.stain_od)
             .outerjoin(Prediction, (Prediction.image_id == Image.id) & (Prediction.job_id == job_id))
             .where(Image.job_id == job_id).order_by(Image.seq))
-    return [tuple(r) for r in session.execute(stmt).all()]
+    return [(*r[:-1], _stored_od(r[-1])) for r in session.execute(stmt).all()]
 
 
 def get_summary(session: Session, job_id: str) -> dict | None:
@@ -250,6 +264,7 @@ class CellRow:
     probabilities: dict
     thumbnail_key: str | None
     ood_score: float | None = None
+    stain_od: tuple[float, float, float] | None = None  # red-cell stain signature of the cell's crop (pipeline.stain_check)
 
 
 def record_field(session: Session, job_id: str, image_id: int, cells: list[CellRow], error: str | None,
@@ -265,11 +280,12 @@ def record_field(session: Session, job_id: str, image_id: int, cells: list[CellR
         stmt = insert(Cell).values([
             {"job_id": job_id, "image_id": image_id, "idx": c.idx, "x0": c.box[0], "y0": c.box[1], "x1": c.box[2], "y1": c.box[3],
              "score": c.score, "label": c.label, "confidence": c.confidence, "probabilities": c.probabilities,
-             "thumbnail_key": c.thumbnail_key, "ood_score": c.ood_score} for c in cells
+             "thumbnail_key": c.thumbnail_key, "ood_score": c.ood_score, "stain_od": _json_od(c.stain_od)} for c in cells
         ])
         stmt = stmt.on_conflict_do_update(index_elements=["job_id", "image_id", "idx"],
                                           set_={k: stmt.excluded[k] for k in ("x0", "y0", "x1", "y1", "score", "label", "confidence",
-                                                                              "probabilities", "thumbnail_key", "ood_score")})
+                                                                              "probabilities", "thumbnail_key", "ood_score",
+                                                                              "stain_od")})
         session.execute(stmt)
     session.execute(delete(Cell).where(Cell.job_id == job_id, Cell.image_id == image_id, Cell.idx >= len(cells)))
     if red_cell_px is not None:
@@ -284,17 +300,18 @@ class FieldOutcomes:
     """Everything the per-slide report of a "fields" job needs."""
 
     fields: list[str]  # every field's path, in job order
-    cells: list[tuple[str, int, str, float, float | None]]  # (field path, cell index, label, confidence, ood score)
+    #: (field path, cell index, label, confidence, ood score, stain signature)
+    cells: list[tuple[str, int, str, float, float | None, tuple[float, float, float] | None]]
     failed: dict[str, str]  # field path -> error
     red_cells: dict[str, float | None] = field(default_factory=dict)  # field path -> red-cell diameter (px)
 
 
 def field_outcomes(session: Session, job_id: str) -> FieldOutcomes:
-    cells = session.execute(select(Image.path, Cell.idx, Cell.label, Cell.confidence, Cell.ood_score).join(Cell, Cell.image_id == Image.id)
-                            .where(Image.job_id == job_id).order_by(Image.seq, Cell.idx)).all()
+    cells = session.execute(select(Image.path, Cell.idx, Cell.label, Cell.confidence, Cell.ood_score, Cell.stain_od)
+                            .join(Cell, Cell.image_id == Image.id).where(Image.job_id == job_id).order_by(Image.seq, Cell.idx)).all()
     failed = session.execute(select(Image.path, Image.error).where(Image.job_id == job_id, Image.status == ImageStatus.FAILED)).all()
     rows = session.execute(select(Image.path, Image.red_cell_px).where(Image.job_id == job_id).order_by(Image.seq)).all()
-    return FieldOutcomes([p for p, _ in rows], [tuple(c) for c in cells], {p: e or "failed" for p, e in failed},
+    return FieldOutcomes([p for p, _ in rows], [(*c[:-1], _stored_od(c[-1])) for c in cells], {p: e or "failed" for p, e in failed},
                          {p: r for p, r in rows})
 
 

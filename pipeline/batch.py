@@ -18,6 +18,10 @@ are exactly those of ``pipeline.classifier.prepare_batch`` (same functions),
 and the batches are the same whatever the number of threads (they are
 assembled in input order), so batching, prefetching and the pool never change
 a prediction (nor the domain score).
+
+Each image's red-cell stain signature (``pipeline.stain_check``) is measured
+on its model crop right after the crop is made, in the same preparing thread,
+and travels with the image to its result for the job's stain check.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from pipeline.images import ImageRejected, decode_image
 from pipeline.manifest import ModelManifest
 from pipeline.parallel import ordered_map, prefetched
 from pipeline.preprocess import model_crop, scale_for_mobilenet
+from pipeline.stain_check import Signature, stain_signature
 from pipeline.storage import StorageUnavailable
 
 __all__ = ["BatchLimits", "ImageResult", "PreparedBatch", "PreparedImage", "apply_thread_budget", "classify_batch",
@@ -56,6 +61,8 @@ class ImageResult:
     ood_score: float | None = None
     #: the stored file could not be read (the error is about the file, not the image)
     unreadable: bool = False
+    #: median red-cell optical density (R, G, B) of the model crop (``pipeline.stain_check``); None where not measured
+    stain_od: Signature | None = None
 
 
 @dataclass(frozen=True)
@@ -74,6 +81,7 @@ class PreparedBatch:
     keys: list[int] = field(default_factory=list)
     pixels: list[np.ndarray] = field(default_factory=list)  # uint8 RGB, input_size x input_size
     found: list[bool] = field(default_factory=list)  # the recipe found a cell in the image
+    stains: list[Signature | None] = field(default_factory=list)  # the crop's red-cell stain signature, or None
     errors: list[ImageResult] = field(default_factory=list)
     source_pixels: int = 0
 
@@ -106,6 +114,7 @@ class PreparedImage:
     found: bool = False
     source_pixels: int = 0
     error: ImageResult | None = None
+    stain: Signature | None = None  # red-cell stain signature of the crop (``pipeline.stain_check``), None where not measured
 
 
 def prepare_image(item: tuple[int, Callable[[], bytes]], manifest: ModelManifest, limits: BatchLimits) -> PreparedImage:
@@ -126,7 +135,7 @@ def prepare_image(item: tuple[int, Callable[[], bytes]], manifest: ModelManifest
     except ImageRejected as exc:
         return PreparedImage(key, error=ImageResult(key, error=str(exc)))
     crop = model_crop(bgr, manifest.input_size, manifest.preprocessing)
-    return PreparedImage(key, crop.pixels, crop.found, bgr.shape[0] * bgr.shape[1])
+    return PreparedImage(key, crop.pixels, crop.found, bgr.shape[0] * bgr.shape[1], stain=stain_signature(crop.pixels))
 
 
 def prepare_batches(items: Iterable[tuple[int, Callable[[], bytes]]], manifest: ModelManifest, limits: BatchLimits,
@@ -148,6 +157,7 @@ def prepare_batches(items: Iterable[tuple[int, Callable[[], bytes]]], manifest: 
             batch.keys.append(image.key)
             batch.pixels.append(image.pixels)  # type: ignore[arg-type]  # set when error is None
             batch.found.append(image.found)
+            batch.stains.append(image.stain)
             batch.source_pixels += image.source_pixels
     if batch.keys or batch.errors:
         yield batch
@@ -165,7 +175,7 @@ def _classify(classifier: Classifier, batch: PreparedBatch, scaled: np.ndarray |
     results = list(batch.errors)
     if scaled is not None:
         probs, scores = predict_scored(classifier, scaled)
-        for key, row, has_cell, score in zip(batch.keys, probs, batch.found, scores, strict=True):
+        for key, row, has_cell, score, stain in zip(batch.keys, probs, batch.found, scores, batch.stains, strict=True):
             best = int(np.argmax(row))
             results.append(ImageResult(
                 key,
@@ -174,6 +184,7 @@ def _classify(classifier: Classifier, batch: PreparedBatch, scaled: np.ndarray |
                 probabilities={c: round(float(p), 6) for c, p in zip(manifest.classes, row, strict=True)},
                 cell_found=has_cell,
                 ood_score=score,
+                stain_od=stain,
             ))
     return results
 

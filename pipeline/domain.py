@@ -43,6 +43,8 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.stain_check import Signature, StainReference
+
 OK = "ok"
 SHIFTED = "shifted"
 UNAVAILABLE = "unavailable"
@@ -80,6 +82,9 @@ class DomainModel:
     #: per validation laboratory: unusual images and images (effective counts) behind the share statistic, so
     #: that a job of any size gets its own threshold (None: ``job_threshold`` for every size)
     share_counts: np.ndarray | None = None
+    #: the red cells' stain per training laboratory (``pipeline.stain_check``, ``training.stain_check --fit``); None:
+    #: no stain check (models before 2.3.1)
+    stain: StainReference | None = None
 
     def score(self, features: np.ndarray) -> np.ndarray:
         """Distance of each feature row to its nearest class centre (larger = less familiar)."""
@@ -118,6 +123,8 @@ class DomainModel:
             extra["field_thresholds"] = self.field_thresholds
         if self.share_counts is not None:
             extra["share_counts"] = self.share_counts
+        if self.stain is not None:
+            extra.update(self.stain.arrays())
         np.savez(path, mean=self.mean, components=self.components, class_means=self.class_means, precision=self.precision,
                  thresholds=np.array([self.image_threshold, self.job_threshold, self.expected_fraction]), **extra)
 
@@ -130,7 +137,7 @@ class DomainModel:
             fields = data["field_thresholds"] if "field_thresholds" in data.files else None
             counts = data["share_counts"] if "share_counts" in data.files else None
             return cls(data["mean"], data["components"], data["class_means"], data["precision"], image_t, job_t, expected,
-                       centres, thresholds, fields, counts)
+                       centres, thresholds, fields, counts, StainReference.from_arrays(data))
 
 
 def _job_quantile(values: np.ndarray, statistic, rng: np.random.Generator, jobs: int = 2000) -> float:
@@ -257,15 +264,20 @@ class DomainCheck:
 
 
 def check_job(scores: list[float | None], model: DomainModel | None, n_no_cell: int = 0, n_images: int = 0,
-              unit: str = "images", other_reasons: Sequence[str] = ()) -> DomainCheck:
+              unit: str = "images", other_reasons: Sequence[str] = (),
+              stains: Sequence[Signature | None] | None = None) -> DomainCheck:
     """Compare one job's per-image distances (None where not scored) with the in-domain thresholds.
 
     ``unit`` names what was scored: "images" for cell jobs, "cells" for field jobs (which use the field
-    thresholds where the model has them). ``other_reasons`` are shifts found without the model (a field
-    job's magnification, ``pipeline.fields.magnification_reason``): each makes the job shifted, after the
-    model's own reasons, even where the distances cannot be checked.
+    thresholds where the model has them). ``stains`` are the images' red-cell stain signatures
+    (``pipeline.stain_check``; None where not measured), checked where the model carries a stain reference.
+    ``other_reasons`` are shifts found without the model (a field job's magnification,
+    ``pipeline.fields.magnification_reason``). The stain's and the other reasons each make the job shifted,
+    after the feature distances' own reasons, even where the distances cannot be checked.
     """
     check = _check_distances(scores, model, n_no_cell, n_images, unit)
+    stain_reason = model.stain.reason(stains, unit) if model is not None and model.stain is not None and stains else None
+    other_reasons = [*([stain_reason] if stain_reason else []), *other_reasons]
     if not other_reasons:
         return check
     return dataclasses.replace(check, status=SHIFTED, reasons=[*check.reasons, *other_reasons])

@@ -12,7 +12,9 @@ inside the window, which a wider window shows more of (even fields: 2.5 d
 
 Fields are decoded, localised and cropped on an ordered thread pool (the
 process' thread budget; OpenCV releases the GIL) while the model classifies
-the crops gathered so far, a model batch at a time.
+the crops gathered so far, a model batch at a time. Each cell's model crop
+also gives its red-cell stain signature (``pipeline.stain_check``), for the
+job's stain check.
 """
 
 from __future__ import annotations
@@ -30,7 +32,8 @@ from pipeline.images import ImageRejected, decode_image
 from pipeline.localize import Detection, LocaliserConfig
 from pipeline.manifest import ModelManifest
 from pipeline.parallel import ordered_map
-from pipeline.preprocess import scale_for_mobilenet, to_model_pixels
+from pipeline.preprocess import model_crop, scale_for_mobilenet
+from pipeline.stain_check import Signature, stain_signature
 from pipeline.tiling import localise_large
 
 #: crop window (width, height) as multiples of the expected cell diameter
@@ -59,6 +62,8 @@ class FoundCell:
     thumbnail_jpeg: bytes
     #: distance of the crop's features to the training data (``pipeline.domain``); None without a domain model
     ood_score: float | None = None
+    #: median red-cell optical density (R, G, B) of the cell's model crop (``pipeline.stain_check``); None where not measured
+    stain_od: Signature | None = None
 
 
 @dataclass(frozen=True)
@@ -93,10 +98,10 @@ def thumbnail(bgr: np.ndarray, det: Detection) -> bytes:
 
 @dataclass(frozen=True)
 class PreparedField:
-    """The model-ready crops of one field's detected cells (with thumbnails), or why there are none."""
+    """The model-ready crops of one field's detected cells (with thumbnails and stain signatures), or why there are none."""
 
     key: int
-    crops: list[tuple[Detection, np.ndarray, bytes]]
+    crops: list[tuple[Detection, np.ndarray, bytes, Signature | None]]
     error: str | None = None
     red_cell_px: float | None = None
 
@@ -136,6 +141,13 @@ def magnification_reason(rulers: list[float | None], cell_diameter_px: float) ->
             f"{cell_diameter_px * ratio:.0f} and run the job again")
 
 
+def _cell_crop(bgr: np.ndarray, det: Detection, size: tuple[int, int],
+               manifest: ModelManifest) -> tuple[Detection, np.ndarray, bytes, Signature | None]:
+    """One detected cell: the model's input pixels, its thumbnail and the red-cell stain signature of those pixels."""
+    pixels = model_crop(crop_around(bgr, det, size), manifest.input_size, manifest.preprocessing).pixels
+    return det, pixels, thumbnail(bgr, det), stain_signature(pixels)
+
+
 def prepare_field(item: tuple[int, bytes], settings: FieldSettings, manifest: ModelManifest) -> PreparedField:
     """Decode one field, localise its cells and shrink each crop to the model's input at once,
     so no crop (a view, or a reflect-padded copy of the whole field at an edge) keeps the field alive."""
@@ -148,8 +160,7 @@ def prepare_field(item: tuple[int, bytes], settings: FieldSettings, manifest: Mo
         return PreparedField(key, [], f"image is too small for a field ({bgr.shape[1]}x{bgr.shape[0]})")
     diameter = settings.localiser.cell_diameter_px
     size = (int(round(settings.crop_scale[0] * diameter)), int(round(settings.crop_scale[1] * diameter)))
-    crops = [(det, to_model_pixels(crop_around(bgr, det, size), manifest.input_size, manifest.preprocessing), thumbnail(bgr, det))
-             for det in localise_large(bgr, settings.localiser, settings.tile)]
+    crops = [_cell_crop(bgr, det, size, manifest) for det in localise_large(bgr, settings.localiser, settings.tile)]
     ruler = red_cell_ruler(bgr)
     return PreparedField(key, crops, red_cell_px=round(ruler, 2) if ruler else None)
 
@@ -165,26 +176,26 @@ def analyze_fields(classifier: Classifier, items: list[tuple[int, bytes]], setti
     probabilities and features), so a field job carries a domain check too.
     """
     manifest = classifier.manifest
-    pending: list[tuple[int, Detection, np.ndarray, bytes]] = []
+    pending: list[tuple[int, Detection, np.ndarray, bytes, Signature | None]] = []
     results: dict[int, FieldResult] = {}
     counters: dict[int, int] = {}
 
-    def classify(chunk: list[tuple[int, Detection, np.ndarray, bytes]]) -> None:
-        probs, scores = predict_scored(classifier, scale_for_mobilenet(np.stack([pixels for _, _, pixels, _ in chunk])))
-        for (key, det, _, thumb), row, score in zip(chunk, probs, scores, strict=True):
+    def classify(chunk: list[tuple[int, Detection, np.ndarray, bytes, Signature | None]]) -> None:
+        probs, scores = predict_scored(classifier, scale_for_mobilenet(np.stack([pixels for _, _, pixels, _, _ in chunk])))
+        for (key, det, _, thumb, stain), row, score in zip(chunk, probs, scores, strict=True):
             best = int(np.argmax(row))
             index = counters.get(key, 0)
             counters[key] = index + 1
             results[key].cells.append(FoundCell(
                 index, (det.x0, det.y0, det.x1, det.y1), round(det.score, 4), manifest.classes[best], float(row[best]),
-                {c: round(float(p), 6) for c, p in zip(manifest.classes, row, strict=True)}, thumb, score,
+                {c: round(float(p), 6) for c, p in zip(manifest.classes, row, strict=True)}, thumb, score, stain,
             ))
 
     prepare = partial(prepare_field, settings=settings, manifest=manifest)
     with closing(ordered_map(prepare, items, threads)) as fields:
         for field in fields:
             results[field.key] = FieldResult(field.key, [], field.error, field.red_cell_px)
-            pending.extend((field.key, det, pixels, thumb) for det, pixels, thumb in field.crops)
+            pending.extend((field.key, *crop) for crop in field.crops)
             while len(pending) >= batch_size:
                 classify(pending[:batch_size])
                 del pending[:batch_size]

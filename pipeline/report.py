@@ -42,6 +42,8 @@ class CellPrediction:
     error: str | None = None
     cell_found: bool | None = True
     ood_score: float | None = None
+    #: red-cell stain signature (R, G, B optical density, ``pipeline.stain_check``); None where not measured
+    stain_od: tuple | list | None = None
 
 
 @dataclass(frozen=True)
@@ -145,8 +147,8 @@ def build_report(
     """Aggregate per-image predictions into a :class:`DifferentialReport`.
 
     Images without a white cell are left out of every count but listed; the
-    domain check compares the job's per-image distances with the model's
-    in-domain thresholds.
+    domain check compares the job's per-image distances, and the same images'
+    stain signatures, with the model's in-domain thresholds.
     """
     processed = [p for p in predictions if p.error is None and p.label is not None]
     classified = [p for p in processed if p.cell_found is not False]
@@ -179,5 +181,5 @@ def build_report(
         n_no_cell_found=len(no_cell),
         no_cell_found=no_cell[:max_listed],
         domain_check=check_job([p.ood_score for p in processed], domain, len(no_cell), len(processed), scored_unit,
-                               other_reasons).to_dict(),
+                               other_reasons, stains=[p.stain_od for p in processed]).to_dict(),
     )

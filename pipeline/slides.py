@@ -26,7 +26,7 @@ def slide_of(path: str) -> str:
 
 def build_fields_report(
     fields: list[str],
-    cells: list[tuple[str, int, str, float, float | None]],
+    cells: list[tuple[str, int, str, float, float | None] | tuple[str, int, str, float, float | None, tuple | list | None]],
     failed: dict[str, str],
     classes: tuple[str, ...],
     white_cells: tuple[str, ...],
@@ -38,7 +38,8 @@ def build_fields_report(
 ) -> dict:
     """The job-level report plus one report per slide; counts are of cells found in fields.
 
-    ``cells``: (field path, cell index, label, confidence, domain score or None). ``red_cells`` (field path ->
+    ``cells``: (field path, cell index, label, confidence, domain score or None[, stain signature or None]: the stain
+    check of ``pipeline.stain_check``, where the tuple carries it). ``red_cells`` (field path ->
     measured red-cell diameter) and ``cell_diameter_px`` (the configured magnification) add the magnification
     check to each section's ``domain_check`` (``pipeline.fields.magnification_reason``).
     """
@@ -46,8 +47,9 @@ def build_fields_report(
     fields_per_slide: dict[str, list[str]] = defaultdict(list)
     for path in fields:
         fields_per_slide[slide_of(path)].append(path)
-    for path, idx, label, conf, ood in cells:
-        per_slide[slide_of(path)].append(CellPrediction(f"{path}#cell{idx}", label, conf, ood_score=ood))
+    for path, idx, label, conf, ood, *stain in cells:
+        per_slide[slide_of(path)].append(CellPrediction(f"{path}#cell{idx}", label, conf, ood_score=ood,
+                                                        stain_od=stain[0] if stain else None))
     for path, error in failed.items():
         per_slide[slide_of(path)].append(CellPrediction(path, None, None, error))
     with_cells = {path for path, *_ in cells}

@@ -81,10 +81,11 @@ def balanced_subsample(samples: list[tuple[Path, int]], limit: int | None, seed:
     return picked
 
 
-def classify(classifier: Classifier, images: list[np.ndarray],
-             features_out: list[np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+def classify(classifier: Classifier, images: list[np.ndarray], features_out: list[np.ndarray] | None = None,
+             stains_out: list | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Serving-path probabilities, whether the recipe found a white cell, and domain scores (None without a domain model)."""
-    return classify_chunks(classifier, (images[start : start + BATCH] for start in range(0, len(images), BATCH)), features_out)
+    return classify_chunks(classifier, (images[start : start + BATCH] for start in range(0, len(images), BATCH)), features_out,
+                           stains_out)
 
 
 def measure(classifier: Classifier, images: list[np.ndarray], y_true: np.ndarray, keep: dict | None = None) -> dict:
@@ -94,14 +95,16 @@ def measure(classifier: Classifier, images: list[np.ndarray], y_true: np.ndarray
     (float16) go there too (for studies of the alarm, ``training.alarm_study``).
     """
     features: list[np.ndarray] | None = [] if keep is not None else None
-    probs, found, domain_scores = classify(classifier, images, features)
+    stains: list = []
+    probs, found, domain_scores = classify(classifier, images, features, stains)
     metrics = score(probs, found, y_true, classifier.manifest.classes)
     if domain_scores is not None:
         metrics["domain"] = domain_summary(classifier.domain, domain_scores, found, y_true=y_true,
-                                           classes=classifier.manifest.classes)
+                                           classes=classifier.manifest.classes, stains=stains)
     if keep is not None:
         keep.update(correct=found & (probs.argmax(axis=1) == y_true), found=found, predicted=probs.argmax(axis=1),
-                    ood=domain_scores if domain_scores is not None else np.full(len(found), np.nan))
+                    ood=domain_scores if domain_scores is not None else np.full(len(found), np.nan),
+                    stain=np.array([s if s is not None else (np.nan,) * 3 for s in stains], np.float32).reshape(-1, 3))
         if features:
             keep["features"] = np.concatenate(features).astype(np.float16)
     return metrics

@@ -138,7 +138,7 @@ def _run_cell_batches(ctx: WorkerContext, job_id: str, images: list[tuple[int, i
     with closing(prefetched(stream, RESULTS_AHEAD, name="hematovision-classify")) as batches:
         for results in batches:
             rows = [repo.ResultRow(r.key, r.label, r.confidence, r.probabilities, r.error, r.cell_found, r.ood_score,
-                                   code=ErrorCode.MISSING_FILE if r.unreadable else None) for r in results]
+                                   code=ErrorCode.MISSING_FILE if r.unreadable else None, stain_od=r.stain_od) for r in results]
             with ctx.db.session() as session, session.begin():
                 if repo.job_status(session, job_id) not in JobStatus.ACTIVE:
                     break  # canceled or failed meanwhile: stop decoding too
@@ -162,7 +162,7 @@ def _run_field_batch(ctx: WorkerContext, job_id: str, items: list[tuple[int, byt
             key = ctx.store.cell_key_for(job_id, seq_of[field.key], cell.index)
             ctx.store.put(key, cell.thumbnail_jpeg)
             cells.append(repo.CellRow(cell.index, cell.box, cell.score, cell.label, cell.confidence, cell.probabilities, key,
-                                      cell.ood_score))
+                                      cell.ood_score, cell.stain_od))
         rows.append((field.key, cells, field.error, None, field.red_cell_px))
     with ctx.db.session() as session, session.begin():
         if repo.job_status(session, job_id) in JobStatus.ACTIVE:

@@ -11,11 +11,13 @@ import cv2
 import numpy as np
 import pytest
 
-from pipeline.batch import BatchLimits, apply_thread_budget, classify_batch, classify_stream, prefetched, prepare_batches
+from pipeline.batch import BatchLimits, apply_thread_budget, classify_batch, classify_stream, prefetched, prepare_batches, prepare_image
 from pipeline.classifier import load_classifier, prepare_batch
 from pipeline.images import decode_image
 from pipeline.parallel import ordered_map
+from pipeline.preprocess import model_crop
 from pipeline.settings import Settings
+from pipeline.stain_check import stain_signature
 from pipeline.storage import StorageUnavailable
 from tests.conftest import encode_jpeg, jpeg_bytes
 
@@ -113,8 +115,47 @@ def test_the_pool_prepares_the_same_pixels_as_one_thread(model_dir, opencv_threa
         pooled = list(prepare_batches(_mixed_items(delay=0.05), manifest, limits, threads=4))
     finally:
         cv2.setNumThreads(before)
-    assert [(b.keys, b.found, b.errors, b.source_pixels) for b in pooled] == [(b.keys, b.found, b.errors, b.source_pixels) for b in one]
+    assert [(b.keys, b.found, b.stains, b.errors, b.source_pixels) for b in pooled] == \
+        [(b.keys, b.found, b.stains, b.errors, b.source_pixels) for b in one]
     assert all(np.array_equal(p, q) for a, b in zip(one, pooled, strict=True) for p, q in zip(a.pixels, b.pixels, strict=True))
+
+
+def _reader(data: bytes):
+    return lambda: data
+
+
+def _signature_of(data: bytes, manifest) -> tuple[float, float, float] | None:
+    """The stain signature of an image's model crop, computed apart from the serving path."""
+    return stain_signature(model_crop(decode_image(data, 10**8), manifest.input_size, manifest.preprocessing).pixels)
+
+
+def test_each_result_carries_the_red_cell_stain_signature_of_its_own_crop(model_dir, sample_folder):
+    """Sample cell images (red cells around the cell) carry their crop's signature through prepare_image, the batches
+    (parallel to keys, across a pool and errors) and classify_stream; an image without red cells carries None."""
+    clf = load_classifier(model_dir, "litert")
+    manifest = clf.manifest
+    samples = {i: p.read_bytes() for i, p in enumerate(_samples(sample_folder)[:12])}
+    expected = {key: _signature_of(data, manifest) for key, data in samples.items()}
+    assert all(sig is not None and len(sig) == 3 and all(v > 0 for v in sig) for sig in expected.values())
+    assert len(set(expected.values())) > 1  # one signature per image, not one per batch
+    plain = encode_jpeg(np.full((300, 300, 3), 200, np.uint8))  # no red cell (and no white cell)
+    assert prepare_image((0, _reader(samples[0])), manifest, BatchLimits()).stain == expected[0]
+    assert prepare_image((1, _reader(plain)), manifest, BatchLimits()).stain is None
+
+    items = [(key, _reader(data)) for key, data in samples.items()]
+    items[3:3] = [(100, _reader(plain)), (101, _reader(b"junk"))]
+    items.insert(9, (102, _reader(plain)))
+    expected.update({100: None, 102: None})
+    limits = BatchLimits(size=4)
+    for batch in prepare_batches(items, manifest, limits, threads=3):
+        assert len(batch.stains) == len(batch.keys) == len(batch.pixels)
+        assert batch.stains == [expected[key] for key in batch.keys]
+    results = {r.key: r for batch in classify_stream(clf, items, limits, prefetch=1, threads=3) for r in batch}
+    assert {key: r.stain_od for key, r in results.items() if r.error is None} == expected
+    assert results[100].label is not None and results[100].cell_found is False  # still classified, just not measured
+    assert results[101].error is not None and results[101].stain_od is None
+    whole = classify_batch(clf, [(key, read()) for key, read in items], 10**8)
+    assert [r.stain_od for r in whole] == [results[key].stain_od for key, _ in items]
 
 
 def test_the_pool_stays_bounded_keeps_order_and_stops_when_closed():

@@ -180,7 +180,7 @@ def test_field_cell_ood_score_migration_keeps_cells_and_round_trips(database_url
         repo.record_field(s, "f", new_id, [repo.CellRow(0, (5, 6, 7, 8), 0.7, "lymphocyte", 0.6, {}, None, 12.5)], None)
     with db.session() as s:
         out = repo.field_outcomes(s, "f")
-    assert out.cells == [("s/old.jpg", 0, "neutrophil", 0.8, None), ("s/new.jpg", 0, "lymphocyte", 0.6, 12.5)]
+    assert out.cells == [("s/old.jpg", 0, "neutrophil", 0.8, None, None), ("s/new.jpg", 0, "lymphocyte", 0.6, 12.5, None)]
     downgrade(database_url, "0004_progress_counters")
     assert "ood_score" not in {c["name"] for c in inspect(db.engine).get_columns("cells")}
     with db.engine.connect() as conn:
@@ -209,5 +209,78 @@ def test_field_red_cell_migration_round_trips_and_downgrades(database_url):
         assert conn.execute(text("SELECT count(*) FROM images WHERE job_id = 'r'")).scalar() == 2
         # the images table is altered in place, not recreated: its cascades must not empty cells on SQLite
         assert conn.execute(text("SELECT count(*) FROM cells WHERE job_id = 'r'")).scalar() == 1
+    db.dispose()
+    upgrade(database_url)
+
+
+def test_stain_signatures_round_trip_through_predictions_and_field_cells(migrated_url):
+    """record_results and record_field store each image's and cell's stain signature (a redelivery overwrites it);
+    all_outcomes and field_outcomes give it back last, as a tuple; unmeasured ones are SQL NULL, not JSON null."""
+    from sqlalchemy import func
+
+    from db.models import Cell
+    from pipeline.report import CellPrediction
+
+    db = Database(migrated_url)
+    job_id, ids = _job(db, n=4)
+    sig, again = (0.1232, 0.2863, 0.2307), (0.2464, 0.5726, 0.4614)
+    rows = [repo.ResultRow(ids[0], "neutrophil", 0.9, {}, None, True, 3.5, stain_od=sig),
+            repo.ResultRow(ids[1], "lymphocyte", 0.8, {}, None, False, 4.5),
+            repo.ResultRow(ids[2], None, None, None, "truncated JPEG", stain_od=sig)]  # an error row stores no prediction
+    with db.session() as s, s.begin():
+        repo.record_results(s, job_id, rows, "1")
+    with db.session() as s:
+        out = repo.all_outcomes(s, job_id)
+    assert [o[-1] for o in out] == [sig, None, None, None, None]
+    assert out[0] == ("s/1.jpg", "neutrophil", 0.9, None, True, 3.5, sig)
+    assert CellPrediction(*out[0]).stain_od == sig and CellPrediction(*out[0]).ood_score == 3.5  # as the worker reads them
+    with db.session() as s, s.begin():  # the same image again (a redelivered batch): the new signature stands
+        repo.record_results(s, job_id, [repo.ResultRow(ids[0], "neutrophil", 0.9, {}, None, True, 3.5, stain_od=again)], "1")
+    with db.session() as s:
+        assert repo.all_outcomes(s, job_id)[0][-1] == again
+        assert s.scalar(select(func.count()).select_from(Prediction).where(Prediction.stain_od.is_(None))) == 1
+
+    cells = [repo.CellRow(0, (1, 2, 3, 4), 0.9, "neutrophil", 0.8, {}, None, 11.0, sig),
+             repo.CellRow(1, (5, 6, 7, 8), 0.7, "monocyte", 0.6, {}, None, 12.0)]
+    with db.session() as s, s.begin():
+        repo.record_field(s, job_id, ids[3], cells, None)
+    with db.session() as s:
+        out = repo.field_outcomes(s, job_id)
+        assert out.cells == [("s/4.jpg", 0, "neutrophil", 0.8, 11.0, sig), ("s/4.jpg", 1, "monocyte", 0.6, 12.0, None)]
+        assert s.scalar(select(func.count()).select_from(Cell).where(Cell.stain_od.is_(None))) == 1
+    with db.session() as s, s.begin():
+        repo.record_field(s, job_id, ids[3], [cells[0], repo.CellRow(1, (5, 6, 7, 8), 0.7, "monocyte", 0.6, {}, None, 12.0, again)], None)
+    with db.session() as s:
+        assert [c[-1] for c in repo.field_outcomes(s, job_id).cells] == [sig, again]
+    db.dispose()
+
+
+def test_stain_signature_migration_adds_the_columns_and_the_downgrade_keeps_every_row(database_url):
+    """0009 adds predictions.stain_od and cells.stain_od to a database with rows in both (old rows: None); the downgrade
+    drops only those columns, in place, so no prediction, cell or image is lost."""
+    from sqlalchemy import text
+
+    db = _old_fields_job(database_url, "0008_field_red_cells", "st")
+    with db.engine.begin() as conn:
+        conn.execute(text("INSERT INTO cells (job_id, image_id, idx, x0, y0, x1, y1, score, label, confidence, probabilities) "
+                          "SELECT 'st', id, 0, 1, 2, 3, 4, 0.9, 'neutrophil', 0.8, '{}' FROM images WHERE seq = 1"))
+        conn.execute(text("INSERT INTO predictions (job_id, image_id, label, confidence, probabilities, model_version, created_at) "
+                          "SELECT 'st', id, 'neutrophil', 0.8, '{}', '1', CURRENT_TIMESTAMP FROM images WHERE seq = 1"))
+    upgrade(database_url)
+    for table in ("predictions", "cells"):
+        assert "stain_od" in {c["name"] for c in inspect(db.engine).get_columns(table)}
+    with db.session() as s, s.begin():
+        new_id = s.scalar(select(Image.id).where(Image.job_id == "st", Image.seq == 2))
+        repo.record_field(s, "st", new_id, [repo.CellRow(0, (5, 6, 7, 8), 0.7, "lymphocyte", 0.6, {}, None, 12.5, (0.1, 0.2, 0.3))],
+                          None)
+    with db.session() as s:
+        assert [c[-1] for c in repo.field_outcomes(s, "st").cells] == [None, (0.1, 0.2, 0.3)]
+        assert [o[-1] for o in repo.all_outcomes(s, "st")] == [None, None]
+    downgrade(database_url, "0008_field_red_cells")
+    for table in ("predictions", "cells"):
+        assert "stain_od" not in {c["name"] for c in inspect(db.engine).get_columns(table)}
+    with db.engine.connect() as conn:
+        counts = [conn.execute(text(f"SELECT count(*) FROM {table} WHERE job_id = 'st'")).scalar() for table in ("images", "predictions", "cells")]
+    assert counts == [2, 1, 2]
     db.dispose()
     upgrade(database_url)

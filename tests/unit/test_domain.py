@@ -212,3 +212,48 @@ def test_evaluation_reports_the_alarm_on_jobs_with_a_real_class_mix(model):
     plain = domain_summary(model, model.score(features(800, rng)[0]), found, y_true=y, classes=classes)
     assert plain["alarm_rate_normal_differential"] <= 0.1 and plain["alarm_rate"] <= 0.1
     assert "alarm_rate_normal_differential" not in domain_summary(model, scores, found)
+
+
+def _stain_reference():
+    from pipeline.stain_check import StainReference
+
+    return StainReference(labs=("a",), means=np.log(np.array([[0.2, 0.3, 0.2]]) + 0.05), precisions=np.eye(3)[None] * 100,
+                          centres=np.array([1.5]), thresholds=np.array([2.0]))
+
+
+def test_report_checks_the_images_stain_signatures_when_the_model_has_a_stain_reference(model):
+    """build_report hands each processed image's stain signature to the job check: a doubled stain makes an otherwise
+    in-domain job shifted with the stain reason; the reference's own stain, unmeasured images or no reference do not."""
+    stained = dataclasses.replace(model, stain=_stain_reference())
+    scores = model.score(features(30, np.random.default_rng(8))[0])
+    reference, doubled = (0.2, 0.3, 0.2), [0.4, 0.6, 0.4]  # a list, as JSON gives it back
+
+    def preds(signature) -> list[CellPrediction]:
+        out = [CellPrediction(f"n{i}.jpg", "neutrophil", 0.9, None, True, float(s), signature) for i, s in enumerate(scores)]
+        return out + [CellPrediction("broken.jpg", None, None, "truncated JPEG", stain_od=reference)]
+
+    ok = build_report(preds(reference), CLASSES, WHITE, "m@2", 0.5, domain=stained).domain_check
+    assert ok["status"] == OK and not any("stain" in r for r in ok["reasons"])
+    shifted = build_report(preds(doubled), CLASSES, WHITE, "m@2", 0.5, domain=stained).domain_check
+    assert shifted["status"] == SHIFTED and len(shifted["reasons"]) == 1
+    assert "red cells' stain is unlike the training laboratories'" in shifted["reasons"][0] and "30 images measured" in shifted["reasons"][0]
+    assert build_report(preds(None), CLASSES, WHITE, "m@2", 0.5, domain=stained).domain_check["status"] == OK
+    assert build_report(preds(doubled), CLASSES, WHITE, "m@2", 0.5, domain=model).domain_check["status"] == OK
+
+
+def test_field_reports_check_each_cells_stain_per_slide_and_per_job(model):
+    """build_fields_report passes each cell's signature (the sixth element of field_outcomes' rows) to each section's check."""
+    from pipeline.slides import build_fields_report
+
+    stained = dataclasses.replace(model, stain=_stain_reference())
+    scores = model.score(features(40, np.random.default_rng(9))[0])
+    fields = [f"s{s}/f{i}.jpg" for s in (1, 2) for i in range(4)]
+    cells = [(f, i, "neutrophil", 0.9, float(scores[4 * k + i]), (0.4, 0.6, 0.4) if f.startswith("s2/") else (0.2, 0.3, 0.2))
+             for k, f in enumerate(fields) for i in range(4)]
+    report = build_fields_report(fields, cells, {}, CLASSES, WHITE, "m@2", 0.5, domain=stained)
+    by_slide = {s["slide"]: s["domain_check"] for s in report["slides"]}
+    assert not any("stain" in r for r in by_slide["s1"]["reasons"])
+    assert by_slide["s2"]["status"] == SHIFTED and "16 cells measured" in by_slide["s2"]["reasons"][-1]
+    assert report["domain_check"]["status"] == SHIFTED and "stain" in report["domain_check"]["reasons"][-1]  # the job's mean
+    unmeasured = build_fields_report(fields, [c[:5] for c in cells], {}, CLASSES, WHITE, "m@2", 0.5, domain=stained)
+    assert not any("stain" in r for r in unmeasured["domain_check"]["reasons"])

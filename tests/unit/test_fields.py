@@ -135,6 +135,31 @@ def test_field_cells_are_scored_like_cell_images_or_not_at_all_without_a_domain_
 
 
 @pytest.mark.litert
+def test_each_field_cell_carries_the_red_cell_stain_signature_of_its_model_crop(model_dir):
+    """Real BCCD fields: every found cell's stain signature is that of its own model crop (as cut by the crop window),
+    measured (a field shows plenty of red cells around each white cell), and kept per cell through the batches."""
+    from pipeline.preprocess import model_crop
+    from pipeline.stain_check import stain_signature
+
+    clf = load_classifier(model_dir, "litert")
+    items = list(enumerate(bccd_fields(6).values()))
+    items.append((50, encode_jpeg(synthetic_field(640, 480, [(200, 200), (450, 300)], seed=1, rbc=0))))  # no red cells
+    settings = FieldSettings()
+    results = analyze_fields(clf, items, settings, batch_size=3, threads=2)
+    side = round(settings.crop_scale[0] * settings.localiser.cell_diameter_px)
+    measured = []
+    for result, (_, data) in zip(results, items, strict=True):
+        bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+        for cell in result.cells:
+            crop = crop_around(bgr, Detection(*cell.box, cell.score), (side, side))
+            assert cell.stain_od == stain_signature(model_crop(crop, clf.manifest.input_size, clf.manifest.preprocessing).pixels)
+            if result.key != 50:
+                measured.append(cell.stain_od)
+    assert len(measured) >= 6 and all(sig is not None and all(v > 0 for v in sig) for sig in measured)
+    assert len(set(measured)) > 1
+
+
+@pytest.mark.litert
 def test_fields_prepared_on_a_pool_give_the_same_results(model_dir):
     clf = load_classifier(model_dir, "litert")
     items = [(k, encode_jpeg(synthetic_field(640, 480, centres, seed=k))) for k, centres in

@@ -76,12 +76,15 @@ def test_stress_run_on_the_shipped_model_covers_every_family_and_strength(model_
     assert len(rows) == 2 + sum(len(s) for s in expected.values()) and rows[2].startswith("| baseline | none |")
     printed = capsys.readouterr().out
     assert "baseline" in printed and "off_centre" in printed
-    with np.load(scores) as per_image:  # per condition: 8 images' domain scores, found flags, correctness, answers, features
-        assert len(per_image.files) == 5 * sum(len(s) for s in expected.values()) + 1  # + the images' keys
+    with np.load(scores) as per_image:  # per condition: 8 images' domain scores, found flags, correctness, answers,
+        # features and red-cell stain signatures
+        assert len(per_image.files) == 6 * sum(len(s) for s in expected.values()) + 1  # + the images' keys
         assert per_image["keys"].shape == (8,) and "/" in str(per_image["keys"][0])
         assert per_image["0/baseline/none/features"].shape[0] == 8 and per_image["0/baseline/none/predicted"].shape == (8,)
         assert per_image["0/baseline/none/ood"].shape == (8,) and np.isfinite(per_image["0/baseline/none/ood"]).all()
         assert per_image["0/baseline/none/correct"].sum() == round(baseline["accuracy"] * 8)
+        stains = per_image["0/baseline/none/stain"]  # (R, G, B) optical density, NaN where no red cells were measured
+        assert stains.shape == (8, 3) and np.isfinite(stains).any() and np.all(stains[np.isfinite(stains)] > 0)
 
 
 def test_baseline_row_is_what_training_evaluate_reports(model_dir, sample_folder):

@@ -108,3 +108,29 @@ def test_a_job_with_nothing_usable_fails_with_a_code(env):
     assert "none of the 1 images could be processed" in job.error
     with ctx.db.session() as s:
         assert repo.get_summary(s, job_id) is None and repo.results_page(s, job_id, 1, 0)[0][0].status == ImageStatus.FAILED
+
+
+def test_the_worker_stores_each_images_and_each_field_cells_stain_signature(env, sample_folder):
+    """The worker's rows carry the serving path's stain signatures into the database, for the report's stain check:
+    per cell image (None where the image shows no red cells) and per cell found in a field."""
+    import numpy as np
+
+    from tests.conftest import bccd_fields, encode_jpeg
+
+    st, ctx = env
+    samples = sorted(sample_folder.rglob("*.jp*g"))[:3]
+    plain = encode_jpeg(np.full((300, 300, 3), 200, np.uint8))
+    job_id, batches = _submit(env, {**{p.name: p.read_bytes() for p in samples}, "plain.jpg": plain})
+    for batch_id in batches:
+        jobs.run_batch(ctx, job_id, batch_id)
+    with ctx.db.session() as s:
+        stains = {path: out[-1] for path, *out in repo.all_outcomes(s, job_id)}
+    assert stains["plain.jpg"] is None and len(stains) == 4
+    assert all(len(stains[p.name]) == 3 and min(stains[p.name]) > 0 for p in samples)
+
+    field_job, batches = _submit(env, bccd_fields(2), kind="fields")
+    for batch_id in batches:
+        jobs.run_batch(ctx, field_job, batch_id)
+    with ctx.db.session() as s:
+        cells = repo.field_outcomes(s, field_job).cells
+    assert len(cells) >= 2 and all(c[-1] is not None and len(c[-1]) == 3 for c in cells)

@@ -1,0 +1,199 @@
+"""Fit and study the domain check's stain reason (``pipeline.stain_check``) on validation images.
+
+``python -m training.stain_check --model DIR --config CONFIG --fit [--version V]``
+    measures every validation image's red-cell stain signature through the serving path (decode, the model's
+    recipe, ``stain_signature``), fits the per-laboratory reference and writes it into the model's ``ood.npz``
+    and manifest (``ood.stain``); with ``--version`` the manifest's version too.
+
+``python -m training.stain_check --model DIR --config CONFIG --study [--halvings 3] [--limit 100] [--json OUT]``
+    rule S's held-out measure (model card): each laboratory's validation images are halved at random *by source
+    photograph* (a Kaggle cell's copies stay together); the reference is fitted on one half and the stain reason
+    alone is counted on random 50-image jobs of the other half, unshifted (false alarm) and under every shift of
+    the robustness suite (``training.shifts``; at most ``--limit`` images per class, as ``training.stress``).
+    Nothing here reads test images.
+
+Why a separate study from ``training.alarm_study``: that one replays stored feature distances; the stain reason
+reads pixels, so its shifted copies are made here, by the suite's own per-image generators.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.images import decode_image
+from pipeline.manifest import ModelManifest
+from pipeline.preprocess import model_crop
+from pipeline.stain_check import IMAGE_QUANTILE, JOB_SIZE, Signature, StainReference, fit_stain_reference, stain_signature
+from training.config import TrainConfig
+from training.data import Sample, load_splits
+from training.stress import balanced_subsample, conditions
+
+#: random jobs per measurement
+JOBS = 2000
+
+
+def signatures_of(images: list[np.ndarray], manifest: ModelManifest) -> list[Signature | None]:
+    """Each decoded BGR image's stain signature, measured on the model crop as serving measures it."""
+    return [stain_signature(model_crop(img, manifest.input_size, manifest.preprocessing).pixels) for img in images]
+
+
+def validation_samples(config: TrainConfig, classes: tuple[str, ...]) -> list[Sample]:
+    splits = load_splits(Path(config.work_dir) / "splits.json")
+    return [s for s in splits["val"] if s.label in classes]
+
+
+def decode(samples: list[Sample]) -> list[np.ndarray]:
+    return [decode_image(Path(s.path).read_bytes(), 10**9) for s in samples]
+
+
+def fit(model_dir: Path, config: TrainConfig, version: str | None) -> StainReference:
+    """Fit the reference on all validation images and write it into the model."""
+    from pipeline.domain import DomainModel
+    from training.refit_domain import record
+
+    manifest = ModelManifest.load(model_dir)
+    samples = validation_samples(config, manifest.classes)
+    sigs = signatures_of(decode(samples), manifest)
+    by_lab: dict[str, list] = defaultdict(list)
+    sources: dict[str, list] = defaultdict(list)
+    for sample, sig in zip(samples, sigs, strict=True):
+        by_lab[sample.dataset].append(sig)
+        sources[sample.dataset].append(sample.group)
+    reference = fit_stain_reference(by_lab, sources)
+    ood_path = model_dir / "ood.npz"
+    if not ood_path.is_file():
+        raise SystemExit(f"error: {model_dir} has no domain model (ood.npz) to carry the stain check")
+    dataclasses.replace(DomainModel.load(ood_path), stain=reference).save(ood_path)
+    ood = json.loads((model_dir / "manifest.json").read_text())["ood"]
+    measured = {lab: f"{sum(s is not None for s in v)} of {len(v)}" for lab, v in by_lab.items()}
+    ood["stain"] = {**reference.summary(), "method": "red-cell median optical density of the model crop, log(OD + 0.05), "
+                    "Mahalanobis per laboratory, job mean distance (pipeline.stain_check)",
+                    "fitted_on": f"validation images with measured red cells: {measured} (training.stain_check --fit)"}
+    record(model_dir, ood, f"{version or manifest.version}: stain check fitted by training.stain_check --fit on the validation "
+                           f"images (same network, same predictions)", version)
+    return reference
+
+
+def _halves(groups: list[str], rng: np.random.Generator) -> np.ndarray:
+    """A random half of the source photographs: True for the images in it."""
+    unique = sorted(set(groups))
+    chosen = set(rng.permutation(unique)[: len(unique) // 2].tolist())
+    return np.array([g in chosen for g in groups])
+
+
+def job_rate(reference: StainReference, sigs: list[Signature | None], rng: np.random.Generator, jobs: int = JOBS) -> float:
+    """Share of random ``JOB_SIZE``-image jobs of ``sigs`` the stain reason flags."""
+    n = min(JOB_SIZE, len(sigs))
+    return sum(reference.reason([sigs[i] for i in rng.choice(len(sigs), n, replace=False)]) is not None
+               for _ in range(jobs)) / jobs
+
+
+def study(model_dir: Path, config: TrainConfig, halvings: int, limit: int | None, seed: int = 0, log=print,
+          image_quantile: float | None = IMAGE_QUANTILE) -> dict:
+    """Rule S (a): fit on one half of each laboratory's sources, count the stain reason on the other half
+    (``seed`` draws the halvings and jobs; the shifts are the suite's own, seed 0)."""
+    manifest = ModelManifest.load(model_dir)
+    samples = validation_samples(config, manifest.classes)
+    labs = sorted({s.dataset for s in samples})
+    images = decode(samples)
+    keys = [f"{s.label}/{Path(s.path).name}" for s in samples]
+    clean = signatures_of(images, manifest)
+    # the shifted copies: at most ``limit`` per class and laboratory, the robustness suite's own shifts
+    picked: list[int] = []
+    for lab in labs:
+        idx = [i for i, s in enumerate(samples) if s.dataset == lab]
+        kept = balanced_subsample([(Path(samples[i].path), manifest.classes.index(samples[i].label)) for i in idx], limit, 0)
+        wanted = {str(p) for p, _ in kept}
+        picked += [i for i in idx if samples[i].path in wanted]
+    shifted: dict[str, list] = {}
+    for condition in conditions()[1:]:
+        name = f"{condition.family}/{condition.strength}"
+        shifted[name] = signatures_of(condition.apply([images[i] for i in picked], [keys[i] for i in picked], 0), manifest)
+        log(f"signatures under {name}")
+    rng = np.random.default_rng(seed)
+    out: dict = {"halvings": [], "labs": labs, "limit_per_class": limit, "job_size": JOB_SIZE, "jobs": JOBS, "seed": seed,
+                 "image_quantile": image_quantile,
+                 "measured_fraction": {lab: float(np.mean([clean[i] is not None for i, s in enumerate(samples) if s.dataset == lab]))
+                                       for lab in labs}}
+    for h in range(halvings):
+        fit_half: dict[str, list] = {}
+        fit_sources: dict[str, list] = {}
+        held: dict[str, np.ndarray] = {}
+        for lab in labs:
+            idx = np.array([i for i, s in enumerate(samples) if s.dataset == lab])
+            half = _halves([samples[i].group for i in idx], rng)
+            fit_half[lab] = [clean[i] for i in idx[half]]
+            fit_sources[lab] = [samples[i].group for i in idx[half]]
+            held[lab] = idx[~half]
+        reference = fit_stain_reference(fit_half, fit_sources, seed=h, image_quantile=image_quantile)
+        row: dict = {"false_alarm": {}, "shifted": {}}
+        for lab in labs:
+            row["false_alarm"][lab] = job_rate(reference, [clean[i] for i in held[lab]], rng)
+            position = {i: k for k, i in enumerate(picked)}
+            held_picked = [position[i] for i in held[lab] if i in position]
+            for name, sigs in shifted.items():
+                row["shifted"].setdefault(name, {})[lab] = job_rate(reference, [sigs[k] for k in held_picked], rng, jobs=500)
+        log(f"halving {h}: false alarm " + ", ".join(f"{lab} {row['false_alarm'][lab]:.1%}" for lab in labs))
+        out["halvings"].append(row)
+    fa = {lab: [r["false_alarm"][lab] for r in out["halvings"]] for lab in labs}
+    out["rule_s_a"] = {"mean_false_alarm": {lab: float(np.mean(v)) for lab, v in fa.items()},
+                       "max_false_alarm": {lab: float(np.max(v)) for lab, v in fa.items()}}
+    out["rule_s_a"]["holds"] = all(out["rule_s_a"]["mean_false_alarm"][lab] <= 0.02 and out["rule_s_a"]["max_false_alarm"][lab] <= 0.04
+                                   for lab in labs)
+    return out
+
+
+def print_study(result: dict) -> None:
+    labs = result["labs"]
+    print(f"stain reason alone, random {result['job_size']}-image jobs of the held-out half "
+          f"({len(result['halvings'])} halvings by source photograph; min-max over halvings)")
+    print(f"{'condition':32s} " + " ".join(f"{lab:>14s}" for lab in labs))
+    fa = [[r["false_alarm"][lab] for r in result["halvings"]] for lab in labs]
+    print(f"{'none (false alarm)':32s} " + " ".join(f"{100 * min(v):5.1f}-{100 * max(v):5.1f} %" for v in fa))
+    for name in result["halvings"][0]["shifted"]:
+        vals = [[r["shifted"][name][lab] for r in result["halvings"]] for lab in labs]
+        print(f"{name:32s} " + " ".join(f"{100 * min(v):5.1f}-{100 * max(v):5.1f} %" for v in vals))
+    a = result["rule_s_a"]
+    print("rule S (a): mean false alarm " + ", ".join(f"{lab} {100 * a['mean_false_alarm'][lab]:.1f} %" for lab in labs)
+          + "; max " + ", ".join(f"{lab} {100 * a['max_false_alarm'][lab]:.1f} %" for lab in labs)
+          + f": {'holds' if a['holds'] else 'fails'}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m training.stain_check", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--config", required=True, help="the model's training config (its splits.json names the validation images)")
+    mode = parser.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--fit", action="store_true", help="fit on all validation images and write into the model")
+    mode.add_argument("--study", action="store_true", help="rule S (a): held-out halves by source photograph")
+    parser.add_argument("--version", help="with --fit: the new (patch) version written to the manifest")
+    parser.add_argument("--halvings", type=int, default=3)
+    parser.add_argument("--limit", type=int, default=100, help="shifted images per class and laboratory (study)")
+    parser.add_argument("--json", help="write the study here")
+    parser.add_argument("--seed", type=int, default=0, help="study: draws the halvings and the jobs")
+    parser.add_argument("--job-mean-only", action="store_true",
+                        help="study: rule S's thresholds (no per-image quantile floor), to reproduce its figures")
+    args = parser.parse_args(argv)
+    config = TrainConfig.from_file(args.config)
+    if args.fit:
+        reference = fit(Path(args.model), config, args.version)
+        print(json.dumps(reference.summary(), indent=2))
+        return 0
+    result = study(Path(args.model), config, args.halvings, args.limit, args.seed,
+                   image_quantile=None if args.job_mean_only else IMAGE_QUANTILE)
+    print_study(result)
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
