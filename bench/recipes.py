@@ -37,6 +37,7 @@ from pipeline.classifier import load_classifier
 from pipeline.images import decode_image
 from pipeline.preprocess import RECIPES, model_crop, scale_for_mobilenet
 from pipeline.settings import Settings
+from pipeline.stain_check import stain_signature
 
 
 def ms_per_image(fn, items: list, repeats: int = 3) -> float:
@@ -141,6 +142,9 @@ def main(argv: list[str] | None = None) -> int:
     for recipe in RECIPES:
         for size in (160, 224):
             print(f"preprocess {recipe} at {size}: {ms_per_image(lambda img, r=recipe, s=size: model_crop(img, s, r), images):.2f} ms/image")
+    crops = [model_crop(img, 160).pixels for img in images]
+    print(f"red-cell stain signature of the 160 px crop (pipeline.stain_check, every image since 2.3.1): "
+          f"{ms_per_image(stain_signature, crops):.2f} ms/image")
     compare_resampling({"Kaggle": images[:half], "PBC": images[half:]})
     if args.baseline:
         compare_cellcrop(args.baseline, images)
