@@ -5,6 +5,10 @@
     recipe, ``stain_signature``), fits the per-laboratory reference and writes it into the model's ``ood.npz``
     and manifest (``ood.stain``); with ``--version`` the manifest's version too.
 
+``python -m training.stain_check --model DIR --config CONFIG --lolo``
+    leave-one-laboratory-out for the stain reason alone: the reference fitted on every laboratory but one, the
+    reason counted on random 50-image jobs of the one left out (would it flag a laboratory it has never seen?).
+
 ``python -m training.stain_check --model DIR --config CONFIG --study [--halvings 3] [--limit 100] [--json OUT]``
     rule S's held-out measure (model card): each laboratory's validation images are halved at random *by source
     photograph* (a Kaggle cell's copies stay together); the reference is fitted on one half and the stain reason
@@ -79,6 +83,25 @@ def fit(model_dir: Path, config: TrainConfig, version: str | None) -> StainRefer
     record(model_dir, ood, f"{version or manifest.version}: stain check fitted by training.stain_check --fit on the validation "
                            f"images (same network, same predictions)", version)
     return reference
+
+
+def leave_one_out(model_dir: Path, config: TrainConfig, seed: int = 0) -> dict[str, float]:
+    """Per laboratory: the share of its random 50-image validation jobs the reason flags when the reference was
+    fitted on the other laboratories only."""
+    manifest = ModelManifest.load(model_dir)
+    samples = validation_samples(config, manifest.classes)
+    sigs = signatures_of(decode(samples), manifest)
+    labs = sorted({s.dataset for s in samples})
+    rng = np.random.default_rng(seed)
+    out = {}
+    for held in labs:
+        others = [lab for lab in labs if lab != held]
+        if not others:
+            raise SystemExit("error: leave-one-laboratory-out needs two laboratories in the validation split")
+        reference = fit_stain_reference({lab: [g for g, s in zip(sigs, samples, strict=True) if s.dataset == lab] for lab in others},
+                                        {lab: [s.group for s in samples if s.dataset == lab] for lab in others})
+        out[held] = job_rate(reference, [g for g, s in zip(sigs, samples, strict=True) if s.dataset == held], rng)
+    return out
 
 
 def _halves(groups: list[str], rng: np.random.Generator) -> np.ndarray:
@@ -174,6 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     mode = parser.add_mutually_exclusive_group(required=True)
     mode.add_argument("--fit", action="store_true", help="fit on all validation images and write into the model")
     mode.add_argument("--study", action="store_true", help="rule S (a): held-out halves by source photograph")
+    mode.add_argument("--lolo", action="store_true", help="leave-one-laboratory-out: flags on the laboratory not fitted")
     parser.add_argument("--version", help="with --fit: the new (patch) version written to the manifest")
     parser.add_argument("--halvings", type=int, default=3)
     parser.add_argument("--limit", type=int, default=100, help="shifted images per class and laboratory (study)")
@@ -186,6 +210,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.fit:
         reference = fit(Path(args.model), config, args.version)
         print(json.dumps(reference.summary(), indent=2))
+        return 0
+    if args.lolo:
+        for lab, rate in leave_one_out(Path(args.model), config, args.seed).items():
+            print(f"{lab}: jobs flagged by a reference fitted without it: {rate:.1%}")
         return 0
     result = study(Path(args.model), config, args.halvings, args.limit, args.seed,
                    image_quantile=None if args.job_mean_only else IMAGE_QUANTILE)

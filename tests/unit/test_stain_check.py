@@ -128,3 +128,23 @@ def test_halving_by_source_keeps_a_sources_copies_together():
         members = {bool(half[i]) for i, x in enumerate(groups) if x == g}
         assert len(members) == 1
     assert half.sum() == 50
+
+
+def test_leave_one_laboratory_out_flags_a_laboratory_the_reference_never_saw(monkeypatch, tmp_path):
+    """``training.stain_check --lolo``: fitted on one laboratory, the other laboratory's jobs are flagged; a copy of
+    the fitted laboratory would not be."""
+    import training.stain_check as study
+    from training.data import Sample
+
+    rng = np.random.default_rng(8)
+    samples = [Sample(f"a{i}.jpg", "neutrophil", "a", f"a{i}") for i in range(300)]
+    samples += [Sample(f"b{i}.jpg", "neutrophil", "b", f"b{i}") for i in range(300)]
+    sigs = signatures(LAB_A, 300, rng) + signatures(LAB_A * 1.8, 300, rng)
+    monkeypatch.setattr(study.ModelManifest, "load", staticmethod(lambda _: type("M", (), {"classes": ("neutrophil",)})()))
+    monkeypatch.setattr(study, "validation_samples", lambda config, classes: samples)
+    monkeypatch.setattr(study, "decode", lambda s: s)
+    monkeypatch.setattr(study, "signatures_of", lambda images, manifest: sigs)
+    rates = study.leave_one_out(tmp_path, None)
+    assert rates == {"a": 1.0, "b": 1.0}
+    sigs[300:] = signatures(LAB_A, 300, rng)  # the same stain in both: neither is flagged
+    assert all(rate <= 0.05 for rate in study.leave_one_out(tmp_path, None).values())
