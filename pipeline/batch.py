@@ -21,7 +21,8 @@ a prediction (nor the domain score).
 
 Each image's red-cell stain signature (``pipeline.stain_check``) is measured
 on its model crop right after the crop is made, in the same preparing thread,
-and travels with the image to its result for the job's stain check.
+and travels with the image to its result for the job's stain check (only for
+models that carry a stain reference, ``ModelManifest.checks_stain``).
 """
 
 from __future__ import annotations
@@ -135,7 +136,8 @@ def prepare_image(item: tuple[int, Callable[[], bytes]], manifest: ModelManifest
     except ImageRejected as exc:
         return PreparedImage(key, error=ImageResult(key, error=str(exc)))
     crop = model_crop(bgr, manifest.input_size, manifest.preprocessing)
-    return PreparedImage(key, crop.pixels, crop.found, bgr.shape[0] * bgr.shape[1], stain=stain_signature(crop.pixels))
+    stain = stain_signature(crop.pixels) if manifest.checks_stain else None
+    return PreparedImage(key, crop.pixels, crop.found, bgr.shape[0] * bgr.shape[1], stain=stain)
 
 
 def prepare_batches(items: Iterable[tuple[int, Callable[[], bytes]]], manifest: ModelManifest, limits: BatchLimits,

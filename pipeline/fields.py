@@ -145,7 +145,7 @@ def _cell_crop(bgr: np.ndarray, det: Detection, size: tuple[int, int],
                manifest: ModelManifest) -> tuple[Detection, np.ndarray, bytes, Signature | None]:
     """One detected cell: the model's input pixels, its thumbnail and the red-cell stain signature of those pixels."""
     pixels = model_crop(crop_around(bgr, det, size), manifest.input_size, manifest.preprocessing).pixels
-    return det, pixels, thumbnail(bgr, det), stain_signature(pixels)
+    return det, pixels, thumbnail(bgr, det), stain_signature(pixels) if manifest.checks_stain else None
 
 
 def prepare_field(item: tuple[int, bytes], settings: FieldSettings, manifest: ModelManifest) -> PreparedField:

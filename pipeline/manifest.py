@@ -37,6 +37,12 @@ class ModelManifest:
     extra: dict = field(default_factory=dict)
 
     @property
+    def checks_stain(self) -> bool:
+        """Whether the model carries a stain reference (``ood.stain``, from 2.3.1): only then is each image's
+        red-cell stain signature worth its 0.25 ms of preparation (``pipeline.stain_check``)."""
+        return bool((self.extra.get("ood") or {}).get("stain"))
+
+    @property
     def label(self) -> str:
         return f"{self.name}@{self.version}"
 
