@@ -255,11 +255,15 @@ class DomainCheck:
     score: float | None  # the share of unusual images
     reasons: list[str]
     mean_distance: float | None = None  # the job's mean distance (models from 2.1.1)
+    #: the red cells' stain against the nearest training laboratory (``StainReference.measure``; models from 2.3.1)
+    stain: dict | None = None
 
     def to_dict(self) -> dict:
         out = {"status": self.status, "score": self.score, "reasons": self.reasons}
         if self.mean_distance is not None:
             out["mean_distance"] = self.mean_distance
+        if self.stain is not None:
+            out["stain"] = self.stain
         return out
 
 
@@ -276,7 +280,10 @@ def check_job(scores: list[float | None], model: DomainModel | None, n_no_cell: 
     after the feature distances' own reasons, even where the distances cannot be checked.
     """
     check = _check_distances(scores, model, n_no_cell, n_images, unit)
-    stain_reason = model.stain.reason(stains, unit) if model is not None and model.stain is not None and stains else None
+    stain_reason = None
+    if model is not None and model.stain is not None and stains:
+        check = dataclasses.replace(check, stain=model.stain.measure(stains))
+        stain_reason = model.stain.reason(stains, unit)
     other_reasons = [*([stain_reason] if stain_reason else []), *other_reasons]
     if not other_reasons:
         return check

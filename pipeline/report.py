@@ -109,6 +109,9 @@ class DifferentialReport:
         writer.writerow(["domain_check", check["status"], "" if check["score"] is None else check["score"], "; ".join(check["reasons"]), "", ""])
         if check.get("mean_distance") is not None:
             writer.writerow(["domain_mean_distance", check["mean_distance"], "", "", "", ""])
+        if check.get("stain") is not None:
+            stain = check["stain"]
+            writer.writerow(["domain_stain_distance", stain["distance"], stain["laboratory"], stain["threshold"], stain["measured"], ""])
         return out.getvalue()
 
     def to_table(self) -> str:
@@ -128,6 +131,9 @@ class DifferentialReport:
         detail = [f"score {check['score']}"] if check["score"] is not None else []
         if check.get("mean_distance") is not None:
             detail.append(f"mean distance {check['mean_distance']}")
+        if check.get("stain") is not None:
+            detail.append(f"stain distance {check['stain']['distance']} to {check['stain']['laboratory']} "
+                          f"(alarm above {check['stain']['threshold']})")
         lines.append(f"domain check: {check['status']}" + (f" ({', '.join(detail)})" if detail else ""))
         lines.extend(f"  ! {reason}" for reason in check["reasons"] if check["status"] == SHIFTED)
         return "\n".join(lines)

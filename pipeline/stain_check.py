@@ -95,19 +95,27 @@ class StainReference:
         widen = np.sqrt(JOB_SIZE / max(1, min(n, JOB_SIZE)))
         return self.centres + (self.thresholds - self.centres) * widen
 
-    def reason(self, signatures: Sequence[Signature | None], unit: str = "images") -> str | None:
-        """Why the job's stain is unlike every training laboratory's, or None (also where too few are measured)."""
+    def measure(self, signatures: Sequence[Signature | None]) -> dict | None:
+        """The job's stain against the nearest training laboratory (relative to its threshold), for the report's
+        ``domain_check.stain``: distance, laboratory, threshold, images measured and whether it is unlike every
+        laboratory; None where fewer than ``MIN_MEASURED`` images were measured."""
         d = self.distances(signatures)
         if len(d) < MIN_MEASURED:
             return None
         means = d.mean(axis=0)
         limits = self.job_thresholds(len(d))
-        if np.any(means <= limits):
-            return None
         nearest = int(np.argmin(means / limits))
-        return (f"the red cells' stain is unlike the training laboratories' (stain distance {means[nearest]:.2f} to the "
-                f"nearest, {self.labs[nearest]}; alarm above {limits[nearest]:.2f}; {len(d)} {unit} measured): another "
-                f"stain, stain strength or hue; review cells before trusting the count")
+        return {"distance": round(float(means[nearest]), 3), "laboratory": self.labs[nearest],
+                "threshold": round(float(limits[nearest]), 3), "measured": len(d), "unlike_all": bool(np.all(means > limits))}
+
+    def reason(self, signatures: Sequence[Signature | None], unit: str = "images") -> str | None:
+        """Why the job's stain is unlike every training laboratory's, or None (also where too few are measured)."""
+        found = self.measure(signatures)
+        if found is None or not found["unlike_all"]:
+            return None
+        return (f"the red cells' stain is unlike the training laboratories' (stain distance {found['distance']:.2f} to the "
+                f"nearest, {found['laboratory']}; alarm above {found['threshold']:.2f}; {found['measured']} {unit} measured): "
+                f"another stain, stain strength or hue; review cells before trusting the count")
 
     def arrays(self) -> dict[str, np.ndarray]:
         """The arrays ``DomainModel.save`` stores (``stain_*`` keys of ``ood.npz``)."""

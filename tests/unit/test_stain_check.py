@@ -148,3 +148,27 @@ def test_leave_one_laboratory_out_flags_a_laboratory_the_reference_never_saw(mon
     assert rates == {"a": 1.0, "b": 1.0}
     sigs[300:] = signatures(LAB_A, 300, rng)  # the same stain in both: neither is flagged
     assert all(rate <= 0.05 for rate in study.leave_one_out(tmp_path, None).values())
+
+
+def test_the_report_carries_the_stain_measure_in_json_csv_and_table(reference):
+    """``domain_check.stain``: how far the job's stain is from the nearest laboratory, against its threshold, whether
+    or not it alarms; the CSV and the terminal table print it."""
+    from pipeline.report import CellPrediction, build_report
+    from tests.unit.test_report import CLASSES, WHITE
+
+    rng = np.random.default_rng(9)
+    base = DomainModel(np.zeros(8), np.eye(8, 4), np.zeros((2, 4)), np.eye(4), 3.0, 0.2, 0.05, stain=reference)
+    sigs = signatures(LAB_B, 40, rng)
+    preds = [CellPrediction(f"img{i}.jpg", CLASSES[0], 0.9, ood_score=1.0, stain_od=s) for i, s in enumerate(sigs)]
+    report = build_report(preds, CLASSES, WHITE, "m@1", 0.5, domain=base)
+    stain = report.domain_check["stain"]
+    assert stain["laboratory"] == "b" and stain["measured"] == 40 and not stain["unlike_all"]
+    assert 0 < stain["distance"] < stain["threshold"] and report.domain_check["status"] == OK
+    assert f"domain_stain_distance,{stain['distance']},b,{stain['threshold']},40" in report.to_csv()
+    assert f"stain distance {stain['distance']} to b" in report.to_table()
+    shifted = [CellPrediction(f"img{i}.jpg", CLASSES[0], 0.9, ood_score=1.0, stain_od=tuple(np.array(s) * 2))
+               for i, s in enumerate(sigs)]
+    check = build_report(shifted, CLASSES, WHITE, "m@1", 0.5, domain=base).domain_check
+    assert check["status"] == SHIFTED and check["stain"]["unlike_all"] and check["stain"]["distance"] > check["stain"]["threshold"]
+    unmeasured = [CellPrediction(f"img{i}.jpg", CLASSES[0], 0.9, ood_score=1.0) for i in range(40)]
+    assert "stain" not in build_report(unmeasured, CLASSES, WHITE, "m@1", 0.5, domain=base).domain_check
