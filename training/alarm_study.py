@@ -16,7 +16,11 @@ images, and its sensitivity on the second halves' shifted images (each
 condition of ``training.stress --scores``). "share or mean" is the shipped
 rule from 2.1.1: either of the first two statistics over its threshold, the
 thresholds set by the shipped fit's rules. ``--halvings N``
-repeats the study on N random halvings.
+repeats the study on N random halvings. Where the files hold each image's
+red-cell stain signature (``training.stress --scores`` from 2.3.1), the
+stain reason (``pipeline.stain_check``, its reference fitted on the same
+first halves, each file one laboratory) is replayed on the same jobs, alone
+and together with the shipped rule ("... or stain", the 2.3.1 rule).
 Validation images only, never the test split.
 """
 
@@ -32,6 +36,7 @@ import numpy as np
 
 from pipeline.domain import FALSE_ALARM, mean_job_threshold, share_job_threshold
 from pipeline.domain import JOB_SIZE as JOB
+from pipeline.stain_check import fit_stain_reference
 from training.data import kaggle_source
 
 JOBS = 400
@@ -82,17 +87,34 @@ def load_sources(paths: list[str]) -> dict[str, np.ndarray] | None:
     return out
 
 
+def load_stains(paths: list[str], index: int = 0) -> dict[str, dict[str, list]] | None:
+    """Per file and condition, each image's stain signature (None where not measured); None if a file has none
+    (written before 2.3.1)."""
+    out: dict[str, dict[str, list]] = {}
+    for path in paths:
+        with np.load(path) as data:
+            names = conditions_of(data, index)
+            if any(f"{name}/stain" not in data.files for name in names):
+                return None
+            out[Path(path).name] = {name.split("/", 1)[1]: [None if np.isnan(row).any() else tuple(row.tolist())
+                                                               for row in data[f"{name}/stain"]] for name in names}
+    return out
+
+
 def study(paths: list[str], index: int = 0, seed: int = 0, halving: int | None = None, by_source: bool = False,
           source_aware: bool = True) -> dict:
     sources = load_sources(paths) if by_source else None
     if by_source and sources is None:
         raise SystemExit("error: --by-source needs files written by training.stress --scores with image keys")
-    return study_conditions(load_conditions(paths, index), seed, halving, sources, source_aware)
+    return study_conditions(load_conditions(paths, index), seed, halving, sources, source_aware, load_stains(paths, index))
 
 
 #: the shipped rule from 2.1.1: a job is shifted when either statistic exceeds its own threshold
 EITHER = ("fraction above p95", "mean distance")
 SHIPPED = "share or mean (shipped from 2.1.1)"
+#: the red-cell stain reason alone, and the rule shipped from 2.3.1 (either feature statistic or the stain)
+STAIN = "stain (red cells)"
+SHIPPED_STAIN = "share or mean or stain (shipped from 2.3.1)"
 
 
 def _first_half(n: int, halving: int | None, sources: np.ndarray | None = None) -> np.ndarray:
@@ -108,11 +130,13 @@ def _first_half(n: int, halving: int | None, sources: np.ndarray | None = None) 
 
 
 def study_conditions(files: Conditions, seed: int = 0, halving: int | None = None,
-                     sources: dict[str, np.ndarray] | None = None, source_aware: bool = True) -> dict:
+                     sources: dict[str, np.ndarray] | None = None, source_aware: bool = True,
+                     stains: dict[str, dict[str, list]] | None = None) -> dict:
     """Thresholds from each file's first-half unshifted images (the larger over files; the share's and the mean's
     by the shipped fit's rules, ``pipeline.domain``, told how many source photographs the half holds when
     ``sources`` are given and ``source_aware``); alarm rates per file and condition on the second halves.
-    Every statistic is computed on the same random jobs."""
+    Every statistic is computed on the same random jobs; with ``stains`` (per file and condition, each image's
+    stain signature) the stain reason too, its reference fitted on the same first halves."""
     names = list(files)
     bases = [next(iter(files[f].values()))[0] for f in names]
     masks = [_first_half(len(b), halving, None if sources is None else sources[f]) for f, b in zip(names, bases, strict=True)]
@@ -130,6 +154,13 @@ def study_conditions(files: Conditions, seed: int = 0, halving: int | None = Non
         return float(np.quantile(job_values(first, p95, STATISTICS[name], np.random.default_rng(seed)), 1 - FALSE_ALARM))
 
     thresholds = {s: max(threshold(s, first, c) for first, c in zip(firsts, clusters, strict=True)) for s in STATISTICS}
+    reference = None
+    if stains is not None:
+        baseline = next(iter(files[names[0]]))
+        reference = fit_stain_reference(
+            {f: [g for g, keep in zip(stains[f][baseline], m, strict=True) if keep] for f, m in zip(names, masks, strict=True)},
+            {f: list(sources[f][m]) for f, m in zip(names, masks, strict=True)} if sources is not None and source_aware else None,
+            seed)
     rows: list[dict] = []
     for file, mask in zip(names, masks, strict=True):
         for condition, (distances, correct) in files[file].items():
@@ -137,16 +168,29 @@ def study_conditions(files: Conditions, seed: int = 0, halving: int | None = Non
             fired = {s: job_values(distances[held], p95, f, np.random.default_rng(seed + 1)) > thresholds[s]
                      for s, f in STATISTICS.items()}
             fired[SHIPPED] = fired[EITHER[0]] | fired[EITHER[1]]
+            if reference is not None:
+                held_stains = [g for g, out in zip(stains[file][condition], held, strict=True) if out]
+                fired[STAIN] = _stain_fired(reference, held_stains, np.random.default_rng(seed + 1))
+                fired[SHIPPED_STAIN] = fired[SHIPPED] | fired[STAIN]
             rows.append({"file": file, "condition": condition, "accuracy": float(correct[held].mean()),
                          "alarm": {s: float(v.mean()) for s, v in fired.items()}})
     return {"image_p95": p95, "thresholds": thresholds, "rows": rows, "summary": summarise(rows)}
+
+
+def _stain_fired(reference, stains: list, rng: np.random.Generator) -> np.ndarray:
+    """The stain reason on the jobs ``job_values`` draws with the same generator (same size, same order)."""
+    n = min(JOB, len(stains))
+    return np.array([reference.reason([stains[i] for i in rng.choice(len(stains), n, replace=False)]) is not None
+                     for _ in range(JOBS)])
 
 
 def summarise(rows: list[dict]) -> dict:
     """Per statistic: false alarm on unshifted held-out jobs (mean and worst laboratory); mean alarm rate where
     accuracy < 85 %, and in 85-90 %."""
     out = {}
-    for s in [*STATISTICS, SHIPPED]:
+    for s in [*STATISTICS, SHIPPED, STAIN, SHIPPED_STAIN]:
+        if not rows or s not in rows[0]["alarm"]:
+            continue
         base = [r["alarm"][s] for r in rows if r["condition"] == "baseline/none"]
         low = [r["alarm"][s] for r in rows if r["accuracy"] < 0.85 and r["condition"] != "baseline/none"]
         mid = [r["alarm"][s] for r in rows if 0.85 <= r["accuracy"] < 0.90 and r["condition"] != "baseline/none"]

@@ -60,3 +60,35 @@ def test_halving_by_source_keeps_every_copy_of_a_cell_in_one_half(tmp_path):
         assert not set(sources[first]) & set(sources[~first]) and 0 < first.sum() < len(keys)
     summary = study([str(tmp_path / "k.npz")], by_source=True)["summary"]
     assert summary[SHIPPED]["false_alarm"] <= 0.15
+
+
+def test_the_stain_reason_is_replayed_on_the_same_jobs_where_the_files_carry_stains(tmp_path):
+    """From 2.3.1 the files hold each image's red-cell stain signature: a doubled stain that leaves the features
+    where they were (a stain-blind network) is caught by the stain reason, and the 2.3.1 rule is the union."""
+    from training.alarm_study import SHIPPED_STAIN, STAIN
+
+    rng = np.random.default_rng(4)
+    n = 1000
+    base = rng.lognormal(2.0, 0.25, n)
+    stain = np.array([0.2, 0.3, 0.19]) * np.exp(rng.normal(0, 0.08, (n, 3)))
+    stain[::25] = np.nan  # a few crops without red cells
+    arrays = {
+        "0/baseline/none/ood": base, "0/baseline/none/correct": np.ones(n, bool), "0/baseline/none/stain": stain,
+        "0/stain_intensity/x2/ood": base, "0/stain_intensity/x2/correct": rng.random(n) < 0.8,
+        "0/stain_intensity/x2/stain": stain * 2.0,
+        "0/blur/sigma4/ood": base * 1.3, "0/blur/sigma4/correct": rng.random(n) < 0.8, "0/blur/sigma4/stain": stain,
+    }
+    np.savez(tmp_path / "lab.npz", **arrays)
+    rows = {r["condition"]: r["alarm"] for r in study([str(tmp_path / "lab.npz")])["rows"]}
+    assert rows["baseline/none"][SHIPPED_STAIN] <= 0.1 and rows["baseline/none"][STAIN] <= 0.05
+    assert rows["stain_intensity/x2"][SHIPPED] <= 0.2 and rows["stain_intensity/x2"][STAIN] >= 0.95
+    assert rows["blur/sigma4"][STAIN] <= 0.05 and rows["blur/sigma4"][SHIPPED_STAIN] >= rows["blur/sigma4"][SHIPPED] >= 0.9
+    for alarms in rows.values():
+        assert alarms[SHIPPED_STAIN] >= max(alarms[SHIPPED], alarms[STAIN])
+
+
+def test_files_without_stains_give_the_feature_rules_only(tmp_path):
+    from training.alarm_study import SHIPPED_STAIN, STAIN
+
+    summary = study([lab_file(tmp_path / "old.npz", 2.0, 5)])["summary"]
+    assert SHIPPED in summary and STAIN not in summary and SHIPPED_STAIN not in summary
