@@ -97,7 +97,10 @@ def test_cli_analyze_fields_writes_and_prints_the_domain_check(tmp_path, model_d
     report = json.loads((out / "report.json").read_text())
     assert report["kind"] == "fields" and report["domain_check"]["status"] in ("ok", "shifted")  # scored, not "unavailable"
     check = report["domain_check"]
-    assert f"domain check: {check['status']} (score {check['score']}, mean distance {check['mean_distance']})" in proc.stdout
+    stain = check["stain"]  # the shipped model checks the red cells' stain too (2.3.1): BCCD fields have red cells
+    assert stain["measured"] >= 10 and stain["laboratory"] in ("kaggle", "pbc")
+    assert (f"domain check: {check['status']} (score {check['score']}, mean distance {check['mean_distance']}, "
+            f"stain distance {stain['distance']} to {stain['laboratory']} (alarm above {stain['threshold']}))") in proc.stdout
     with open(out / "results.csv", newline="") as fh:
         cells = list(csv.DictReader(fh))
     assert len(cells) >= 10 and all(float(c["ood_score"]) > 0 for c in cells)
