@@ -15,6 +15,7 @@ from typing import Protocol
 
 import numpy as np
 
+from pipeline.cellcrop import CellCrop
 from pipeline.domain import DomainModel
 from pipeline.manifest import ModelManifest
 from pipeline.preprocess import model_crop, scale_for_mobilenet
@@ -233,7 +234,17 @@ def prepare_batch(images_bgr: list[np.ndarray], manifest: ModelManifest) -> np.n
     return prepare_cells(images_bgr, manifest)[0]
 
 
+def model_crops(images_bgr: list[np.ndarray], manifest: ModelManifest) -> list[CellCrop]:
+    """Each decoded BGR image's crop by the model's own recipe and input size (pixels and what was found)."""
+    return [model_crop(img, manifest.input_size, manifest.preprocessing) for img in images_bgr]
+
+
+def scaled_batch(crops: list[CellCrop]) -> np.ndarray:
+    """The crops' pixels as one scaled float32 model batch."""
+    return scale_for_mobilenet(np.stack([c.pixels for c in crops]))
+
+
 def prepare_cells(images_bgr: list[np.ndarray], manifest: ModelManifest) -> tuple[np.ndarray, list[bool]]:
     """Like :func:`prepare_batch`, and for each image whether the recipe found a cell in it."""
-    crops = [model_crop(img, manifest.input_size, manifest.preprocessing) for img in images_bgr]
-    return scale_for_mobilenet(np.stack([c.pixels for c in crops])), [c.found for c in crops]
+    crops = model_crops(images_bgr, manifest)
+    return scaled_batch(crops), [c.found for c in crops]

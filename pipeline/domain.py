@@ -40,10 +40,12 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from pipeline.stain_check import Signature, StainReference
+if TYPE_CHECKING:  # pipeline.stain_check builds on this module's job thresholds; it is imported where a file is loaded
+    from pipeline.stain_check import Signature, StainReference
 
 OK = "ok"
 SHIFTED = "shifted"
@@ -97,8 +99,7 @@ class DomainModel:
         """The job mean distance above which a job of ``n`` images is shifted (None where not fitted)."""
         if self.mean_centres is None or self.mean_thresholds is None:
             return None
-        widen = np.sqrt(JOB_SIZE / max(1, min(n, JOB_SIZE)))
-        return float(np.max(self.mean_centres + (self.mean_thresholds - self.mean_centres) * widen))
+        return float(np.max(sized_mean_thresholds(self.mean_centres, self.mean_thresholds, n)))
 
     def share_threshold(self, n: int) -> float:
         """The share of unusual images above which a job of ``n`` scored images is shifted.
@@ -130,6 +131,8 @@ class DomainModel:
 
     @classmethod
     def load(cls, path: Path) -> DomainModel:
+        from pipeline.stain_check import StainReference
+
         with np.load(path) as data:
             image_t, job_t, expected = (float(v) for v in data["thresholds"])
             centres = data["mean_centres"] if "mean_centres" in data.files else None
@@ -144,6 +147,15 @@ def _job_quantile(values: np.ndarray, statistic, rng: np.random.Generator, jobs:
     """The ``1 - FALSE_ALARM`` quantile of ``statistic`` over random ``JOB_SIZE``-image jobs drawn from ``values``."""
     n = min(JOB_SIZE, len(values))
     return float(np.quantile([statistic(values[rng.choice(len(values), n, replace=False)]) for _ in range(jobs)], 1.0 - FALSE_ALARM))
+
+
+def sized_mean_thresholds(centres: np.ndarray, thresholds: np.ndarray, n: int) -> np.ndarray:
+    """Job-mean thresholds set for ``JOB_SIZE``-image jobs (``thresholds``, around the in-domain ``centres``), for a
+    job of ``n`` images: a mean of fewer images varies more, so it widens as 1/sqrt(n); larger jobs keep the
+    50-image value, so that a large job from a familiar laboratory is not flagged for a difference too small to
+    matter."""
+    widen = np.sqrt(JOB_SIZE / max(1, min(n, JOB_SIZE)))
+    return centres + (thresholds - centres) * widen
 
 
 def predictive_widening(pool: int, n: int = JOB_SIZE, clusters: int | None = None) -> float:
@@ -279,11 +291,14 @@ def check_job(scores: list[float | None], model: DomainModel | None, n_no_cell: 
     ``pipeline.fields.magnification_reason``). The stain's and the other reasons each make the job shifted,
     after the feature distances' own reasons, even where the distances cannot be checked.
     """
+    from pipeline.stain_check import describe_stain
+
     check = _check_distances(scores, model, n_no_cell, n_images, unit)
     stain_reason = None
     if model is not None and model.stain is not None and stains:
-        check = dataclasses.replace(check, stain=model.stain.measure(stains))
-        stain_reason = model.stain.reason(stains, unit)
+        measured = model.stain.measure(stains)
+        check = dataclasses.replace(check, stain=measured)
+        stain_reason = describe_stain(measured, unit)
     other_reasons = [*([stain_reason] if stain_reason else []), *other_reasons]
     if not other_reasons:
         return check

@@ -34,7 +34,7 @@ many patients and slides whose stains differ, so its images are not
 independent draws of one stain and (1) is far too tight; with (2) a job is
 flagged only when its typical image is as far out as the 1-in-20 in-domain
 image. Smaller jobs widen as 1/sqrt(n), as the feature alarm's mean
-statistic does. Fitted by
+statistic does (``pipeline.domain.sized_mean_thresholds``). Fitted by
 ``python -m training.stain_check --fit`` and stored with the domain model
 (``ood.npz``); models without it skip the check.
 """
@@ -46,14 +46,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from pipeline.domain import JOB_SIZE, mean_job_threshold, sized_mean_thresholds
 from pipeline.stainnorm import red_cell_od
 
 #: added to the optical density before the logarithm, so that a faint channel's noise does not dominate
 EPS = 0.05
 #: fewer images with a measured signature than this and the check says nothing (the feature check still runs)
 MIN_MEASURED = 10
-#: the job size the thresholds are set for (``pipeline.domain.JOB_SIZE``)
-JOB_SIZE = 50
 #: a job threshold is at least this quantile of the laboratory's per-image distances (rule S2, model card)
 IMAGE_QUANTILE = 0.95
 
@@ -92,8 +91,7 @@ class StainReference:
 
     def job_thresholds(self, n: int) -> np.ndarray:
         """(L,) job mean distances above which an ``n``-image job is unlike each laboratory."""
-        widen = np.sqrt(JOB_SIZE / max(1, min(n, JOB_SIZE)))
-        return self.centres + (self.thresholds - self.centres) * widen
+        return sized_mean_thresholds(self.centres, self.thresholds, n)
 
     def measure(self, signatures: Sequence[Signature | None]) -> dict | None:
         """The job's stain against the nearest training laboratory (relative to its threshold), for the report's
@@ -110,12 +108,7 @@ class StainReference:
 
     def reason(self, signatures: Sequence[Signature | None], unit: str = "images") -> str | None:
         """Why the job's stain is unlike every training laboratory's, or None (also where too few are measured)."""
-        found = self.measure(signatures)
-        if found is None or not found["unlike_all"]:
-            return None
-        return (f"the red cells' stain is unlike the training laboratories' (stain distance {found['distance']:.2f} to the "
-                f"nearest, {found['laboratory']}; alarm above {found['threshold']:.2f}; {found['measured']} {unit} measured): "
-                f"another stain, stain strength or hue; review cells before trusting the count")
+        return describe_stain(self.measure(signatures), unit)
 
     def arrays(self) -> dict[str, np.ndarray]:
         """The arrays ``DomainModel.save`` stores (``stain_*`` keys of ``ood.npz``)."""
@@ -138,6 +131,15 @@ class StainReference:
                 "job_size": JOB_SIZE}
 
 
+def describe_stain(measured: dict | None, unit: str = "images") -> str | None:
+    """The domain check's reason for a ``StainReference.measure`` result that is unlike every laboratory, else None."""
+    if measured is None or not measured["unlike_all"]:
+        return None
+    return (f"the red cells' stain is unlike the training laboratories' (stain distance {measured['distance']:.2f} to the "
+            f"nearest, {measured['laboratory']}; alarm above {measured['threshold']:.2f}; {measured['measured']} {unit} measured): "
+            f"another stain, stain strength or hue; review cells before trusting the count")
+
+
 def fit_stain_reference(signatures: dict[str, Sequence[Signature | None]], sources: dict[str, Sequence[str] | None] | None = None,
                         seed: int = 0, image_quantile: float | None = IMAGE_QUANTILE) -> StainReference:
     """Fit the reference on each laboratory's validation signatures.
@@ -147,8 +149,6 @@ def fit_stain_reference(signatures: dict[str, Sequence[Signature | None]], sourc
     ``image_quantile`` (None: rule S's job-mean threshold alone) floors each threshold at that quantile of the
     laboratory's per-image distances.
     """
-    from pipeline.domain import mean_job_threshold
-
     rng = np.random.default_rng(seed)
     labs, means, precisions, centres, thresholds = [], [], [], [], []
     for lab in sorted(signatures):

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.classifier import load_classifier, prepare_cells
+from pipeline.classifier import load_classifier, model_crops, scaled_batch
 from pipeline.images import decode_image
 from pipeline.stain_check import stain_signature
 from training.data import IMAGE_SUFFIXES, kaggle_source
@@ -51,25 +51,22 @@ def decoded_chunks(paths: list[Path]) -> Iterator[list[np.ndarray]]:
         yield [decode_image(p.read_bytes(), 10**9) for p in paths[start : start + BATCH]]
 
 
-def model_pixels(scaled: np.ndarray) -> np.ndarray:
-    """The uint8 RGB crops behind a batch scaled for MobileNetV2 (``scale_for_mobilenet`` is exact to invert)."""
-    return np.rint((scaled.astype(np.float32) + 1.0) * 127.5).clip(0, 255).astype(np.uint8)
-
-
 def classify_chunks(classifier, chunks: Iterable[list[np.ndarray]], features_out: list[np.ndarray] | None = None,
                     stains_out: list | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Serving-path probabilities, whether the recipe found a white cell, and domain scores (None without a domain model)
     for decoded images given chunk by chunk (one model batch each). ``features_out`` (optional) receives each
     batch's pooled features, for studies of the domain model; ``stains_out`` each image's red-cell stain signature
-    (``pipeline.stain_check``; None where not measured), as serving measures it on the model crop."""
+    (``pipeline.stain_check``; None where not measured or where the model checks no stain), as serving measures it
+    on the model crop."""
+    manifest = classifier.manifest
     probs, found, scores = [], [], []
     for images in chunks:
-        batch, has_cell = prepare_cells(images, classifier.manifest)
+        crops = model_crops(images, manifest)
         if stains_out is not None:
-            stains_out.extend(stain_signature(crop) for crop in model_pixels(batch))
-        batch_probs, features, distances = classifier.scored(batch)
+            stains_out.extend(stain_signature(c.pixels) if manifest.checks_stain else None for c in crops)
+        batch_probs, features, distances = classifier.scored(scaled_batch(crops))
         probs.append(batch_probs)
-        found.extend(has_cell)
+        found.extend(c.found for c in crops)
         if features_out is not None and features is not None:
             features_out.append(features)
         if distances is not None:

@@ -31,10 +31,11 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.classifier import model_crops
+from pipeline.domain import JOB_SIZE
 from pipeline.images import decode_image
 from pipeline.manifest import ModelManifest
-from pipeline.preprocess import model_crop
-from pipeline.stain_check import IMAGE_QUANTILE, JOB_SIZE, Signature, StainReference, fit_stain_reference, stain_signature
+from pipeline.stain_check import IMAGE_QUANTILE, Signature, StainReference, fit_stain_reference, stain_signature
 from training.config import TrainConfig
 from training.data import Sample, load_splits
 from training.stress import balanced_subsample, conditions
@@ -45,12 +46,21 @@ JOBS = 2000
 
 def signatures_of(images: list[np.ndarray], manifest: ModelManifest) -> list[Signature | None]:
     """Each decoded BGR image's stain signature, measured on the model crop as serving measures it."""
-    return [stain_signature(model_crop(img, manifest.input_size, manifest.preprocessing).pixels) for img in images]
+    return [stain_signature(crop.pixels) for crop in model_crops(images, manifest)]
 
 
 def validation_samples(config: TrainConfig, classes: tuple[str, ...]) -> list[Sample]:
     splits = load_splits(Path(config.work_dir) / "splits.json")
     return [s for s in splits["val"] if s.label in classes]
+
+
+def per_laboratory(samples: list[Sample], values: list, labs: list[str] | None = None) -> dict[str, list]:
+    """``values`` (one per sample) grouped by the samples' laboratory (only ``labs``, where given)."""
+    out: dict[str, list] = defaultdict(list)
+    for sample, value in zip(samples, values, strict=True):
+        if labs is None or sample.dataset in labs:
+            out[sample.dataset].append(value)
+    return dict(out)
 
 
 def decode(samples: list[Sample]) -> list[np.ndarray]:
@@ -64,13 +74,8 @@ def fit(model_dir: Path, config: TrainConfig, version: str | None) -> StainRefer
 
     manifest = ModelManifest.load(model_dir)
     samples = validation_samples(config, manifest.classes)
-    sigs = signatures_of(decode(samples), manifest)
-    by_lab: dict[str, list] = defaultdict(list)
-    sources: dict[str, list] = defaultdict(list)
-    for sample, sig in zip(samples, sigs, strict=True):
-        by_lab[sample.dataset].append(sig)
-        sources[sample.dataset].append(sample.group)
-    reference = fit_stain_reference(by_lab, sources)
+    by_lab = per_laboratory(samples, signatures_of(decode(samples), manifest))
+    reference = fit_stain_reference(by_lab, per_laboratory(samples, [s.group for s in samples]))
     ood_path = model_dir / "ood.npz"
     if not ood_path.is_file():
         raise SystemExit(f"error: {model_dir} has no domain model (ood.npz) to carry the stain check")
@@ -98,9 +103,9 @@ def leave_one_out(model_dir: Path, config: TrainConfig, seed: int = 0) -> dict[s
         others = [lab for lab in labs if lab != held]
         if not others:
             raise SystemExit("error: leave-one-laboratory-out needs two laboratories in the validation split")
-        reference = fit_stain_reference({lab: [g for g, s in zip(sigs, samples, strict=True) if s.dataset == lab] for lab in others},
-                                        {lab: [s.group for s in samples if s.dataset == lab] for lab in others})
-        out[held] = job_rate(reference, [g for g, s in zip(sigs, samples, strict=True) if s.dataset == held], rng)
+        reference = fit_stain_reference(per_laboratory(samples, sigs, others),
+                                        per_laboratory(samples, [s.group for s in samples], others))
+        out[held] = job_rate(reference, per_laboratory(samples, sigs)[held], rng)
     return out
 
 
@@ -145,6 +150,7 @@ def study(model_dir: Path, config: TrainConfig, halvings: int, limit: int | None
                  "image_quantile": image_quantile,
                  "measured_fraction": {lab: float(np.mean([clean[i] is not None for i, s in enumerate(samples) if s.dataset == lab]))
                                        for lab in labs}}
+    position = {i: k for k, i in enumerate(picked)}  # sample index -> row of the shifted signatures
     for h in range(halvings):
         fit_half: dict[str, list] = {}
         fit_sources: dict[str, list] = {}
@@ -159,7 +165,6 @@ def study(model_dir: Path, config: TrainConfig, halvings: int, limit: int | None
         row: dict = {"false_alarm": {}, "shifted": {}}
         for lab in labs:
             row["false_alarm"][lab] = job_rate(reference, [clean[i] for i in held[lab]], rng)
-            position = {i: k for k, i in enumerate(picked)}
             held_picked = [position[i] for i in held[lab] if i in position]
             for name, sigs in shifted.items():
                 row["shifted"].setdefault(name, {})[lab] = job_rate(reference, [sigs[k] for k in held_picked], rng, jobs=500)
