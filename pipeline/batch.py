@@ -176,7 +176,7 @@ def _classify(classifier: Classifier, batch: PreparedBatch, scaled: np.ndarray |
     manifest = classifier.manifest
     results = list(batch.errors)
     if scaled is not None:
-        probs, scores = predict_scored(classifier, scaled)
+        probs, scores = predict_scored(classifier, scaled, batch.stains)
         for key, row, has_cell, score, stain in zip(batch.keys, probs, batch.found, scores, batch.stains, strict=True):
             best = int(np.argmax(row))
             results.append(ImageResult(

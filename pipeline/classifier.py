@@ -9,9 +9,10 @@ softmax to the model's logits.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
@@ -19,6 +20,9 @@ from pipeline.cellcrop import CellCrop
 from pipeline.domain import DomainModel
 from pipeline.manifest import ModelManifest
 from pipeline.preprocess import model_crop, scale_for_mobilenet
+
+if TYPE_CHECKING:
+    from pipeline.stain_check import Signature
 
 
 def calibrated_softmax(logits: np.ndarray, temperature: float | np.ndarray) -> np.ndarray:
@@ -59,6 +63,36 @@ class DistanceTemperature:
         return cls(float(rule["reference"]), float(rule["power"])) if rule else None
 
 
+@dataclass(frozen=True)
+class StainTemperature:
+    """A second temperature factor that grows with the image's red-cell stain distance (``pipeline.stain_check``).
+
+    Why: the distance-aware temperature reads the network's features, and from
+    2.3 the network is trained (MixStyle) to ignore stain, so an image stained
+    unlike both training laboratories keeps near-home confidence. The stain
+    check already measures, per image, how far its red cells' stain lies from
+    the nearest training laboratory; beyond ``reference`` (an in-domain
+    quantile of that distance) the temperature is multiplied by
+    ``(distance / reference) ** power``. Images without a measured stain (a
+    tight crop with too few red cells) keep a factor of 1. The argmax never
+    changes. Chosen by ``training.stain_temperature`` (rule TS, model card).
+    """
+
+    reference: float
+    power: float
+
+    def factors(self, stain_distances: np.ndarray) -> np.ndarray:
+        d = np.asarray(stain_distances, dtype=np.float64)
+        ratio = np.where(np.isfinite(d), np.maximum(1.0, np.nan_to_num(d, nan=0.0) / self.reference), 1.0)
+        return ratio**self.power
+
+    @classmethod
+    def from_manifest(cls, manifest: ModelManifest) -> StainTemperature | None:
+        """The manifest's rule (``temperature_stain``), None for models that carry none (before 2.3.2)."""
+        rule = manifest.extra.get("temperature_stain")
+        return cls(float(rule["reference"]), float(rule["power"])) if rule else None
+
+
 class Classifier(Protocol):
     manifest: ModelManifest
     #: the model's domain-shift scorer (``ood.npz``), None for models exported before 2.0
@@ -72,8 +106,12 @@ class Classifier(Protocol):
         """Probabilities and the pooled features (None when the model file has no feature output)."""
         ...
 
-    def scored(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
-        """Probabilities, pooled features and each image's domain distance (None without them), one model call."""
+    def scored(self, batch: np.ndarray, stains: Sequence[Signature | None] | None = None,
+               ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+        """Probabilities, pooled features and each image's domain distance (None without them), one model call.
+
+        ``stains`` (the images' red-cell signatures, where measured) feed the stain-aware temperature of models
+        that carry one."""
         ...
 
 
@@ -84,14 +122,15 @@ def _split_outputs(outputs: list[np.ndarray], n_classes: int) -> tuple[np.ndarra
     return logits, features
 
 
-def predict_scored(classifier: Classifier, batch: np.ndarray) -> tuple[np.ndarray, list[float | None]]:
+def predict_scored(classifier: Classifier, batch: np.ndarray,
+                   stains: Sequence[Signature | None] | None = None) -> tuple[np.ndarray, list[float | None]]:
     """Probabilities and each image's distance to the training data (``pipeline.domain``) from one model call.
 
     Why one function: cell images and cells cut from fields must be scored the
     same way, and the model must run once per crop, not once more for features.
     Scores are None when the model has no domain model or no feature output.
     """
-    probs, _, distances = classifier.scored(batch)
+    probs, _, distances = classifier.scored(batch, stains)
     if distances is None:
         return probs, [None] * len(probs)
     return probs, [round(float(s), 4) for s in distances]
@@ -120,18 +159,28 @@ class CalibratedOutputs:
         probs, features, _ = self.scored(batch)
         return probs, features
 
-    def scored(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    def scored(self, batch: np.ndarray, stains: Sequence[Signature | None] | None = None,
+               ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
         logits, features = self.outputs(batch)
         domain = getattr(self, "domain", None)
         distances = domain.score(features) if domain is not None and features is not None else None
-        return calibrated_softmax(logits, self.temperatures(distances)), features, distances
+        return calibrated_softmax(logits, self.temperatures(distances, stains, len(logits))), features, distances
 
-    def temperatures(self, distances: np.ndarray | None) -> float | np.ndarray:
-        """The manifest's temperature, per image where the model carries a distance rule and distances exist."""
+    def temperatures(self, distances: np.ndarray | None, stains: Sequence[Signature | None] | None = None,
+                     n: int | None = None) -> float | np.ndarray:
+        """The manifest's temperature, per image where the model carries a distance rule and distances exist,
+        times the stain factor where the model carries a stain rule, a stain reference and ``stains``."""
+        temperature: float | np.ndarray = self.manifest.temperature
         rule = DistanceTemperature.from_manifest(self.manifest)
-        if rule is None or distances is None:
-            return self.manifest.temperature
-        return rule.temperatures(self.manifest.temperature, distances)
+        if rule is not None and distances is not None:
+            temperature = rule.temperatures(self.manifest.temperature, distances)
+        stain_rule = StainTemperature.from_manifest(self.manifest)
+        domain = getattr(self, "domain", None)
+        if stain_rule is not None and stains is not None and domain is not None and domain.stain is not None:
+            if n is not None and len(stains) != n:
+                raise ValueError(f"{len(stains)} stain signatures for a batch of {n} images")
+            temperature = temperature * stain_rule.factors(domain.stain.image_distances(stains))
+        return temperature
 
 
 class LiteRTClassifier(CalibratedOutputs):

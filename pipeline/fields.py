@@ -181,7 +181,8 @@ def analyze_fields(classifier: Classifier, items: list[tuple[int, bytes]], setti
     counters: dict[int, int] = {}
 
     def classify(chunk: list[tuple[int, Detection, np.ndarray, bytes, Signature | None]]) -> None:
-        probs, scores = predict_scored(classifier, scale_for_mobilenet(np.stack([pixels for _, _, pixels, _, _ in chunk])))
+        probs, scores = predict_scored(classifier, scale_for_mobilenet(np.stack([pixels for _, _, pixels, _, _ in chunk])),
+                                       [stain for *_, stain in chunk])
         for (key, det, _, thumb, stain), row, score in zip(chunk, probs, scores, strict=True):
             best = int(np.argmax(row))
             index = counters.get(key, 0)

@@ -89,6 +89,15 @@ class StainReference:
         d = x[:, None, :] - self.means[None, :, :]
         return np.sqrt(np.maximum(np.einsum("nli,lij,nlj->nl", d, self.precisions, d), 0.0))
 
+    def image_distances(self, signatures: Sequence[Signature | None]) -> np.ndarray:
+        """(n,) each image's distance to the nearest laboratory, NaN where its signature was not measured
+        (aligned with ``signatures``, unlike :meth:`distances`, which drops those rows)."""
+        out = np.full(len(signatures), np.nan)
+        measured = [i for i, s in enumerate(signatures) if s is not None and len(s) == 3]
+        if measured:
+            out[measured] = self.distances([signatures[i] for i in measured]).min(axis=1)
+        return out
+
     def job_thresholds(self, n: int) -> np.ndarray:
         """(L,) job mean distances above which an ``n``-image job is unlike each laboratory."""
         return sized_mean_thresholds(self.centres, self.thresholds, n)

@@ -48,8 +48,10 @@ from training.temperature_shape import brief, clean_rows, ece_limit, ece_of, fit
 
 def collect(classifier: Classifier, data_dir: str, limit: int | None, seed: int = 0,
             families: list[str] | None = None, log=print) -> dict[str, np.ndarray]:
-    """Logits, domain distances, labels, condition index (0 = unshifted) and image index for every condition."""
-    from pipeline.classifier import prepare_cells
+    """Logits, domain distances, labels, condition index (0 = unshifted), image index and red-cell stain
+    signature (``pipeline.stain_check``; NaN rows where not measured) for every condition."""
+    from pipeline.classifier import model_crops, scaled_batch
+    from pipeline.stain_check import stain_signature
 
     manifest = classifier.manifest
     if classifier.domain is None:
@@ -57,14 +59,15 @@ def collect(classifier: Classifier, data_dir: str, limit: int | None, seed: int 
     samples, _ = discover(Path(data_dir), manifest.classes)
     samples = balanced_subsample(samples, limit, seed)
     images, keys, labels, _ = load_images(samples)
-    rows: dict[str, list[np.ndarray]] = {"logits": [], "distance": [], "y": [], "condition": [], "image": []}
+    rows: dict[str, list[np.ndarray]] = {"logits": [], "distance": [], "y": [], "condition": [], "image": [], "stain": []}
     names = []
     for index, condition in enumerate(conditions(families)):
         t0 = time.perf_counter()
         shifted = condition.apply(images, keys, seed)
         for start in range(0, len(shifted), BATCH):
-            batch, _ = prepare_cells(shifted[start : start + BATCH], manifest)
-            logits, features = classifier.outputs(batch)
+            crops = model_crops(shifted[start : start + BATCH], manifest)
+            logits, features = classifier.outputs(scaled_batch(crops))
+            rows["stain"].append(np.array([stain_signature(c.pixels) or (np.nan,) * 3 for c in crops], np.float64))
             rows["logits"].append(logits)
             rows["distance"].append(classifier.domain.score(features))
         rows["y"].append(np.array(labels))

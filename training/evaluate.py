@@ -62,9 +62,10 @@ def classify_chunks(classifier, chunks: Iterable[list[np.ndarray]], features_out
     probs, found, scores = [], [], []
     for images in chunks:
         crops = model_crops(images, manifest)
+        stains = [stain_signature(c.pixels) if manifest.checks_stain else None for c in crops]
         if stains_out is not None:
-            stains_out.extend(stain_signature(c.pixels) if manifest.checks_stain else None for c in crops)
-        batch_probs, features, distances = classifier.scored(scaled_batch(crops))
+            stains_out.extend(stains)
+        batch_probs, features, distances = classifier.scored(scaled_batch(crops), stains)
         probs.append(batch_probs)
         found.extend(c.found for c in crops)
         if features_out is not None and features is not None:

@@ -121,7 +121,7 @@ def shaped_rule(data: list[dict[str, np.ndarray]], quantile: float, power: float
 
 
 #: the arrays of ``collect`` with one entry per row (image x condition); the others describe the whole set
-PER_ROW = ("logits", "distance", "y", "condition", "image")
+PER_ROW = ("logits", "distance", "y", "condition", "image", "stain")
 
 
 def rows_of(d: dict[str, np.ndarray], rows: np.ndarray) -> dict[str, np.ndarray]:
