@@ -69,6 +69,31 @@ class Report:
         return [(what, value, f"{'>=' if at_least else '<='} {limit:g}", value >= limit if at_least else value <= limit)
                 for what, value, limit, at_least in measured]
 
+    def sharing_bounds(self) -> list[tuple[str, float, float]]:
+        """What the whole path could reach if preparation and the model shared this machine's cores perfectly.
+
+        Why: on a CPU-only host the crop and the network run on the same cores. Per image, preparation costs
+        ``1 / prep`` core-seconds (its 1-thread rate) and the model ``budget / model`` (its rate with the thread
+        budget's cores). At best the two fill ``budget`` cores together, so the classifier-alone ratio cannot
+        exceed ``1 / (1 + model / (budget * prep))``. Each row: (figure, that bound, measured ÷ bound). A measured
+        ratio near its bound says the time goes to the CPU the two share, not to waiting; the bound rises only
+        when preparation gets cheaper, or when the model runs elsewhere (a GPU host).
+        """
+        prep = self.value("read + decode + preprocess alone (1 thread")
+        budget = max(1, self.settings.thread_budget)
+        rows = []
+        for what, prefix, backend in (("in-process loop, no database, broker or API", "read + decode + preprocess + classifier", "litert"),
+                                      ("whole path, folder job, 1 worker process", "whole path, folder job, 1 worker process", "litert"),
+                                      ("whole path, upload, 1 worker process", "whole path, upload, 1", "litert"),
+                                      ("whole path, int8, 1 worker process", "whole path, folder job, 1 worker process, LiteRT int8", "litert-int8")):
+            model = self.rates.get(backend, float("nan"))
+            row = next((r for r in self.rows if r.what.startswith(prefix) and (backend != "litert" or "int8" not in r.what)), None)
+            if row is None or not prep > 0 or not model > 0:
+                continue
+            bound = 1.0 / (1.0 + model / (budget * prep))
+            rows.append((what, bound, row.ratio / bound))
+        return rows
+
     def _latency(self, which: str) -> float:
         return next((r.value for r in self.rows if r.section == "latency" and "during a job" in r.what
                      and "asyncio client" in r.what and r.what.endswith(which)), float("nan"))
@@ -84,6 +109,12 @@ class Report:
         lines += ["", "targets (issue 12), measured in this run:"]
         for what, value, target, ok in self._targets():
             lines.append(f"  {what:<62} {value:>9.2f}  target {target:<8} {'met' if ok else 'MISSED'}")
+        bounds = self.sharing_bounds()
+        if bounds:
+            cores = max(1, self.settings.thread_budget)
+            lines += ["", f"CPU-sharing bound (preparation and model on the same {cores} cores; Report.sharing_bounds):"]
+            for what, bound, share in bounds:
+                lines.append(f"  {what:<62} bound {bound:.2f} of the classifier alone; measured {share:.2f} of the bound")
         if self.profile:
             lines += ["", "profile of the 1-process worker during the folder job (py-spy):", *("  " + p for p in self.profile)]
         return "\n".join(lines)
