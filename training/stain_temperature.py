@@ -171,16 +171,24 @@ def study_lolo(pairs: list[Pair]) -> dict:
     return out
 
 
-def for_model(model_dir: str, data_dirs: list[str], pairs: list[Pair], limit: int | None, log=print) -> tuple[StainTemperature, dict]:
+def model_suites(model_dir: str, data_dirs: list[str], limit: int | None, cache: Path | None = None, log=print) -> list[Rows]:
+    """The model over each validation folder and every robustness-suite shift, stain distances to its own reference
+    (``cache``: a folder keeping the collected rows, re-read on the next run)."""
+    classifier = load_classifier(model_dir, "litert")
+    if classifier.domain is None or classifier.domain.stain is None:
+        raise SystemExit(f"{classifier.manifest.label} carries no stain reference (training.stain_check --fit first)")
+    return [Rows.of(collect_cached(classifier, folder, limit, None, log, cache and cache / f"ts_model_{Path(folder).name}.npz"),
+                    classifier.domain.stain) for folder in data_dirs]
+
+
+def for_model(model_dir: str, data_dirs: list[str], pairs: list[Pair], limit: int | None, cache: Path | None = None,
+              log=print) -> tuple[StainTemperature, dict]:
     """The shape chosen on both directions within the model's clean validation ECE limit (rule TS (b)), and the
     robustness suite's mean shifted ECE per laboratory with and without it (rule TS (c))."""
-    classifier = load_classifier(model_dir, "litert")
-    manifest = classifier.manifest
-    if classifier.domain is None or classifier.domain.stain is None:
-        raise SystemExit(f"{manifest.label} carries no stain reference (training.stain_check --fit first)")
+    suites = model_suites(model_dir, data_dirs, limit, cache, log)
+    manifest = load_classifier(model_dir, "litert").manifest
     feature = DistanceTemperature.from_manifest(manifest)
     base = manifest.temperature
-    suites = [Rows.of(collect_cached(classifier, folder, limit, None, log, None), classifier.domain.stain) for folder in data_dirs]
     labs = [Path(folder).name for folder in data_dirs]
     clean = [r.where(r.condition == 0) for r in suites]
     limits = [max(IN_DOMAIN_ECE_LIMIT, figures(c, base, feature, None)["ece"]) for c in clean]
@@ -228,6 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, default=100, help="robustness suite: images per class (default 100)")
     parser.add_argument("--write", action="store_true", help="store the rule in the model's manifest")
     parser.add_argument("--version", help="with --write: the model's new version")
+    parser.add_argument("--cache", help="a folder keeping the model's collected suite rows (re-read when present)")
     parser.add_argument("--json")
     args = parser.parse_args(argv)
     if args.model and not args.data:
@@ -245,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{row['own_clean']['feature']['ece']:.3f} -> {row['own_clean']['feature_and_stain']['ece']:.3f}")
     print(f"rule TS (a): {'held' if result['lolo']['rule_ts_a'] else 'failed'}; shape from both: {result['lolo']['shape_from_both']}")
     if args.model:
-        rule, report = for_model(args.model, args.data, pairs, args.limit)
+        rule, report = for_model(args.model, args.data, pairs, args.limit, Path(args.cache) if args.cache else None)
         result["model"] = report
         for lab, row in report["labs"].items():
             print(f"{lab:<12} clean ECE {row['clean']['feature']['ece']:.3f} -> {row['clean']['feature_and_stain']['ece']:.3f} "
