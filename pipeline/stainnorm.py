@@ -28,7 +28,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from pipeline.cellcrop import BACKGROUND_LEVEL, _median_uint8, stain_maps
+from pipeline.cellcrop import BACKGROUND_LEVEL, channel_histograms, median_of_histograms, stain_maps
 
 #: median red-cell optical density per channel (R, G, B) that every crop is mapped onto
 #: (``python -m training.stain_target --config training/configs/mnv2_cc_160_habits.json --per-lab 600``:
@@ -54,6 +54,7 @@ def _ring_mask(size: int) -> np.ndarray:
 
 
 _RINGS: dict[int, np.ndarray] = {}
+_SQUARE3 = np.ones((3, 3), np.uint8)
 
 
 def red_cell_od(rgb: np.ndarray) -> np.ndarray | None:
@@ -66,11 +67,13 @@ def red_cell_od(rgb: np.ndarray) -> np.ndarray | None:
     if ring is None:
         ring = _RINGS[size] = _ring_mask(size)
     nucleus, matter = stain_maps(cv2.cvtColor(small, cv2.COLOR_RGB2BGR))
-    near_nucleus = cv2.dilate(nucleus, np.ones((3, 3), np.uint8))
-    red = (matter & (1 - near_nucleus) & ring).astype(bool)
-    if red.sum() < MIN_RBC_FRACTION * size * size:
+    near_nucleus = cv2.dilate(nucleus, _SQUARE3)
+    red = matter & (1 - near_nucleus) & ring  # 0/1
+    n = cv2.countNonZero(red)
+    if n < MIN_RBC_FRACTION * size * size:
         return None
-    values = _median_uint8(np.ascontiguousarray(small[red]))
+    # the median from histograms of the masked pixels (no gathered copy of them)
+    values = median_of_histograms(channel_histograms(small, red), n)
     return -np.log(np.clip(values + 1.0, 1.0, _GLASS + 1.0) / (_GLASS + 1.0)).astype(np.float32)
 
 
