@@ -28,3 +28,14 @@ def test_scale_maps_to_minus_one_one():
     scaled = scale_for_mobilenet(np.array([0, 255], np.uint8))
     assert scaled.dtype == np.float32
     np.testing.assert_allclose(scaled, [-1.0, 1.0])
+
+
+def test_scaling_in_place_gives_the_bits_of_the_plain_expression_and_leaves_its_input_alone():
+    pixels = np.arange(256, dtype=np.uint8).reshape(4, 8, 8, 1).repeat(3, axis=3)
+    before = pixels.copy()
+    expected = pixels.astype(np.float32) / np.float32(127.5) - np.float32(1.0)
+    scaled = scale_for_mobilenet(pixels)
+    assert scaled.dtype == np.float32 and np.array_equal(scaled.view(np.uint32), expected.view(np.uint32))
+    assert np.array_equal(pixels, before)
+    floats = pixels.astype(np.float32)
+    assert scale_for_mobilenet(floats) is not floats and np.array_equal(floats, before.astype(np.float32))
