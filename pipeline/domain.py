@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:  # pipeline.stain_check builds on this module's job thresholds; it is imported where a file is loaded
-    from pipeline.stain_check import Signature, StainReference
+    from pipeline.stain_check import RedCellSignature, Signature, StainReference
 
 OK = "ok"
 SHIFTED = "shifted"
@@ -87,6 +87,9 @@ class DomainModel:
     #: the red cells' stain per training laboratory (``pipeline.stain_check``, ``training.stain_check --fit``); None:
     #: no stain check (models before 2.3.1)
     stain: StainReference | None = None
+    #: the red cells' stain and size together per training laboratory (``pipeline.stain_check.red_cell_signature``,
+    #: ``training.stain_check --fit --size``), checked on cell-image jobs; None: no such check (models before 2.3.2)
+    red_cells: StainReference | None = None
 
     def score(self, features: np.ndarray) -> np.ndarray:
         """Distance of each feature row to its nearest class centre (larger = less familiar)."""
@@ -126,6 +129,8 @@ class DomainModel:
             extra["share_counts"] = self.share_counts
         if self.stain is not None:
             extra.update(self.stain.arrays())
+        if self.red_cells is not None:
+            extra.update(self.red_cells.arrays("rbc"))
         np.savez(path, mean=self.mean, components=self.components, class_means=self.class_means, precision=self.precision,
                  thresholds=np.array([self.image_threshold, self.job_threshold, self.expected_fraction]), **extra)
 
@@ -140,7 +145,7 @@ class DomainModel:
             fields = data["field_thresholds"] if "field_thresholds" in data.files else None
             counts = data["share_counts"] if "share_counts" in data.files else None
             return cls(data["mean"], data["components"], data["class_means"], data["precision"], image_t, job_t, expected,
-                       centres, thresholds, fields, counts, StainReference.from_arrays(data))
+                       centres, thresholds, fields, counts, StainReference.from_arrays(data), StainReference.from_arrays(data, "rbc"))
 
 
 def _job_quantile(values: np.ndarray, statistic, rng: np.random.Generator, jobs: int = 2000) -> float:
@@ -269,6 +274,8 @@ class DomainCheck:
     mean_distance: float | None = None  # the job's mean distance (models from 2.1.1)
     #: the red cells' stain against the nearest training laboratory (``StainReference.measure``; models from 2.3.1)
     stain: dict | None = None
+    #: the red cells' stain and size against the nearest laboratory (the red-cell check; cell jobs, models from 2.3.2)
+    red_cells: dict | None = None
 
     def to_dict(self) -> dict:
         out = {"status": self.status, "score": self.score, "reasons": self.reasons}
@@ -276,30 +283,39 @@ class DomainCheck:
             out["mean_distance"] = self.mean_distance
         if self.stain is not None:
             out["stain"] = self.stain
+        if self.red_cells is not None:
+            out["red_cells"] = self.red_cells
         return out
 
 
 def check_job(scores: list[float | None], model: DomainModel | None, n_no_cell: int = 0, n_images: int = 0,
               unit: str = "images", other_reasons: Sequence[str] = (),
-              stains: Sequence[Signature | None] | None = None) -> DomainCheck:
+              stains: Sequence[Signature | None] | None = None,
+              red_cells: Sequence[RedCellSignature | None] | None = None) -> DomainCheck:
     """Compare one job's per-image distances (None where not scored) with the in-domain thresholds.
 
     ``unit`` names what was scored: "images" for cell jobs, "cells" for field jobs (which use the field
     thresholds where the model has them). ``stains`` are the images' red-cell stain signatures
-    (``pipeline.stain_check``; None where not measured), checked where the model carries a stain reference.
+    (``pipeline.stain_check``; None where not measured), checked where the model carries a stain reference;
+    ``red_cells`` the cell images' stain-and-diameter signatures (``red_cell_signature``), checked where the model
+    carries a red-cell reference (cell jobs only: field jobs have their own magnification check).
     ``other_reasons`` are shifts found without the model (a field job's magnification,
     ``pipeline.fields.magnification_reason``). The stain's and the other reasons each make the job shifted,
     after the feature distances' own reasons, even where the distances cannot be checked.
     """
-    from pipeline.stain_check import describe_stain
+    from pipeline.stain_check import describe_red_cells, describe_stain
 
     check = _check_distances(scores, model, n_no_cell, n_images, unit)
-    stain_reason = None
+    pixel_reasons = []
     if model is not None and model.stain is not None and stains:
         measured = model.stain.measure(stains)
         check = dataclasses.replace(check, stain=measured)
-        stain_reason = describe_stain(measured, unit)
-    other_reasons = [*([stain_reason] if stain_reason else []), *other_reasons]
+        pixel_reasons.append(describe_stain(measured, unit))
+    if model is not None and model.red_cells is not None and red_cells:
+        measured = model.red_cells.measure(red_cells)
+        check = dataclasses.replace(check, red_cells=measured)
+        pixel_reasons.append(describe_red_cells(measured, unit))
+    other_reasons = [*(r for r in pixel_reasons if r), *other_reasons]
     if not other_reasons:
         return check
     return dataclasses.replace(check, status=SHIFTED, reasons=[*check.reasons, *other_reasons])

@@ -43,6 +43,12 @@ class ModelManifest:
         return bool((self.extra.get("ood") or {}).get("stain"))
 
     @property
+    def checks_red_cells(self) -> bool:
+        """Whether the model carries a red-cell reference (``ood.red_cells``, from 2.3.2): the stain and the red
+        cells' diameter together, checked on cell-image jobs (``pipeline.stain_check.red_cell_signature``)."""
+        return bool((self.extra.get("ood") or {}).get("red_cells"))
+
+    @property
     def label(self) -> str:
         return f"{self.name}@{self.version}"
 

@@ -57,6 +57,8 @@ MIN_MEASURED = 10
 IMAGE_QUANTILE = 0.95
 
 Signature = tuple[float, float, float]
+#: the stain signature and the red cells' diameter in the image's own pixels (the red-cell check, cell images)
+RedCellSignature = tuple[float, float, float, float]
 
 
 def stain_signature(rgb: np.ndarray) -> Signature | None:
@@ -65,17 +67,33 @@ def stain_signature(rgb: np.ndarray) -> Signature | None:
     return None if od is None else (round(float(od[0]), 4), round(float(od[1]), 4), round(float(od[2]), 4))
 
 
-def _log_signatures(signatures: Sequence[Signature | None] | np.ndarray) -> np.ndarray:
-    """(n, 3) ``log(OD + EPS)`` of the measured signatures (None and malformed rows dropped)."""
-    rows = [s for s in signatures if s is not None and len(s) == 3]
+def red_cell_signature(stain: Signature | None, diameter_px: float | None) -> RedCellSignature | None:
+    """The stain signature with the red cells' diameter (px) appended; None unless both were measured.
+
+    Why: the crop is rescaled by the red-cell ruler, so another magnification or camera resolution leaves
+    the network's features near home, and the stain does not change with it; the diameter in the image's
+    own pixels does. Alone it cannot say "unlike both laboratories" (one laboratory's images magnified
+    1.5x measure between the two laboratories' sizes); together with the stain it can (rule in the card).
+    """
+    if stain is None or diameter_px is None or len(stain) != 3:
+        return None
+    return (*stain, round(float(diameter_px), 2))  # type: ignore[return-value]
+
+
+def _log_signatures(signatures: Sequence[Sequence[float] | None] | np.ndarray, dims: int = 3) -> np.ndarray:
+    """(n, dims) ``log(value + EPS)`` of the measured signatures (None and malformed rows dropped)."""
+    rows = [s for s in signatures if s is not None and len(s) == dims]
     if not rows:
-        return np.zeros((0, 3))
+        return np.zeros((0, dims))
     return np.log(np.maximum(np.asarray(rows, np.float64), 0.0) + EPS)
 
 
 @dataclass(frozen=True)
 class StainReference:
-    """Per training laboratory: the red-cell stain's mean and spread, and the job thresholds."""
+    """Per training laboratory: the red-cell signature's mean and spread, and the job thresholds.
+
+    The signature is the stain (3 values) or, for the red-cell check, the stain and the diameter (4 values,
+    ``red_cell_signature``); the arithmetic is the same, ``dims`` tells which."""
 
     labs: tuple[str, ...]
     means: np.ndarray  # (L, 3) mean log(OD + EPS)
@@ -83,17 +101,21 @@ class StainReference:
     centres: np.ndarray  # (L,) mean per-image distance of the laboratory's validation images
     thresholds: np.ndarray  # (L,) the 50-image job mean distance above which a job is unlike the laboratory
 
-    def distances(self, signatures: Sequence[Signature | None] | np.ndarray) -> np.ndarray:
+    @property
+    def dims(self) -> int:
+        return int(self.means.shape[1])
+
+    def distances(self, signatures: Sequence[Sequence[float] | None] | np.ndarray) -> np.ndarray:
         """(n, L) distance of each measured signature to each laboratory."""
-        x = _log_signatures(signatures)
+        x = _log_signatures(signatures, self.dims)
         d = x[:, None, :] - self.means[None, :, :]
         return np.sqrt(np.maximum(np.einsum("nli,lij,nlj->nl", d, self.precisions, d), 0.0))
 
-    def image_distances(self, signatures: Sequence[Signature | None]) -> np.ndarray:
+    def image_distances(self, signatures: Sequence[Sequence[float] | None]) -> np.ndarray:
         """(n,) each image's distance to the nearest laboratory, NaN where its signature was not measured
         (aligned with ``signatures``, unlike :meth:`distances`, which drops those rows)."""
         out = np.full(len(signatures), np.nan)
-        measured = [i for i, s in enumerate(signatures) if s is not None and len(s) == 3]
+        measured = [i for i, s in enumerate(signatures) if s is not None and len(s) == self.dims]
         if measured:
             out[measured] = self.distances([signatures[i] for i in measured]).min(axis=1)
         return out
@@ -102,7 +124,7 @@ class StainReference:
         """(L,) job mean distances above which an ``n``-image job is unlike each laboratory."""
         return sized_mean_thresholds(self.centres, self.thresholds, n)
 
-    def measure(self, signatures: Sequence[Signature | None]) -> dict | None:
+    def measure(self, signatures: Sequence[Sequence[float] | None]) -> dict | None:
         """The job's stain against the nearest training laboratory (relative to its threshold), for the report's
         ``domain_check.stain``: distance, laboratory, threshold, images measured and whether it is unlike every
         laboratory; None where fewer than ``MIN_MEASURED`` images were measured."""
@@ -115,23 +137,23 @@ class StainReference:
         return {"distance": round(float(means[nearest]), 3), "laboratory": self.labs[nearest],
                 "threshold": round(float(limits[nearest]), 3), "measured": len(d), "unlike_all": bool(np.all(means > limits))}
 
-    def reason(self, signatures: Sequence[Signature | None], unit: str = "images") -> str | None:
+    def reason(self, signatures: Sequence[Sequence[float] | None], unit: str = "images") -> str | None:
         """Why the job's stain is unlike every training laboratory's, or None (also where too few are measured)."""
         return describe_stain(self.measure(signatures), unit)
 
-    def arrays(self) -> dict[str, np.ndarray]:
-        """The arrays ``DomainModel.save`` stores (``stain_*`` keys of ``ood.npz``)."""
-        return {"stain_labs": np.array(self.labs), "stain_means": self.means, "stain_precisions": self.precisions,
-                "stain_thresholds": np.stack([self.centres, self.thresholds], axis=1)}
+    def arrays(self, prefix: str = "stain") -> dict[str, np.ndarray]:
+        """The arrays ``DomainModel.save`` stores (``stain_*`` keys of ``ood.npz``; ``rbc_*`` for the red-cell check)."""
+        return {f"{prefix}_labs": np.array(self.labs), f"{prefix}_means": self.means, f"{prefix}_precisions": self.precisions,
+                f"{prefix}_thresholds": np.stack([self.centres, self.thresholds], axis=1)}
 
     @classmethod
-    def from_arrays(cls, data) -> StainReference | None:
-        """From an opened ``ood.npz``; None where it has no stain reference (models before 2.3.1)."""
-        if "stain_means" not in data.files:
+    def from_arrays(cls, data, prefix: str = "stain") -> StainReference | None:
+        """From an opened ``ood.npz``; None where it has no such reference (stain: models before 2.3.1)."""
+        if f"{prefix}_means" not in data.files:
             return None
-        thresholds = np.asarray(data["stain_thresholds"], np.float64)
-        return cls(tuple(str(v) for v in data["stain_labs"]), np.asarray(data["stain_means"], np.float64),
-                   np.asarray(data["stain_precisions"], np.float64), thresholds[:, 0], thresholds[:, 1])
+        thresholds = np.asarray(data[f"{prefix}_thresholds"], np.float64)
+        return cls(tuple(str(v) for v in data[f"{prefix}_labs"]), np.asarray(data[f"{prefix}_means"], np.float64),
+                   np.asarray(data[f"{prefix}_precisions"], np.float64), thresholds[:, 0], thresholds[:, 1])
 
     def summary(self) -> dict:
         """The manifest's record of the reference (what ``training.stain_check --fit`` wrote)."""
@@ -149,7 +171,17 @@ def describe_stain(measured: dict | None, unit: str = "images") -> str | None:
             f"another stain, stain strength or hue; review cells before trusting the count")
 
 
-def fit_stain_reference(signatures: dict[str, Sequence[Signature | None]], sources: dict[str, Sequence[str] | None] | None = None,
+def describe_red_cells(measured: dict | None, unit: str = "images") -> str | None:
+    """The reason for a red-cell check (stain and size, ``red_cell_signature``) unlike every laboratory, else None."""
+    if measured is None or not measured["unlike_all"]:
+        return None
+    return (f"the red cells' stain and size together are unlike the training laboratories' (red-cell distance "
+            f"{measured['distance']:.2f} to the nearest, {measured['laboratory']}; alarm above {measured['threshold']:.2f}; "
+            f"{measured['measured']} {unit} measured): another magnification or camera resolution for this stain; the crops "
+            f"are rescaled by the red cells, but review cells before trusting the count")
+
+
+def fit_stain_reference(signatures: dict[str, Sequence[Sequence[float] | None]], sources: dict[str, Sequence[str] | None] | None = None,
                         seed: int = 0, image_quantile: float | None = IMAGE_QUANTILE) -> StainReference:
     """Fit the reference on each laboratory's validation signatures.
 
@@ -162,12 +194,13 @@ def fit_stain_reference(signatures: dict[str, Sequence[Signature | None]], sourc
     labs, means, precisions, centres, thresholds = [], [], [], [], []
     for lab in sorted(signatures):
         sigs = list(signatures[lab])
-        keep = [i for i, s in enumerate(sigs) if s is not None]
-        x = _log_signatures([sigs[i] for i in keep])
+        dims = next((len(s) for s in sigs if s is not None), 3)
+        keep = [i for i, s in enumerate(sigs) if s is not None and len(s) == dims]
+        x = _log_signatures([sigs[i] for i in keep], dims)
         if len(x) < 2 * JOB_SIZE:
             raise ValueError(f"laboratory {lab!r} has {len(x)} images with measured red cells; the fit needs {2 * JOB_SIZE}")
         mean = x.mean(axis=0)
-        cov = np.cov(x.T) + np.eye(3) * 1e-6
+        cov = np.cov(x.T) + np.eye(dims) * 1e-6
         precision = np.linalg.inv(cov)
         d = x - mean
         dist = np.sqrt(np.maximum(np.einsum("ni,ij,nj->n", d, precision, d), 0.0))

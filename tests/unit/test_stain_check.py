@@ -9,7 +9,7 @@ import pytest
 
 from pipeline.cellcrop import BACKGROUND_LEVEL, cell_crop
 from pipeline.domain import OK, SHIFTED, DomainModel, check_job
-from pipeline.stain_check import MIN_MEASURED, StainReference, fit_stain_reference, stain_signature
+from pipeline.stain_check import MIN_MEASURED, StainReference, fit_stain_reference, red_cell_signature, stain_signature
 from tests.unit.test_stainnorm import smear
 from training.shifts import hue_rotation, stain_intensity
 from training.stain_check import _halves, job_rate
@@ -143,7 +143,7 @@ def test_leave_one_laboratory_out_flags_a_laboratory_the_reference_never_saw(mon
     monkeypatch.setattr(study.ModelManifest, "load", staticmethod(lambda _: type("M", (), {"classes": ("neutrophil",)})()))
     monkeypatch.setattr(study, "validation_samples", lambda config, classes: samples)
     monkeypatch.setattr(study, "decode", lambda s: s)
-    monkeypatch.setattr(study, "signatures_of", lambda images, manifest: sigs)
+    monkeypatch.setattr(study, "signatures_of", lambda images, manifest, size=False: sigs)
     rates = study.leave_one_out(tmp_path, None)
     assert rates == {"a": 1.0, "b": 1.0}
     sigs[300:] = signatures(LAB_A, 300, rng)  # the same stain in both: neither is flagged
@@ -172,3 +172,46 @@ def test_the_report_carries_the_stain_measure_in_json_csv_and_table(reference):
     assert check["status"] == SHIFTED and check["stain"]["unlike_all"] and check["stain"]["distance"] > check["stain"]["threshold"]
     unmeasured = [CellPrediction(f"img{i}.jpg", CLASSES[0], 0.9, ood_score=1.0) for i in range(40)]
     assert "stain" not in build_report(unmeasured, CLASSES, WHITE, "m@1", 0.5, domain=base).domain_check
+
+
+def _red_cells(centre: np.ndarray, diameter: float, n: int, rng: np.random.Generator) -> list[tuple]:
+    """Red-cell signatures: the stain around ``centre`` and diameters around ``diameter`` px."""
+    return [red_cell_signature(tuple(float(v) for v in s), float(diameter * np.exp(rng.normal(0, 0.06))))
+            for s in signatures(centre, n, rng)]
+
+
+def test_a_red_cell_signature_needs_both_the_stain_and_the_diameter():
+    assert red_cell_signature((0.1, 0.2, 0.3), 42.123) == (0.1, 0.2, 0.3, 42.12)
+    assert red_cell_signature(None, 42.0) is None and red_cell_signature((0.1, 0.2, 0.3), None) is None
+
+
+def test_stain_and_size_together_flag_one_laboratorys_stain_at_the_others_size(tmp_path):
+    """Lab A's stain at 70 px and lab B's at 43 px are both familiar; lab B's stain at 64 px (B magnified 1.5x)
+    lies between the laboratories' sizes and has B's stain: the stain alone and the size alone pass it, the two
+    together do not. The check rides in the domain model's file beside the stain reference, and the report
+    carries it as ``red_cells``."""
+    rng = np.random.default_rng(11)
+    fitted = {"a": _red_cells(LAB_A, 70, 400, rng), "b": _red_cells(LAB_B, 43, 400, rng)}
+    red = fit_stain_reference(fitted)
+    stain = fit_stain_reference({lab: [s[:3] for s in sigs] for lab, sigs in fitted.items()})
+    assert red.dims == 4 and stain.dims == 3
+    magnified = _red_cells(LAB_B, 64, 50, rng)
+    assert red.reason(_red_cells(LAB_A, 70, 50, rng)) is None and red.reason(_red_cells(LAB_B, 43, 50, rng)) is None
+    assert stain.reason([s[:3] for s in magnified]) is None  # the stain is lab B's
+    assert red.reason(magnified) is not None
+    assert np.isnan(red.image_distances([None, magnified[0][:3]])).all()  # 3 values are no red-cell signature
+
+    x = rng.normal(0, 1, (200, 8))
+    base = DomainModel(x.mean(0), np.eye(8, 4), np.zeros((2, 4)), np.eye(4), 3.0, 0.2, 0.05, stain=stain)
+    base.save(tmp_path / "stain_only.npz")
+    assert DomainModel.load(tmp_path / "stain_only.npz").red_cells is None
+    dataclasses.replace(base, red_cells=red).save(tmp_path / "both.npz")
+    model = DomainModel.load(tmp_path / "both.npz")
+    assert model.red_cells is not None and model.red_cells.dims == 4 and model.stain is not None and model.stain.dims == 3
+    scores = [1.0] * 50
+    check = check_job(scores, model, stains=[s[:3] for s in magnified], red_cells=magnified)
+    assert check.status == SHIFTED and len(check.reasons) == 1 and "stain and size" in check.reasons[0]
+    assert check.to_dict()["red_cells"]["unlike_all"] and not check.to_dict()["stain"]["unlike_all"]
+    home = _red_cells(LAB_B, 43, 50, rng)
+    assert check_job(scores, model, stains=[s[:3] for s in home], red_cells=home).status == OK
+    assert check_job(scores, model, stains=[s[:3] for s in magnified]).status == OK  # no red-cell signatures given
