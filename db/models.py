@@ -143,6 +143,8 @@ class Prediction(Base):
     ood_score: Mapped[float | None] = mapped_column(Float)
     #: median red-cell optical density [R, G, B] of the model crop (pipeline.stain_check); None where not measured
     stain_od: Mapped[list[float] | None] = mapped_column(JSON(none_as_null=True))  # None: SQL NULL, not JSON null
+    #: the red cells' diameter in the image's own pixels (the crop's ruler, for the red-cell check); None: no ruler
+    red_cell_px: Mapped[float | None] = mapped_column(Float)
 
 
 class JobSummary(Base):

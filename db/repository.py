@@ -62,6 +62,7 @@ class ResultRow:
     ood_score: float | None = None
     code: str | None = None  # reason code of a failure (default ErrorCode.BAD_IMAGE)
     stain_od: tuple[float, float, float] | None = None  # red-cell stain signature (pipeline.stain_check)
+    red_cell_px: float | None = None  # the red cells' diameter in the image's pixels (pipeline.stain_check.red_cell_signature)
 
 
 def create_job(session: Session, job_id: str, source: str, name: str | None, batch_size: int, images: list[NewImage],
@@ -166,7 +167,8 @@ def record_results(session: Session, job_id: str, rows: list[ResultRow], model_v
         stmt = insert(Prediction).values([
             {"job_id": job_id, "image_id": r.image_id, "label": r.label, "confidence": r.confidence,
              "probabilities": r.probabilities, "model_version": model_version, "created_at": utcnow(),
-             "cell_found": r.cell_found, "ood_score": r.ood_score, "stain_od": _json_od(r.stain_od)}
+             "cell_found": r.cell_found, "ood_score": r.ood_score, "stain_od": _json_od(r.stain_od),
+             "red_cell_px": r.red_cell_px}
             for r in ok
         ])
         stmt = stmt.on_conflict_do_update(
@@ -174,7 +176,7 @@ def record_results(session: Session, job_id: str, rows: list[ResultRow], model_v
             set_={"label": stmt.excluded.label, "confidence": stmt.excluded.confidence,
                   "probabilities": stmt.excluded.probabilities, "model_version": stmt.excluded.model_version,
                   "cell_found": stmt.excluded.cell_found, "ood_score": stmt.excluded.ood_score,
-                  "stain_od": stmt.excluded.stain_od},
+                  "stain_od": stmt.excluded.stain_od, "red_cell_px": stmt.excluded.red_cell_px},
         )
         session.execute(stmt)
     done = _leave_pending(session, job_id, [r.image_id for r in ok], ImageStatus.DONE, None)
@@ -238,13 +240,14 @@ def results_page(session: Session, job_id: str, limit: int, offset: int) -> list
 
 
 def all_outcomes(session: Session, job_id: str) -> list[tuple[str, str | None, float | None, str | None, bool | None, float | None,
-                                                             tuple[float, float, float] | None]]:
-    """(path, label, confidence, error, cell_found, ood_score, stain_od) of every image of a job, for the report."""
+                                                             tuple[float, float, float] | None, float | None]]:
+    """(path, label, confidence, error, cell_found, ood_score, stain_od, red_cell_px) of every image of a job, for the
+    report (the fields of ``pipeline.report.CellPrediction`` in order)."""
     stmt = (select(Image.path, Prediction.label, Prediction.confidence, Image.error, Prediction.cell_found, Prediction.ood_score,
-                   Prediction.stain_od)
+                   Prediction.stain_od, Prediction.red_cell_px)
             .outerjoin(Prediction, (Prediction.image_id == Image.id) & (Prediction.job_id == job_id))
             .where(Image.job_id == job_id).order_by(Image.seq))
-    return [(*r[:-1], _stored_od(r[-1])) for r in session.execute(stmt).all()]
+    return [(*r[:-2], _stored_od(r[-2]), r[-1]) for r in session.execute(stmt).all()]
 
 
 def get_summary(session: Session, job_id: str) -> dict | None:

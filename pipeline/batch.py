@@ -64,6 +64,8 @@ class ImageResult:
     unreadable: bool = False
     #: median red-cell optical density (R, G, B) of the model crop (``pipeline.stain_check``); None where not measured
     stain_od: Signature | None = None
+    #: the red cells' diameter in the image's own pixels (the crop's ruler); None where no ruler was found
+    red_cell_px: float | None = None
 
 
 @dataclass(frozen=True)
@@ -83,6 +85,7 @@ class PreparedBatch:
     pixels: list[np.ndarray] = field(default_factory=list)  # uint8 RGB, input_size x input_size
     found: list[bool] = field(default_factory=list)  # the recipe found a cell in the image
     stains: list[Signature | None] = field(default_factory=list)  # the crop's red-cell stain signature, or None
+    red_cells: list[float | None] = field(default_factory=list)  # the red cells' diameter (px) the crop measured, or None
     errors: list[ImageResult] = field(default_factory=list)
     source_pixels: int = 0
 
@@ -116,6 +119,7 @@ class PreparedImage:
     source_pixels: int = 0
     error: ImageResult | None = None
     stain: Signature | None = None  # red-cell stain signature of the crop (``pipeline.stain_check``), None where not measured
+    red_cell_px: float | None = None  # the red cells' diameter in the image's pixels (the crop's ruler), None if none
 
 
 def prepare_image(item: tuple[int, Callable[[], bytes]], manifest: ModelManifest, limits: BatchLimits) -> PreparedImage:
@@ -137,7 +141,8 @@ def prepare_image(item: tuple[int, Callable[[], bytes]], manifest: ModelManifest
         return PreparedImage(key, error=ImageResult(key, error=str(exc)))
     crop = model_crop(bgr, manifest.input_size, manifest.preprocessing)
     stain = stain_signature(crop.pixels) if manifest.checks_stain else None
-    return PreparedImage(key, crop.pixels, crop.found, bgr.shape[0] * bgr.shape[1], stain=stain)
+    red_cell_px = round(crop.rbc_diameter_px, 2) if crop.rbc_diameter_px else None
+    return PreparedImage(key, crop.pixels, crop.found, bgr.shape[0] * bgr.shape[1], stain=stain, red_cell_px=red_cell_px)
 
 
 def prepare_batches(items: Iterable[tuple[int, Callable[[], bytes]]], manifest: ModelManifest, limits: BatchLimits,
@@ -160,6 +165,7 @@ def prepare_batches(items: Iterable[tuple[int, Callable[[], bytes]]], manifest: 
             batch.pixels.append(image.pixels)  # type: ignore[arg-type]  # set when error is None
             batch.found.append(image.found)
             batch.stains.append(image.stain)
+            batch.red_cells.append(image.red_cell_px)
             batch.source_pixels += image.source_pixels
     if batch.keys or batch.errors:
         yield batch
@@ -177,7 +183,8 @@ def _classify(classifier: Classifier, batch: PreparedBatch, scaled: np.ndarray |
     results = list(batch.errors)
     if scaled is not None:
         probs, scores = predict_scored(classifier, scaled, batch.stains)
-        for key, row, has_cell, score, stain in zip(batch.keys, probs, batch.found, scores, batch.stains, strict=True):
+        for key, row, has_cell, score, stain, red_cell_px in zip(batch.keys, probs, batch.found, scores, batch.stains,
+                                                                  batch.red_cells, strict=True):
             best = int(np.argmax(row))
             results.append(ImageResult(
                 key,
@@ -187,6 +194,7 @@ def _classify(classifier: Classifier, batch: PreparedBatch, scaled: np.ndarray |
                 cell_found=has_cell,
                 ood_score=score,
                 stain_od=stain,
+                red_cell_px=red_cell_px,
             ))
     return results
 

@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field, fields
 from scipy.special import betaincinv  # beta.ppf itself: scipy.stats costs ~1 s of every process's start-up
 
 from pipeline.domain import SHIFTED, UNAVAILABLE, DomainCheck, DomainModel, check_job
+from pipeline.stain_check import red_cell_signature
 
 ERYTHROBLAST = "erythroblast"
 PLATELET = "platelet"
@@ -44,6 +45,8 @@ class CellPrediction:
     ood_score: float | None = None
     #: red-cell stain signature (R, G, B optical density, ``pipeline.stain_check``); None where not measured
     stain_od: tuple | list | None = None
+    #: the red cells' diameter in the image's own pixels (cell images; the red-cell check); None where not measured
+    red_cell_px: float | None = None
 
 
 @dataclass(frozen=True)
@@ -112,6 +115,9 @@ class DifferentialReport:
         if check.get("stain") is not None:
             stain = check["stain"]
             writer.writerow(["domain_stain_distance", stain["distance"], stain["laboratory"], stain["threshold"], stain["measured"], ""])
+        if check.get("red_cells") is not None:
+            red = check["red_cells"]
+            writer.writerow(["domain_red_cell_distance", red["distance"], red["laboratory"], red["threshold"], red["measured"], ""])
         return out.getvalue()
 
     def to_table(self) -> str:
@@ -134,6 +140,9 @@ class DifferentialReport:
         if check.get("stain") is not None:
             detail.append(f"stain distance {check['stain']['distance']} to {check['stain']['laboratory']} "
                           f"(alarm above {check['stain']['threshold']})")
+        if check.get("red_cells") is not None:
+            detail.append(f"red-cell distance {check['red_cells']['distance']} to {check['red_cells']['laboratory']} "
+                          f"(alarm above {check['red_cells']['threshold']})")
         lines.append(f"domain check: {check['status']}" + (f" ({', '.join(detail)})" if detail else ""))
         lines.extend(f"  ! {reason}" for reason in check["reasons"] if check["status"] == SHIFTED)
         return "\n".join(lines)
@@ -187,5 +196,7 @@ def build_report(
         n_no_cell_found=len(no_cell),
         no_cell_found=no_cell[:max_listed],
         domain_check=check_job([p.ood_score for p in processed], domain, len(no_cell), len(processed), scored_unit,
-                               other_reasons, stains=[p.stain_od for p in processed]).to_dict(),
+                               other_reasons, stains=[p.stain_od for p in processed],
+                               red_cells=[red_cell_signature(p.stain_od, p.red_cell_px) for p in processed]
+                               if scored_unit == "images" else None).to_dict(),
     )

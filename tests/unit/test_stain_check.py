@@ -215,3 +215,30 @@ def test_stain_and_size_together_flag_one_laboratorys_stain_at_the_others_size(t
     home = _red_cells(LAB_B, 43, 50, rng)
     assert check_job(scores, model, stains=[s[:3] for s in home], red_cells=home).status == OK
     assert check_job(scores, model, stains=[s[:3] for s in magnified]).status == OK  # no red-cell signatures given
+
+
+def test_the_report_carries_the_red_cell_measure_for_cell_jobs_and_not_for_field_jobs():
+    """``domain_check.red_cells`` is built from each stored image's stain and red-cell diameter: a cell job of
+    lab B's stain at lab A's size is shifted by it (not by the stain), printed in the CSV and the table; a field
+    job (``scored_unit="cells"``) is not checked by it, since fields have their own magnification check."""
+    from pipeline.report import CellPrediction, build_report
+    from tests.unit.test_report import CLASSES, WHITE
+
+    rng = np.random.default_rng(12)
+    fitted = {"a": _red_cells(LAB_A, 70, 400, rng), "b": _red_cells(LAB_B, 43, 400, rng)}
+    base = DomainModel(np.zeros(8), np.eye(8, 4), np.zeros((2, 4)), np.eye(4), 3.0, 0.2, 0.05,
+                       stain=fit_stain_reference({lab: [s[:3] for s in v] for lab, v in fitted.items()}),
+                       red_cells=fit_stain_reference(fitted))
+    home = [CellPrediction(f"i{i}.jpg", CLASSES[0], 0.9, ood_score=1.0, stain_od=s[:3], red_cell_px=s[3])
+            for i, s in enumerate(_red_cells(LAB_B, 43, 40, rng))]
+    report = build_report(home, CLASSES, WHITE, "m@1", 0.5, domain=base)
+    red = report.domain_check["red_cells"]
+    assert report.domain_check["status"] == OK and red["laboratory"] == "b" and red["measured"] == 40
+    assert f"domain_red_cell_distance,{red['distance']},b,{red['threshold']},40" in report.to_csv()
+    assert f"red-cell distance {red['distance']} to b" in report.to_table()
+    magnified = [CellPrediction(f"i{i}.jpg", CLASSES[0], 0.9, ood_score=1.0, stain_od=s[:3], red_cell_px=s[3])
+                 for i, s in enumerate(_red_cells(LAB_B, 64, 40, rng))]
+    check = build_report(magnified, CLASSES, WHITE, "m@1", 0.5, domain=base).domain_check
+    assert check["status"] == SHIFTED and check["red_cells"]["unlike_all"] and not check["stain"]["unlike_all"]
+    fields = build_report(magnified, CLASSES, WHITE, "m@1", 0.5, domain=base, scored_unit="cells").domain_check
+    assert "red_cells" not in fields and fields["status"] == OK

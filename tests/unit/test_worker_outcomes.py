@@ -124,9 +124,12 @@ def test_the_worker_stores_each_images_and_each_field_cells_stain_signature(env,
     for batch_id in batches:
         jobs.run_batch(ctx, job_id, batch_id)
     with ctx.db.session() as s:
-        stains = {path: out[-1] for path, *out in repo.all_outcomes(s, job_id)}
+        stored = {path: out for path, *out in repo.all_outcomes(s, job_id)}
+    stains = {path: out[-2] for path, out in stored.items()}
     assert stains["plain.jpg"] is None and len(stains) == 4
     assert all(len(stains[p.name]) == 3 and min(stains[p.name]) > 0 for p in samples)
+    # the red-cell diameter each crop measured (the red-cell check): the samples show red cells, the plain image none
+    assert stored["plain.jpg"][-1] is None and all(stored[p.name][-1] > 5 for p in samples)
 
     field_job, batches = _submit(env, bccd_fields(2), kind="fields")
     for batch_id in batches:
