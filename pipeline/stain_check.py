@@ -100,6 +100,10 @@ class StainReference:
     precisions: np.ndarray  # (L, 3, 3) inverse covariance
     centres: np.ndarray  # (L,) mean per-image distance of the laboratory's validation images
     thresholds: np.ndarray  # (L,) the 50-image job mean distance above which a job is unlike the laboratory
+    #: the job statistic: False, each laboratory's mean distance over the job (the stain check: a job is one
+    #: laboratory's); True, each image's distance to its nearest laboratory relative to that laboratory's threshold,
+    #: averaged (the red-cell check: a job mixing both laboratories' familiar images is not flagged, model card)
+    per_image: bool = False
 
     @property
     def dims(self) -> int:
@@ -131,8 +135,14 @@ class StainReference:
         d = self.distances(signatures)
         if len(d) < MIN_MEASURED:
             return None
-        means = d.mean(axis=0)
         limits = self.job_thresholds(len(d))
+        if self.per_image:  # in units of the threshold: flagged above 1
+            ratios = d / limits[None, :]
+            score = float(ratios.min(axis=1).mean())
+            majority = int(np.bincount(ratios.argmin(axis=1), minlength=len(self.labs)).argmax())
+            return {"distance": round(score, 3), "laboratory": self.labs[majority], "threshold": 1.0, "measured": len(d),
+                    "unlike_all": score > 1.0}
+        means = d.mean(axis=0)
         nearest = int(np.argmin(means / limits))
         return {"distance": round(float(means[nearest]), 3), "laboratory": self.labs[nearest],
                 "threshold": round(float(limits[nearest]), 3), "measured": len(d), "unlike_all": bool(np.all(means > limits))}
@@ -144,7 +154,7 @@ class StainReference:
     def arrays(self, prefix: str = "stain") -> dict[str, np.ndarray]:
         """The arrays ``DomainModel.save`` stores (``stain_*`` keys of ``ood.npz``; ``rbc_*`` for the red-cell check)."""
         return {f"{prefix}_labs": np.array(self.labs), f"{prefix}_means": self.means, f"{prefix}_precisions": self.precisions,
-                f"{prefix}_thresholds": np.stack([self.centres, self.thresholds], axis=1)}
+                f"{prefix}_thresholds": np.stack([self.centres, self.thresholds], axis=1), f"{prefix}_per_image": np.array(self.per_image)}
 
     @classmethod
     def from_arrays(cls, data, prefix: str = "stain") -> StainReference | None:
@@ -152,14 +162,15 @@ class StainReference:
         if f"{prefix}_means" not in data.files:
             return None
         thresholds = np.asarray(data[f"{prefix}_thresholds"], np.float64)
+        per_image = bool(data[f"{prefix}_per_image"]) if f"{prefix}_per_image" in data.files else False
         return cls(tuple(str(v) for v in data[f"{prefix}_labs"]), np.asarray(data[f"{prefix}_means"], np.float64),
-                   np.asarray(data[f"{prefix}_precisions"], np.float64), thresholds[:, 0], thresholds[:, 1])
+                   np.asarray(data[f"{prefix}_precisions"], np.float64), thresholds[:, 0], thresholds[:, 1], per_image)
 
     def summary(self) -> dict:
         """The manifest's record of the reference (what ``training.stain_check --fit`` wrote)."""
         return {"laboratories": list(self.labs), "mean_log_od_rgb": np.round(self.means, 4).tolist(),
                 "centres": np.round(self.centres, 4).tolist(), "job_thresholds": np.round(self.thresholds, 4).tolist(),
-                "job_size": JOB_SIZE}
+                "job_size": JOB_SIZE, "statistic": "per-image nearest laboratory" if self.per_image else "job mean per laboratory"}
 
 
 def describe_stain(measured: dict | None, unit: str = "images") -> str | None:
@@ -176,13 +187,13 @@ def describe_red_cells(measured: dict | None, unit: str = "images") -> str | Non
     if measured is None or not measured["unlike_all"]:
         return None
     return (f"the red cells' stain and size together are unlike the training laboratories' (red-cell distance "
-            f"{measured['distance']:.2f} to the nearest, {measured['laboratory']}; alarm above {measured['threshold']:.2f}; "
-            f"{measured['measured']} {unit} measured): another magnification or camera resolution for this stain; the crops "
-            f"are rescaled by the red cells, but review cells before trusting the count")
+            f"{measured['distance']:.2f} of the alarm distance of each image's nearest laboratory, mostly {measured['laboratory']}; "
+            f"alarm above {measured['threshold']:.2f}; {measured['measured']} {unit} measured): another magnification or camera "
+            f"resolution for this stain; the crops are rescaled by the red cells, but review cells before trusting the count")
 
 
 def fit_stain_reference(signatures: dict[str, Sequence[Sequence[float] | None]], sources: dict[str, Sequence[str] | None] | None = None,
-                        seed: int = 0, image_quantile: float | None = IMAGE_QUANTILE) -> StainReference:
+                        seed: int = 0, image_quantile: float | None = IMAGE_QUANTILE, per_image: bool = False) -> StainReference:
     """Fit the reference on each laboratory's validation signatures.
 
     ``sources`` (optional, per laboratory) names each signature's source photograph where several images are
@@ -214,4 +225,4 @@ def fit_stain_reference(signatures: dict[str, Sequence[Sequence[float] | None]],
         if image_quantile is not None:
             threshold = max(threshold, float(np.quantile(dist, image_quantile)))
         thresholds.append(threshold)
-    return StainReference(tuple(labs), np.stack(means), np.stack(precisions), np.array(centres), np.array(thresholds))
+    return StainReference(tuple(labs), np.stack(means), np.stack(precisions), np.array(centres), np.array(thresholds), per_image)

@@ -79,7 +79,7 @@ def fit(model_dir: Path, config: TrainConfig, version: str | None, size: bool = 
     manifest = ModelManifest.load(model_dir)
     samples = validation_samples(config, manifest.classes)
     by_lab = per_laboratory(samples, signatures_of(decode(samples), manifest, size))
-    reference = fit_stain_reference(by_lab, per_laboratory(samples, [s.group for s in samples]))
+    reference = fit_stain_reference(by_lab, per_laboratory(samples, [s.group for s in samples]), per_image=size)
     ood_path = model_dir / "ood.npz"
     if not ood_path.is_file():
         raise SystemExit(f"error: {model_dir} has no domain model (ood.npz) to carry the stain check")
@@ -88,7 +88,9 @@ def fit(model_dir: Path, config: TrainConfig, version: str | None, size: bool = 
     ood = json.loads((model_dir / "manifest.json").read_text())["ood"]
     measured = {lab: f"{sum(s is not None for s in v)} of {len(v)}" for lab, v in by_lab.items()}
     what = "red-cell median optical density of the model crop" + (" and the red cells' diameter (px)" if size else "")
-    ood[key] = {**reference.summary(), "method": f"{what}, log(value + 0.05), Mahalanobis per laboratory, job mean distance "
+    statistic = ("each image's distance to its nearest laboratory over that laboratory's job threshold, job mean" if size
+                 else "job mean distance")
+    ood[key] = {**reference.summary(), "method": f"{what}, log(value + 0.05), Mahalanobis per laboratory, {statistic} "
                 "(pipeline.stain_check)",
                 "fitted_on": f"validation images with measured red cells: {measured} (training.stain_check --fit{' --size' if size else ''})"}
     record(model_dir, ood, f"{version or manifest.version}: {'red-cell' if size else 'stain'} check fitted by training.stain_check "
@@ -110,7 +112,7 @@ def leave_one_out(model_dir: Path, config: TrainConfig, seed: int = 0, size: boo
         if not others:
             raise SystemExit("error: leave-one-laboratory-out needs two laboratories in the validation split")
         reference = fit_stain_reference(per_laboratory(samples, sigs, others),
-                                        per_laboratory(samples, [s.group for s in samples], others))
+                                        per_laboratory(samples, [s.group for s in samples], others), per_image=size)
         out[held] = job_rate(reference, per_laboratory(samples, sigs)[held], rng)
     return out
 
@@ -182,7 +184,7 @@ def study(model_dir: Path, config: TrainConfig, halvings: int, limit: int | None
             fit_stains[lab] = [stains[i] for i in idx[half]] if stains is not None else []
             fit_sources[lab] = [samples[i].group for i in idx[half]]
             held[lab] = idx[~half]
-        reference = fit_stain_reference(fit_half, fit_sources, seed=h, image_quantile=image_quantile)
+        reference = fit_stain_reference(fit_half, fit_sources, seed=h, image_quantile=image_quantile, per_image=size)
         stain_ref = fit_stain_reference(fit_stains, fit_sources, seed=h, image_quantile=image_quantile) if size else None
         row: dict = {"false_alarm": {}, "shifted": {}, "false_alarm_with_stain": {}, "shifted_with_stain": {}}
         for lab in labs:

@@ -242,3 +242,22 @@ def test_the_report_carries_the_red_cell_measure_for_cell_jobs_and_not_for_field
     assert check["status"] == SHIFTED and check["red_cells"]["unlike_all"] and not check["stain"]["unlike_all"]
     fields = build_report(magnified, CLASSES, WHITE, "m@1", 0.5, domain=base, scored_unit="cells").domain_check
     assert "red_cells" not in fields and fields["status"] == OK
+
+
+def test_the_per_image_form_passes_a_job_mixing_both_laboratories_and_still_flags_the_magnified_one(tmp_path):
+    """A job of half lab A's and half lab B's familiar images is far from both laboratories *on average*, so the
+    job-mean form flags it; the per-image form scores each image against its own nearest laboratory and does not.
+    Both flag lab B's stain at 1.5 times its size. The form is stored with the reference."""
+    rng = np.random.default_rng(13)
+    fitted = {"a": _red_cells(LAB_A, 70, 400, rng), "b": _red_cells(LAB_B, 43, 400, rng)}
+    mean_form, per_image = fit_stain_reference(fitted), fit_stain_reference(fitted, per_image=True)
+    mixed = _red_cells(LAB_A, 70, 25, rng) + _red_cells(LAB_B, 43, 25, rng)
+    magnified = _red_cells(LAB_B, 64, 50, rng)
+    assert mean_form.reason(mixed) is not None and per_image.reason(mixed) is None
+    assert per_image.reason(magnified) is not None and mean_form.reason(magnified) is not None
+    measured = per_image.measure(magnified)
+    assert measured["threshold"] == 1.0 and measured["distance"] > 1.0 and measured["laboratory"] in ("a", "b")
+    x = np.zeros((4, 8))
+    DomainModel(x.mean(0), np.eye(8, 4), np.zeros((2, 4)), np.eye(4), 3.0, 0.2, 0.05, red_cells=per_image).save(tmp_path / "m.npz")
+    loaded = DomainModel.load(tmp_path / "m.npz").red_cells
+    assert loaded is not None and loaded.per_image and loaded.reason(mixed) is None
