@@ -20,7 +20,10 @@ repeats the study on N random halvings. Where the files hold each image's
 red-cell stain signature (``training.stress --scores`` from 2.3.1), the
 stain reason (``pipeline.stain_check``, its reference fitted on the same
 first halves, each file one laboratory) is replayed on the same jobs, alone
-and together with the shipped rule ("... or stain", the 2.3.1 rule).
+and together with the shipped rule ("... or stain", the 2.3.1 rule); where
+they hold each image's red-cell signature too (stain and diameter, from
+2.3.2), the red-cell reason (its per-image form, fitted on the same first
+halves) alone and with everything before it (the 2.3.2 rule).
 Validation images only, never the test split.
 """
 
@@ -87,17 +90,20 @@ def load_sources(paths: list[str]) -> dict[str, np.ndarray] | None:
     return out
 
 
-def load_stains(paths: list[str], index: int = 0) -> dict[str, dict[str, list]] | None:
-    """Per file and condition, each image's stain signature (None where not measured); None if a file has none
-    (written before 2.3.1)."""
+def load_stains(paths: list[str], index: int = 0, key: str = "stain") -> dict[str, dict[str, list]] | None:
+    """Per file and condition, each image's stain signature (``key`` "red_cells": its red-cell signature) or None
+    where not measured; None if a file has none (stain: written before 2.3.1; red cells: before 2.3.2) or no
+    image was measured at all (a model without that check)."""
     out: dict[str, dict[str, list]] = {}
     for path in paths:
         with np.load(path) as data:
             names = conditions_of(data, index)
-            if any(f"{name}/stain" not in data.files for name in names):
+            if any(f"{name}/{key}" not in data.files for name in names):
                 return None
             out[Path(path).name] = {name.split("/", 1)[1]: [None if np.isnan(row).any() else tuple(row.tolist())
-                                                               for row in data[f"{name}/stain"]] for name in names}
+                                                               for row in data[f"{name}/{key}"]] for name in names}
+    if all(s is None for conditions in out.values() for rows in conditions.values() for s in rows):
+        return None
     return out
 
 
@@ -106,7 +112,8 @@ def study(paths: list[str], index: int = 0, seed: int = 0, halving: int | None =
     sources = load_sources(paths) if by_source else None
     if by_source and sources is None:
         raise SystemExit("error: --by-source needs files written by training.stress --scores with image keys")
-    return study_conditions(load_conditions(paths, index), seed, halving, sources, source_aware, load_stains(paths, index))
+    return study_conditions(load_conditions(paths, index), seed, halving, sources, source_aware, load_stains(paths, index),
+                            load_stains(paths, index, "red_cells"))
 
 
 #: the shipped rule from 2.1.1: a job is shifted when either statistic exceeds its own threshold
@@ -115,6 +122,9 @@ SHIPPED = "share or mean (shipped from 2.1.1)"
 #: the red-cell stain reason alone, and the rule shipped from 2.3.1 (either feature statistic or the stain)
 STAIN = "stain (red cells)"
 SHIPPED_STAIN = "share or mean or stain (shipped from 2.3.1)"
+#: the red-cell reason (stain and size, per-image form) alone, and the rule shipped from 2.3.2
+RED_CELLS = "red cells (stain and size)"
+SHIPPED_RED_CELLS = "share or mean or stain or red cells (shipped from 2.3.2)"
 
 
 def _first_half(n: int, halving: int | None, sources: np.ndarray | None = None) -> np.ndarray:
@@ -131,12 +141,14 @@ def _first_half(n: int, halving: int | None, sources: np.ndarray | None = None) 
 
 def study_conditions(files: Conditions, seed: int = 0, halving: int | None = None,
                      sources: dict[str, np.ndarray] | None = None, source_aware: bool = True,
-                     stains: dict[str, dict[str, list]] | None = None) -> dict:
+                     stains: dict[str, dict[str, list]] | None = None,
+                     red_cells: dict[str, dict[str, list]] | None = None) -> dict:
     """Thresholds from each file's first-half unshifted images (the larger over files; the share's and the mean's
     by the shipped fit's rules, ``pipeline.domain``, told how many source photographs the half holds when
     ``sources`` are given and ``source_aware``); alarm rates per file and condition on the second halves.
     Every statistic is computed on the same random jobs; with ``stains`` (per file and condition, each image's
-    stain signature) the stain reason too, its reference fitted on the same first halves."""
+    stain signature) the stain reason too, its reference fitted on the same first halves; with ``red_cells`` (and
+    ``stains``) the red-cell reason in its per-image form the same way."""
     names = list(files)
     bases = [next(iter(files[f].values()))[0] for f in names]
     masks = [_first_half(len(b), halving, None if sources is None else sources[f]) for f, b in zip(names, bases, strict=True)]
@@ -154,13 +166,16 @@ def study_conditions(files: Conditions, seed: int = 0, halving: int | None = Non
         return float(np.quantile(job_values(first, p95, STATISTICS[name], np.random.default_rng(seed)), 1 - FALSE_ALARM))
 
     thresholds = {s: max(threshold(s, first, c) for first, c in zip(firsts, clusters, strict=True)) for s in STATISTICS}
-    reference = None
-    if stains is not None:
-        baseline = next(iter(files[names[0]]))
-        reference = fit_stain_reference(
-            {f: [g for g, keep in zip(stains[f][baseline], m, strict=True) if keep] for f, m in zip(names, masks, strict=True)},
-            {f: list(sources[f][m]) for f, m in zip(names, masks, strict=True)} if sources is not None and source_aware else None,
-            seed)
+    baseline = next(iter(files[names[0]]))
+    fit_sources = ({f: list(sources[f][m]) for f, m in zip(names, masks, strict=True)}
+                   if sources is not None and source_aware else None)
+
+    def fitted(signatures: dict[str, dict[str, list]], per_image: bool = False):
+        return fit_stain_reference({f: [g for g, keep in zip(signatures[f][baseline], m, strict=True) if keep]
+                                    for f, m in zip(names, masks, strict=True)}, fit_sources, seed, per_image=per_image)
+
+    reference = fitted(stains) if stains is not None else None
+    red_reference = fitted(red_cells, per_image=True) if red_cells is not None and reference is not None else None
     rows: list[dict] = []
     for file, mask in zip(names, masks, strict=True):
         for condition, (distances, correct) in files[file].items():
@@ -172,6 +187,10 @@ def study_conditions(files: Conditions, seed: int = 0, halving: int | None = Non
                 held_stains = [g for g, out in zip(stains[file][condition], held, strict=True) if out]
                 fired[STAIN] = _stain_fired(reference, held_stains, np.random.default_rng(seed + 1))
                 fired[SHIPPED_STAIN] = fired[SHIPPED] | fired[STAIN]
+            if red_reference is not None:
+                held_red = [g for g, out in zip(red_cells[file][condition], held, strict=True) if out]
+                fired[RED_CELLS] = _stain_fired(red_reference, held_red, np.random.default_rng(seed + 1))
+                fired[SHIPPED_RED_CELLS] = fired[SHIPPED_STAIN] | fired[RED_CELLS]
             rows.append({"file": file, "condition": condition, "accuracy": float(correct[held].mean()),
                          "alarm": {s: float(v.mean()) for s, v in fired.items()}})
     return {"image_p95": p95, "thresholds": thresholds, "rows": rows, "summary": summarise(rows)}

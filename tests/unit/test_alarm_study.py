@@ -92,3 +92,33 @@ def test_files_without_stains_give_the_feature_rules_only(tmp_path):
 
     summary = study([lab_file(tmp_path / "old.npz", 2.0, 5)])["summary"]
     assert SHIPPED in summary and STAIN not in summary and SHIPPED_STAIN not in summary
+
+
+def test_the_red_cell_reason_is_replayed_where_the_files_carry_red_cell_signatures(tmp_path):
+    """From 2.3.2 the files hold each image's red-cell signature (stain and diameter): magnification by 1.5 leaves
+    the features and the stain where they were and is caught by the red-cell reason; the 2.3.2 rule is the union
+    of everything. Files whose red-cell rows are all unmeasured (a model without the check) replay no such reason."""
+    from training.alarm_study import RED_CELLS, SHIPPED_RED_CELLS, SHIPPED_STAIN, STAIN
+
+    rng = np.random.default_rng(5)
+    n = 1000
+    base = rng.lognormal(2.0, 0.25, n)
+    stain = np.array([0.2, 0.3, 0.19]) * np.exp(rng.normal(0, 0.08, (n, 3)))
+    size = 43.0 * np.exp(rng.normal(0, 0.06, (n, 1)))
+    red = np.concatenate([stain, size], axis=1)
+    arrays = {
+        "0/baseline/none/ood": base, "0/baseline/none/correct": np.ones(n, bool), "0/baseline/none/stain": stain,
+        "0/baseline/none/red_cells": red,
+        "0/scale/x1.5/ood": base, "0/scale/x1.5/correct": rng.random(n) < 0.84, "0/scale/x1.5/stain": stain,
+        "0/scale/x1.5/red_cells": np.concatenate([stain, size * 1.5], axis=1),
+    }
+    np.savez(tmp_path / "lab.npz", **arrays)
+    rows = {r["condition"]: r["alarm"] for r in study([str(tmp_path / "lab.npz")])["rows"]}
+    assert rows["baseline/none"][RED_CELLS] <= 0.05 and rows["baseline/none"][SHIPPED_RED_CELLS] <= 0.1
+    assert rows["scale/x1.5"][STAIN] <= 0.05 and rows["scale/x1.5"][RED_CELLS] >= 0.95
+    for alarms in rows.values():
+        assert alarms[SHIPPED_RED_CELLS] >= max(alarms[SHIPPED_STAIN], alarms[RED_CELLS])
+    arrays = {k: (np.full_like(v, np.nan) if k.endswith("red_cells") else v) for k, v in arrays.items()}
+    np.savez(tmp_path / "older.npz", **arrays)
+    summary = study([str(tmp_path / "older.npz")])["summary"]
+    assert STAIN in summary and RED_CELLS not in summary
