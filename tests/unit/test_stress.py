@@ -77,8 +77,9 @@ def test_stress_run_on_the_shipped_model_covers_every_family_and_strength(model_
     printed = capsys.readouterr().out
     assert "baseline" in printed and "off_centre" in printed
     with np.load(scores) as per_image:  # per condition: 8 images' domain scores, found flags, correctness, answers,
-        # features and red-cell stain signatures
-        assert len(per_image.files) == 6 * sum(len(s) for s in expected.values()) + 1  # + the images' keys
+        # features, red-cell stain signatures and red-cell signatures (stain and diameter, 2.3.2)
+        assert len(per_image.files) == 7 * sum(len(s) for s in expected.values()) + 1  # + the images' keys
+        assert per_image["0/baseline/none/red_cells"].shape == (8, 4)
         assert per_image["keys"].shape == (8,) and "/" in str(per_image["keys"][0])
         assert per_image["0/baseline/none/features"].shape[0] == 8 and per_image["0/baseline/none/predicted"].shape == (8,)
         assert per_image["0/baseline/none/ood"].shape == (8,) and np.isfinite(per_image["0/baseline/none/ood"]).all()
@@ -129,7 +130,7 @@ class MeanColourClassifier:
         probs[:, 0] = 1.0 - 0.1 * (probs.shape[1] - 1)
         return probs, batch.mean(axis=(1, 2))
 
-    def scored(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    def scored(self, batch: np.ndarray, stains=None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         probs, features = self.predict_with_features(batch)
         return probs, features, None if self.domain is None else self.domain.score(features)
 

@@ -46,7 +46,7 @@ def _counting_model(ctx: WorkerContext, monkeypatch) -> list[threading.Event]:
     calls = [0]
     inner = ctx.classifier.scored
 
-    def scored(batch):
+    def scored(batch, stains=None):
         started[calls[0]].set()
         calls[0] += 1
         return inner(batch)
