@@ -207,7 +207,7 @@ def summarise(rows: list[dict]) -> dict:
     """Per statistic: false alarm on unshifted held-out jobs (mean and worst laboratory); mean alarm rate where
     accuracy < 85 %, and in 85-90 %."""
     out = {}
-    for s in [*STATISTICS, SHIPPED, STAIN, SHIPPED_STAIN]:
+    for s in [*STATISTICS, SHIPPED, STAIN, SHIPPED_STAIN, RED_CELLS, SHIPPED_RED_CELLS]:
         if not rows or s not in rows[0]["alarm"]:
             continue
         base = [r["alarm"][s] for r in rows if r["condition"] == "baseline/none"]

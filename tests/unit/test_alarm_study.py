@@ -113,7 +113,10 @@ def test_the_red_cell_reason_is_replayed_where_the_files_carry_red_cell_signatur
         "0/scale/x1.5/red_cells": np.concatenate([stain, size * 1.5], axis=1),
     }
     np.savez(tmp_path / "lab.npz", **arrays)
-    rows = {r["condition"]: r["alarm"] for r in study([str(tmp_path / "lab.npz")])["rows"]}
+    result = study([str(tmp_path / "lab.npz")])
+    rows = {r["condition"]: r["alarm"] for r in result["rows"]}
+    assert result["summary"][SHIPPED_RED_CELLS]["min_alarm_below_85"] >= 0.95  # the summary carries both rules
+    assert result["summary"][RED_CELLS]["false_alarm"] <= 0.05
     assert rows["baseline/none"][RED_CELLS] <= 0.05 and rows["baseline/none"][SHIPPED_RED_CELLS] <= 0.1
     assert rows["scale/x1.5"][STAIN] <= 0.05 and rows["scale/x1.5"][RED_CELLS] >= 0.95
     for alarms in rows.values():
