@@ -40,7 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.classifier import Classifier, DistanceTemperature, load_classifier
+from pipeline.classifier import Classifier, DistanceTemperature, StainTemperature, load_classifier
 from training.evaluate import BATCH, discover
 from training.stress import balanced_subsample, conditions, load_images
 from training.temperature_shape import brief, clean_rows, ece_limit, ece_of, fit_rule, fit_shape, held_out_halves, score, shaped_rule
@@ -191,11 +191,16 @@ def shape_for_model(model_dir: str, data_dirs: list[str], lolo_root: Path, log=p
 
 def write_rule(model_dir: str, rule: DistanceTemperature, version: str, evidence: dict) -> None:
     """Store the rule in ``manifest.json`` (the network and files are unchanged, so every sha256 stays valid)."""
+    write_manifest_rule(model_dir, "temperature_distance", rule, version, "python -m training.distance_temperature", evidence)
+
+
+def write_manifest_rule(model_dir: str, key: str, rule: DistanceTemperature | StainTemperature, version: str,
+                        fitted_by: str, evidence: dict) -> None:
+    """A temperature rule (reference and power) under ``key`` of ``manifest.json``, with the model's new version."""
     path = Path(model_dir) / "manifest.json"
     manifest = json.loads(path.read_text())
     manifest["version"] = version
-    manifest["temperature_distance"] = {"reference": rule.reference, "power": rule.power,
-                                        "fitted_by": "python -m training.distance_temperature", **evidence}
+    manifest[key] = {"reference": rule.reference, "power": rule.power, "fitted_by": fitted_by, **evidence}
     path.write_text(json.dumps(manifest, indent=2) + "\n")
 
 

@@ -38,7 +38,7 @@ import numpy as np
 
 from pipeline.classifier import DistanceTemperature, StainTemperature, calibrated_softmax, load_classifier
 from pipeline.stain_check import StainReference, fit_stain_reference
-from training.distance_temperature import collect_cached
+from training.distance_temperature import collect_cached, write_manifest_rule
 from training.metrics import reliability
 from training.temperature_shape import IN_DOMAIN_ECE_LIMIT, clean_rows, nll
 
@@ -219,12 +219,7 @@ def for_model(model_dir: str, data_dirs: list[str], pairs: list[Pair], limit: in
 
 def write_rule(model_dir: str, rule: StainTemperature, version: str, evidence: dict) -> None:
     """Store the rule in ``manifest.json`` (the network and files are unchanged, so every sha256 stays valid)."""
-    path = Path(model_dir) / "manifest.json"
-    manifest = json.loads(path.read_text())
-    manifest["version"] = version
-    manifest["temperature_stain"] = {"reference": rule.reference, "power": rule.power,
-                                     "fitted_by": "python -m training.stain_temperature", **evidence}
-    path.write_text(json.dumps(manifest, indent=2) + "\n")
+    write_manifest_rule(model_dir, "temperature_stain", rule, version, "python -m training.stain_temperature", evidence)
 
 
 def main(argv: list[str] | None = None) -> int:
