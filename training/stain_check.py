@@ -47,10 +47,15 @@ JOBS = 2000
 def signatures_of(images: list[np.ndarray], manifest: ModelManifest, size: bool = False) -> list:
     """Each decoded BGR image's stain signature, measured on the model crop as serving measures it; with ``size``,
     its red-cell signature (the stain and the red cells' diameter, ``red_cell_signature``) instead."""
+    stains, red_cells = both_signatures(images, manifest)
+    return red_cells if size else stains
+
+
+def both_signatures(images: list[np.ndarray], manifest: ModelManifest) -> tuple[list, list]:
+    """Each image's stain signature and red-cell signature from one crop (the crop is most of the cost)."""
     crops = model_crops(images, manifest)
-    if size:
-        return [red_cell_signature(stain_signature(c.pixels), c.rbc_diameter_px) for c in crops]
-    return [stain_signature(c.pixels) for c in crops]
+    stains = [stain_signature(c.pixels) for c in crops]
+    return stains, [red_cell_signature(s, c.rbc_diameter_px) for s, c in zip(stains, crops, strict=True)]
 
 
 def validation_samples(config: TrainConfig, classes: tuple[str, ...]) -> list[Sample]:
@@ -147,9 +152,10 @@ def study(model_dir: Path, config: TrainConfig, halvings: int, limit: int | None
     labs = sorted({s.dataset for s in samples})
     images = decode(samples)
     keys = [f"{s.label}/{Path(s.path).name}" for s in samples]
-    clean = signatures_of(images, manifest, size)
+    clean_stains, clean_red_cells = both_signatures(images, manifest)
+    clean = clean_red_cells if size else clean_stains
     # with size: the stain signature too, wherever measured (not only where the diameter was measured as well)
-    stains = signatures_of(images, manifest) if size else None
+    stains = clean_stains if size else None
     # the shifted copies: at most ``limit`` per class and laboratory, the robustness suite's own shifts
     picked: list[int] = []
     for lab in labs:
@@ -162,9 +168,10 @@ def study(model_dir: Path, config: TrainConfig, halvings: int, limit: int | None
     for condition in conditions()[1:]:
         name = f"{condition.family}/{condition.strength}"
         copies = condition.apply([images[i] for i in picked], [keys[i] for i in picked], 0)
-        shifted[name] = signatures_of(copies, manifest, size)
+        copy_stains, copy_red_cells = both_signatures(copies, manifest)
+        shifted[name] = copy_red_cells if size else copy_stains
         if size:
-            shifted_stains[name] = signatures_of(copies, manifest)
+            shifted_stains[name] = copy_stains
         log(f"signatures under {name}")
     rng = np.random.default_rng(seed)
     out: dict = {"halvings": [], "labs": labs, "limit_per_class": limit, "job_size": JOB_SIZE, "jobs": JOBS, "seed": seed,

@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.classifier import DistanceTemperature, StainTemperature, calibrated_softmax, load_classifier
+from pipeline.manifest import ModelManifest
 from pipeline.stain_check import StainReference, fit_stain_reference
 from training.distance_temperature import collect_cached, write_manifest_rule
 from training.metrics import reliability
@@ -186,7 +187,7 @@ def for_model(model_dir: str, data_dirs: list[str], pairs: list[Pair], limit: in
     """The shape chosen on both directions within the model's clean validation ECE limit (rule TS (b)), and the
     robustness suite's mean shifted ECE per laboratory with and without it (rule TS (c))."""
     suites = model_suites(model_dir, data_dirs, limit, cache, log)
-    manifest = load_classifier(model_dir, "litert").manifest
+    manifest = ModelManifest.load(model_dir)  # the model itself ran in model_suites
     feature = DistanceTemperature.from_manifest(manifest)
     base = manifest.temperature
     labs = [Path(folder).name for folder in data_dirs]
