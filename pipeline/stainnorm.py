@@ -28,7 +28,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from pipeline.cellcrop import BACKGROUND_LEVEL, channel_histograms, median_of_histograms, stain_maps
+from pipeline.cellcrop import BACKGROUND_LEVEL, stain_maps
+from pipeline.orderstats import channel_histograms, median_of_histograms
 
 #: median red-cell optical density per channel (R, G, B) that every crop is mapped onto
 #: (``python -m training.stain_target --config training/configs/mnv2_cc_160_habits.json --per-lab 600``:
