@@ -50,6 +50,10 @@ class TrainConfig:
     init_from: str = ""
     alpha: float = 1.0
     seed: int = 1337
+    #: seed of the data split and the Kaggle caps; 0 = ``seed``. A second ensemble member trains with another
+    #: ``seed`` on the same split (``split_seed`` 1337): a new split would put the shipped model's validation and
+    #: test images into its training set.
+    split_seed: int = 0
     #: fractions of source cells (Kaggle) or images (PBC) per split
     split_fractions: tuple[float, float, float] = (0.70, 0.15, 0.15)
     #: Kaggle files are augmented copies of 276 photographs; a cap per class
@@ -86,6 +90,11 @@ class TrainConfig:
         if "split_fractions" in data:
             data["split_fractions"] = tuple(data["split_fractions"])
         return cls(**data)
+
+    @property
+    def data_seed(self) -> int:
+        """The seed that chooses the split and the Kaggle caps (``split_seed``, else ``seed``)."""
+        return self.split_seed or self.seed
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2)

@@ -47,12 +47,12 @@ def make_splits(config: TrainConfig) -> dict[str, list[Sample]]:
     if config.datasets not in ("both", "pbc", "kaggle"):
         raise ValueError(f"datasets must be both, pbc or kaggle, not {config.datasets!r}")
     if config.datasets != "pbc" and config.kaggle_dir and Path(config.kaggle_dir).is_dir():
-        kag = split_by_group(kaggle_samples(Path(config.kaggle_dir)), config.split_fractions, config.seed)
-        splits["train"] += cap_per_class(kag["train"], config.kaggle_cap_train, config.seed)
-        splits["val"] += cap_per_class(kag["val"], config.kaggle_cap_eval, config.seed)
+        kag = split_by_group(kaggle_samples(Path(config.kaggle_dir)), config.split_fractions, config.data_seed)
+        splits["train"] += cap_per_class(kag["train"], config.kaggle_cap_train, config.data_seed)
+        splits["val"] += cap_per_class(kag["val"], config.kaggle_cap_eval, config.data_seed)
         splits["test"] += kag["test"]
     if config.datasets != "kaggle":
-        pbc = split_by_group(pbc_samples(Path(config.pbc_dir), CLASS_NAMES, config.pbc_limit_per_class), config.split_fractions, config.seed)
+        pbc = split_by_group(pbc_samples(Path(config.pbc_dir), CLASS_NAMES, config.pbc_limit_per_class), config.split_fractions, config.data_seed)
         for name in splits:
             splits[name] += pbc[name]
     work.mkdir(parents=True, exist_ok=True)
