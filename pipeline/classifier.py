@@ -8,6 +8,7 @@ softmax to the model's logits.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -186,11 +187,12 @@ class CalibratedOutputs:
 class LiteRTClassifier(CalibratedOutputs):
     """LiteRT (TFLite) model on the XNNPACK CPU delegate: fp32 ``model.tflite`` or the int8 file."""
 
-    def __init__(self, model_dir: str | Path, manifest: ModelManifest, filename: str = "model.tflite", threads: int | None = None) -> None:
+    def __init__(self, model_dir: str | Path, manifest: ModelManifest, filename: str = "model.tflite", threads: int | None = None,
+                 with_domain: bool = True) -> None:
         from ai_edge_litert.interpreter import Interpreter
 
         self.manifest = manifest
-        self.domain = load_domain(model_dir, manifest)
+        self.domain = load_domain(model_dir, manifest) if with_domain else None
         self._interpreter = Interpreter(model_path=str(Path(model_dir) / filename), num_threads=threads or os.cpu_count())
         self._input = self._interpreter.get_input_details()[0]["index"]
         self._outputs = [d["index"] for d in self._interpreter.get_output_details()]
@@ -208,14 +210,15 @@ class LiteRTClassifier(CalibratedOutputs):
 class KerasClassifier(CalibratedOutputs):
     """The Keras model under TensorFlow: uses a GPU when TensorFlow sees one."""
 
-    def __init__(self, model_dir: str | Path, manifest: ModelManifest, threads: int | None = None) -> None:
+    def __init__(self, model_dir: str | Path, manifest: ModelManifest, threads: int | None = None, filename: str = "model.keras",
+                 with_domain: bool = True) -> None:
         import keras
 
         if threads:
             _limit_tensorflow_threads(threads)
         self.manifest = manifest
-        self.domain = load_domain(model_dir, manifest)
-        self._model = keras.models.load_model(str(Path(model_dir) / "model.keras"), compile=False)
+        self.domain = load_domain(model_dir, manifest) if with_domain else None
+        self._model = keras.models.load_model(str(Path(model_dir) / filename), compile=False)
 
     def outputs(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         out = self._model(batch, training=False)
@@ -266,15 +269,67 @@ class DihedralTTA(CalibratedOutputs):
         mean = logits.reshape(8, n, -1).mean(axis=0)
         return mean, None if features is None else features.reshape(8, n, -1).mean(axis=0)
 
-def load_classifier(model_dir: str | Path, backend: str = "litert", tta: bool = False, threads: int | None = None) -> Classifier:
-    """Load a model directory with the named backend (manifest checked first); ``tta``: 8-view averaging.
+class LogitEnsemble(CalibratedOutputs):
+    """Independently trained networks on the same crops: the mean of their logits, one refitted temperature.
+
+    Why: networks trained from different random starts agree where the
+    training data were dense and disagree away from them, so their mean is
+    more accurate and less over-confident on another laboratory's slides than
+    either alone (rule E, model card). The first member's features feed the
+    domain check, whose thresholds were fitted on them; the temperature (and
+    the distance rule on top of it) is the one fitted for the mean
+    (``ensemble.temperature`` in the manifest). Every member takes the whole
+    batch (GPU-friendly), one member after the other.
+    """
+
+    def __init__(self, members: Sequence[CalibratedOutputs], temperature: float) -> None:
+        if len(members) < 2:
+            raise ValueError("an ensemble needs at least two members")
+        first = members[0]
+        self.members = list(members)
+        self.manifest = dataclasses.replace(first.manifest, temperature=float(temperature))
+        self.domain = first.domain
+
+    def outputs(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        logits, features = self.members[0].outputs(batch)
+        total = logits.astype(np.float64)
+        for member in self.members[1:]:
+            total += member.outputs(batch)[0]
+        return (total / len(self.members)).astype(np.float32), features
+
+
+def ensemble_members(manifest: ModelManifest) -> list[dict]:
+    """The manifest's further members (``ensemble.members``: one file per backend each), [] for a single network."""
+    return list((manifest.extra.get("ensemble") or {}).get("members") or [])
+
+
+def _member(model_dir: str | Path, manifest: ModelManifest, backend: str, member: dict, threads: int | None) -> CalibratedOutputs:
+    """One further member for ``backend``: the same manifest (classes, recipe), its own network file, no domain model."""
+    filename = member.get(backend)
+    if not filename:
+        raise ValueError(f"model {manifest.label}: an ensemble member has no file for backend {backend!r}; "
+                         "set HEMATOVISION_ENSEMBLE=0 to serve the first network alone")
+    if backend == "keras":
+        return KerasClassifier(model_dir, manifest, threads, filename=filename, with_domain=False)
+    return LiteRTClassifier(model_dir, manifest, filename, threads, with_domain=False)
+
+
+def load_classifier(model_dir: str | Path, backend: str = "litert", tta: bool = False, threads: int | None = None,
+                    ensemble: bool = True) -> Classifier:
+    """Load a model directory with the named backend (manifest checked first); ``tta``: 8-view averaging;
+    ``ensemble``: every network the model ships (``ensemble.members``), else the first alone with its own
+    temperature.
 
     ``threads`` is the process's thread budget for the backend (None: every core).
     """
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose one of {sorted(BACKENDS)}")
     manifest = ModelManifest.load(model_dir)
-    classifier = BACKENDS[backend](model_dir, manifest, threads=threads)
+    classifier: Classifier = BACKENDS[backend](model_dir, manifest, threads=threads)
+    members = ensemble_members(manifest)
+    if ensemble and members:
+        classifier = LogitEnsemble([classifier] + [_member(model_dir, manifest, backend, m, threads) for m in members],
+                                   manifest.extra["ensemble"]["temperature"])
     return DihedralTTA(classifier) if tta else classifier
 
 

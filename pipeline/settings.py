@@ -36,6 +36,7 @@ BOUNDS = (
     ("max_json_bytes", 1_024, 10 * 1024 * 1024),
     ("max_name_length", 16, 4_096),
     ("tta", 0, 1),
+    ("ensemble", 0, 1),
     ("worker_nice", 0, 19),
 )
 MAX_BATCH_SIZE = 1024  # a batch keeps its decoded images in memory: bounded per job and per setting
@@ -53,6 +54,7 @@ class Settings:
     model_dir: str = field(default_factory=_default_model_dir)
     backend: str = "litert"  # litert (fp32) | litert-int8 | keras
     tta: int = 0  # 1 = average the 8 rotations/flips of each image (more accurate, 8x the model's cost)
+    ensemble: int = 1  # 1 = every network the model ships (ensemble.members); 0 = the first alone (faster)
     queue: str = "hematovision"  # Celery queue shared by the API and its workers
     batch_size: int = 64  # images per model call
     batch_pixels: int = 256_000_000  # decoded source pixels per model call (bounds memory and decode time of one batch)

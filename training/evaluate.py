@@ -79,8 +79,8 @@ def classify_chunks(classifier, chunks: Iterable[list[np.ndarray]], features_out
     return np.concatenate(probs), np.array(found, bool), np.concatenate(scores) if scores else None
 
 
-def evaluate(model_dir: str, data_dir: str, backend: str = "litert", tta: bool = False) -> dict:
-    classifier = load_classifier(model_dir, backend, tta)
+def evaluate(model_dir: str, data_dir: str, backend: str = "litert", tta: bool = False, ensemble: bool = True) -> dict:
+    classifier = load_classifier(model_dir, backend, tta, ensemble=ensemble)
     manifest = classifier.manifest
     samples, unknown = discover(Path(data_dir), manifest.classes)
     if not samples:
@@ -100,7 +100,7 @@ def evaluate(model_dir: str, data_dir: str, backend: str = "litert", tta: bool =
     ece, bins = reliability(probs_all, y_true)
     result = {
         "model": manifest.label,
-        "backend": backend + ("+tta" if tta else ""),
+        "backend": backend + ("+tta" if tta else "") + ("" if ensemble else "+first-member"),
         "data": str(data_dir),
         "n_images": int(len(y_true)),
         "accuracy": float((y_true == y_pred).mean()),
@@ -241,8 +241,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", help="write metrics here (plots beside it)")
     parser.add_argument("--backend", choices=("litert", "litert-int8", "keras"), default="litert")
     parser.add_argument("--tta", action="store_true", help="average the 8 rotations/flips of each image (HEMATOVISION_TTA=1)")
+    parser.add_argument("--first-member", action="store_true",
+                        help="serve an ensemble model's first network alone (HEMATOVISION_ENSEMBLE=0)")
     args = parser.parse_args(argv)
-    result = evaluate(args.model, args.data, args.backend, args.tta)
+    result = evaluate(args.model, args.data, args.backend, args.tta, not args.first_member)
     print_summary(result)
     if args.json:
         out = Path(args.json)

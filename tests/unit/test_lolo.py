@@ -31,3 +31,20 @@ def test_evaluation_folders_are_where_folders_of_says(tmp_path: Path):
     assert {p.name for p in made["pbc"].iterdir()} == kaggle_classes == {"eosinophil", "lymphocyte", "monocyte", "neutrophil"}
     assert len({p.name for p in made["pbc_all"].iterdir()}) == 8
     assert all(any(folder.iterdir()) for folder in made["pbc"].iterdir())  # the links resolve to images
+
+
+def test_a_second_seed_keeps_the_split_when_split_seed_is_set(tmp_path: Path):
+    """A second ensemble member (``seed`` 2) must train on the shipped model's split (``split_seed`` 1337): another
+    split would put the first member's validation and test images into its training set."""
+    from tests.conftest import SHARED
+    from training.train import make_splits
+
+    def split(name: str, **seeds) -> dict:
+        config = TrainConfig(kaggle_dir=str(SHARED / "kaggle" / "TRAIN"), pbc_dir=str(SHARED / "pbc"), pbc_limit_per_class=20,
+                             kaggle_cap_train=3, kaggle_cap_eval=3, work_dir=str(tmp_path / name), **seeds)
+        return {k: sorted(s.path for s in v) for k, v in make_splits(config).items()}
+
+    shipped = split("shipped", seed=1337)
+    assert split("member2", seed=2, split_seed=1337) == shipped
+    assert split("reseeded", seed=2) != shipped
+    assert TrainConfig(seed=2, split_seed=1337).data_seed == 1337 and TrainConfig(seed=2).data_seed == 2
