@@ -222,7 +222,8 @@ def time_stream(paths: list[Path], settings: Settings) -> float:
     """The worker's own loop in this process: read, decode, prepare on the pool, classify one batch ahead
     (``classify_stream`` with the worker's thread budget), without database, broker or API."""
     apply_thread_budget(settings.thread_budget)
-    classifier = load_classifier(settings.model_dir, settings.backend, threads=settings.thread_budget)
+    classifier = load_classifier(settings.model_dir, settings.backend, threads=settings.thread_budget,
+                                 ensemble=bool(settings.ensemble))
     limits = BatchLimits(settings.batch_size, settings.batch_pixels, settings.max_image_pixels)
     items = [(i, p.read_bytes) for i, p in enumerate(paths)]
     list(classify_stream(classifier, items[: settings.batch_size], limits, threads=settings.thread_budget))  # warm-up
