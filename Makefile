@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 
-.PHONY: demo test install install-dev services browser-deps lint bench train evaluate lolo stress alarm temperature clean
+.PHONY: demo test install install-dev services browser-deps lint bench train evaluate lolo stress alarm temperature ensemble lolo-ensemble clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -71,6 +71,25 @@ LOLO_LR ?= 0.0002
 lolo: install-dev
 	$(PY) -m training.lolo --config $(CONFIG) --root runs/lolo --finetune-epochs $(LOLO_EPOCHS) --finetune-lr $(LOLO_LR) --json runs/lolo/lolo.json
 	$(PY) -m training.calibration --lolo-root runs/lolo --json runs/lolo/calibration.json
+
+## ensemble: rule E (model card): a second network from ImageNet by the same recipe with another seed on the same
+## split (MEMBER_CONFIG), then MODEL made the ensemble of both (training.ensemble: files, digests, temperature)
+MEMBER_CONFIG ?= training/configs/mnv2_cc_160_mixstyle_member2.json
+ENSEMBLE_VERSION ?= 2.4.0
+MEMBER_EXPORT = $(shell $(PY) -c "import json; print(json.load(open('$(MEMBER_CONFIG)'))['export_dir'])")
+ensemble: install-dev
+	$(PY) -m training.splits --config $(CONFIG)
+	$(PY) -m training.train --config $(MEMBER_CONFIG)
+	$(PY) -m training.ensemble --model $(MODEL) --member $(MEMBER_EXPORT) --data $(SPLITS)/kaggle_val $(SPLITS)/pbc_val \
+	  --version $(ENSEMBLE_VERSION)
+
+## lolo-ensemble: rule E's stage A: two leave-one-laboratory-out runs (seeds 1337 and 2, one split), the ensemble
+## of the two against its own members on the unseen laboratory
+lolo-ensemble: install-dev
+	$(PY) -m training.lolo --config $(CONFIG) --root runs/lolo --finetune-epochs $(LOLO_EPOCHS) --finetune-lr $(LOLO_LR) --json runs/lolo/lolo.json
+	$(PY) -m training.lolo --config $(CONFIG) --root runs/lolo_s2 --finetune-epochs $(LOLO_EPOCHS) --finetune-lr $(LOLO_LR) \
+	  --seed 2 --split-seed 1337 --json runs/lolo_s2/lolo.json
+	$(PY) -m training.ensemble_study --roots runs/lolo runs/lolo_s2 --json runs/lolo/ensemble_study.json
 
 ## stress: the robustness suite (shifted validation images, never the test split); STRESS_LIMIT images per class
 STRESS_LIMIT ?= 200
