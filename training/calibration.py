@@ -71,7 +71,8 @@ def choose_temperature(logits: np.ndarray, y: np.ndarray, t_clean: float, t_shif
     return t_clean
 
 
-def _folder_pixels(folder: Path, classes: tuple[str, ...], size: int, recipe: str) -> tuple[np.ndarray, np.ndarray]:
+def folder_pixels(folder: Path, classes: tuple[str, ...], size: int, recipe: str) -> tuple[np.ndarray, np.ndarray]:
+    """Every image of a class-folder tree cropped as training crops it (uint8), and its label index."""
     from training.data import decode_for_training
     from training.evaluate import discover
 
@@ -90,8 +91,8 @@ def compare_on_lolo(root: Path) -> dict:
     for own, other in (("pbc", "kaggle"), ("kaggle", "pbc4")):
         clf = load_classifier(root / "export" / f"lolo_{own}", "litert")
         m = clf.manifest
-        own_x, own_y = _folder_pixels(folders[own], m.classes, m.input_size, m.preprocessing)
-        other_x, other_y = _folder_pixels(folders[other], m.classes, m.input_size, m.preprocessing)
+        own_x, own_y = folder_pixels(folders[own], m.classes, m.input_size, m.preprocessing)
+        other_x, other_y = folder_pixels(folders[other], m.classes, m.input_size, m.preprocessing)
 
         def logits(x: np.ndarray, clf=clf) -> np.ndarray:
             return np.concatenate([clf.logits(scale_for_mobilenet(x[i : i + 64])) for i in range(0, len(x), 64)])

@@ -61,10 +61,10 @@ def mean_logits(members: list[CalibratedOutputs], pixels: np.ndarray, batch: int
 
 def fit_ensemble_temperature(members: list[CalibratedOutputs], folders: list[Path], seed: int = 1337) -> dict:
     """The export's temperature procedure, on the logit mean of ``members`` over the validation ``folders``."""
-    from training.calibration import _folder_pixels, augmented_copies, choose_temperature, shift_aware_temperature
+    from training.calibration import augmented_copies, choose_temperature, folder_pixels, shift_aware_temperature
 
     m = members[0].manifest
-    parts = [_folder_pixels(f, m.classes, m.input_size, m.preprocessing) for f in folders]
+    parts = [folder_pixels(f, m.classes, m.input_size, m.preprocessing) for f in folders]
     x = np.concatenate([p[0] for p in parts])
     y = np.concatenate([p[1] for p in parts])
     logits = mean_logits(members, x)
