@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.classifier import CalibratedOutputs, calibrated_softmax, load_classifier
+from pipeline.classifier import CalibratedOutputs, LogitEnsemble, calibrated_softmax, load_classifier
 from pipeline.manifest import ModelManifest, sha256_of
 from pipeline.preprocess import scale_for_mobilenet
 from training.metrics import fit_temperature, reliability
@@ -51,12 +51,11 @@ def copy_member(member_dir: Path, model_dir: Path, n: int) -> dict:
 
 
 def mean_logits(members: list[CalibratedOutputs], pixels: np.ndarray, batch: int = 64) -> np.ndarray:
-    """The members' mean logits on uint8 crops (each member on the same scaled batch)."""
-    out = []
-    for start in range(0, len(pixels), batch):
-        scaled = scale_for_mobilenet(pixels[start : start + batch])
-        out.append(np.mean([m.outputs(scaled)[0].astype(np.float64) for m in members], axis=0))
-    return np.concatenate(out)
+    """The members' mean logits on uint8 crops, by the serving ensemble itself (``LogitEnsemble``), so the
+    temperature is fitted on exactly the logits a job gets (the temperature passed here is not used by them)."""
+    ensemble = LogitEnsemble(members, members[0].manifest.temperature)
+    return np.concatenate([ensemble.logits(scale_for_mobilenet(pixels[start : start + batch]))
+                           for start in range(0, len(pixels), batch)])
 
 
 def fit_ensemble_temperature(members: list[CalibratedOutputs], folders: list[Path], seed: int = 1337) -> dict:
