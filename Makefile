@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 
-.PHONY: demo test install install-dev services browser-deps lint bench train evaluate lolo stress alarm temperature ensemble lolo-ensemble clean
+.PHONY: demo test install install-dev services browser-deps lint bench train evaluate lolo stress alarm temperature member2 ensemble lolo-ensemble clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -72,12 +72,18 @@ lolo: install-dev
 	$(PY) -m training.lolo --config $(CONFIG) --root runs/lolo --finetune-epochs $(LOLO_EPOCHS) --finetune-lr $(LOLO_LR) --json runs/lolo/lolo.json
 	$(PY) -m training.calibration --lolo-root runs/lolo --json runs/lolo/calibration.json
 
-## ensemble: rule E (model card): a second network from ImageNet by the same recipe with another seed on the same
-## split (MEMBER_CONFIG), then MODEL made the ensemble of both (training.ensemble: files, digests, temperature)
-MEMBER_CONFIG ?= training/configs/mnv2_cc_160_mixstyle_member2.json
+## member2: rule E's second network through the first's whole chain (2.0 -> 2.1 -> 2.2 -> 2.3 recipes) with seed 2
+## on the same split; its last step is the MEMBER_CONFIG below
+member2: install-dev
+	$(PY) -m training.splits --config $(CONFIG)
+	for step in base habits swa; do $(PY) -m training.train --config training/configs/mnv2_cc_160_member2_$$step.json || exit 1; done
+
+## ensemble: rule E (model card): a second network by the same recipe with another seed on the same split
+## (MEMBER_CONFIG, trained by `make member2` first), then MODEL made the ensemble of both (training.ensemble)
+MEMBER_CONFIG ?= training/configs/mnv2_cc_160_member2_chain.json
 ENSEMBLE_VERSION ?= 2.4.0
 MEMBER_EXPORT = $(shell $(PY) -c "import json; print(json.load(open('$(MEMBER_CONFIG)'))['export_dir'])")
-ensemble: install-dev
+ensemble: member2
 	$(PY) -m training.splits --config $(CONFIG)
 	$(PY) -m training.train --config $(MEMBER_CONFIG)
 	$(PY) -m training.ensemble --model $(MODEL) --member $(MEMBER_EXPORT) --data $(SPLITS)/kaggle_val $(SPLITS)/pbc_val \
