@@ -79,15 +79,19 @@ member2: install-dev
 	for step in base habits swa; do $(PY) -m training.train --config training/configs/mnv2_cc_160_member2_$$step.json || exit 1; done
 
 ## ensemble: rule E (model card): a second network by the same recipe with another seed on the same split
-## (MEMBER_CONFIG, trained by `make member2` first), then MODEL made the ensemble of both (training.ensemble)
+## (MEMBER_CONFIG, trained by `make member2` first), then FIRST_MEMBER (a single-network model directory: by default
+## 2.3.2 as committed at FIRST_MEMBER_REV) and it made one ensemble in runs/model_$(ENSEMBLE_VERSION) (training.ensemble)
 MEMBER_CONFIG ?= training/configs/mnv2_cc_160_member2_chain.json
 ENSEMBLE_VERSION ?= 2.4.0
+FIRST_MEMBER_REV ?= a7afe3a
+FIRST_MEMBER ?= runs/first_member/models/hematovision-mnv2-cc-160
 MEMBER_EXPORT = $(shell $(PY) -c "import json; print(json.load(open('$(MEMBER_CONFIG)'))['export_dir'])")
 ensemble: member2
 	$(PY) -m training.splits --config $(CONFIG)
 	$(PY) -m training.train --config $(MEMBER_CONFIG)
-	$(PY) -m training.ensemble --model $(MODEL) --member $(MEMBER_EXPORT) --data $(SPLITS)/kaggle_val $(SPLITS)/pbc_val \
-	  --version $(ENSEMBLE_VERSION)
+	test -d $(FIRST_MEMBER) || (mkdir -p runs/first_member && git archive $(FIRST_MEMBER_REV) models/hematovision-mnv2-cc-160 | tar -x -C runs/first_member)
+	$(PY) -m training.ensemble --model $(FIRST_MEMBER) --member $(MEMBER_EXPORT) --data $(SPLITS)/kaggle_val $(SPLITS)/pbc_val \
+	  --version $(ENSEMBLE_VERSION) --out runs/model_$(ENSEMBLE_VERSION)
 
 ## lolo-ensemble: rule E's stage A: two leave-one-laboratory-out runs (seeds 1337 and 2, one split), the ensemble
 ## of the two against its own members on the unseen laboratory
