@@ -73,22 +73,21 @@ lolo: install-dev
 	$(PY) -m training.calibration --lolo-root runs/lolo --json runs/lolo/calibration.json
 
 ## member2: rule E's second network through the first's whole chain (2.0 -> 2.1 -> 2.2 -> 2.3 recipes) with seed 2
-## on the same split; its last step is the MEMBER_CONFIG below
+## on the same split, the four trainings in turn (re-running resumes: a finished training is not repeated, its export
+## is); the last step's export is the member
 member2: install-dev
 	$(PY) -m training.splits --config $(CONFIG)
-	for step in base habits swa; do $(PY) -m training.train --config training/configs/mnv2_cc_160_member2_$$step.json || exit 1; done
+	for step in base habits swa chain; do $(PY) -m training.train --config training/configs/mnv2_cc_160_member2_$$step.json || exit 1; done
 
-## ensemble: rule E (model card): a second network by the same recipe with another seed on the same split
-## (MEMBER_CONFIG, trained by `make member2` first), then FIRST_MEMBER (a single-network model directory: by default
-## 2.3.2 as committed at FIRST_MEMBER_REV) and it made one ensemble in runs/model_$(ENSEMBLE_VERSION) (training.ensemble)
+## ensemble: rule E (model card): FIRST_MEMBER (a single-network model directory: by default 2.3.2 as committed at
+## FIRST_MEMBER_REV) and the export of MEMBER_CONFIG (the second network, trained by `make member2`) made one
+## ensemble in runs/model_$(ENSEMBLE_VERSION) (training.ensemble: files, digests, temperature)
 MEMBER_CONFIG ?= training/configs/mnv2_cc_160_member2_chain.json
 ENSEMBLE_VERSION ?= 2.4.0
 FIRST_MEMBER_REV ?= a7afe3a
 FIRST_MEMBER ?= runs/first_member/models/hematovision-mnv2-cc-160
 MEMBER_EXPORT = $(shell $(PY) -c "import json; print(json.load(open('$(MEMBER_CONFIG)'))['export_dir'])")
 ensemble: member2
-	$(PY) -m training.splits --config $(CONFIG)
-	$(PY) -m training.train --config $(MEMBER_CONFIG)
 	test -d $(FIRST_MEMBER) || (mkdir -p runs/first_member && git archive $(FIRST_MEMBER_REV) models/hematovision-mnv2-cc-160 | tar -x -C runs/first_member)
 	$(PY) -m training.ensemble --model $(FIRST_MEMBER) --member $(MEMBER_EXPORT) --data $(SPLITS)/kaggle_val $(SPLITS)/pbc_val \
 	  --version $(ENSEMBLE_VERSION) --out runs/model_$(ENSEMBLE_VERSION)
