@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 
-.PHONY: demo test install install-dev services browser-deps lint bench train evaluate lolo stress alarm temperature member2 ensemble lolo-ensemble clean
+.PHONY: demo test install install-dev services browser-deps lint bench train evaluate lolo stress alarm temperature member2 ensemble lolo-ensemble lolo-pair clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -99,6 +99,14 @@ lolo-ensemble: install-dev
 	$(PY) -m training.lolo --config $(CONFIG) --root runs/lolo_s2 --finetune-epochs $(LOLO_EPOCHS) --finetune-lr $(LOLO_LR) \
 	  --seed 2 --split-seed 1337 --json runs/lolo_s2/lolo.json
 	$(PY) -m training.ensemble_study --roots runs/lolo runs/lolo_s2 --json runs/lolo/ensemble_study.json
+
+## lolo-pair: rule P: the two runs of `make lolo-ensemble` assembled per direction as the pair is served, scored on the
+## unseen laboratory with the constant temperature, the shipped distance shape and the cross-fitted one
+SHIPPED_SHAPE ?= 0.5 1.1
+lolo-pair: install-dev
+	test -d runs/lolo_pair/export || $(PY) -m training.lolo_pair --roots runs/lolo runs/lolo_s2 --out runs/lolo_pair
+	$(PY) -m training.distance_temperature --lolo-root runs/lolo_pair --limit 100 --shape $(SHIPPED_SHAPE) \
+	  --json runs/lolo_pair/distance_temperature.json
 
 ## stress: the robustness suite (shifted validation images, never the test split); STRESS_LIMIT images per class
 STRESS_LIMIT ?= 200

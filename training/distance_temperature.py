@@ -114,10 +114,14 @@ def _read_cache(path: Path) -> dict[str, np.ndarray]:
     return d
 
 
-def study_lolo(root: Path, limit: int | None, families: list[str] | None = None, log=print) -> dict:
+def study_lolo(root: Path, limit: int | None, families: list[str] | None = None, log=print,
+               given_shape: tuple[float, float] | None = None) -> dict:
     """Each LOLO model: a rule fitted on its own laboratory's validation images and their synthetic shifts,
     scored on the other laboratory's; then the cross-fit: the shape fitted on one model's unseen laboratory,
-    scored on the other model's (the check that a shape chosen on real laboratory shifts transfers)."""
+    scored on the other model's (the check that a shape chosen on real laboratory shifts transfers).
+
+    ``given_shape`` (quantile, power), e.g. the shipped model's: also scored on each unseen laboratory, its
+    reference the quantile of that model's own clean distances, and compared with the cross-fit (rule P)."""
     folders = {"pbc": root / "splits" / "splits" / "pbc_val", "kaggle": root / "splits" / "splits" / "kaggle_val",
                "pbc4": root / "splits" / "pbc_val_kaggle_classes"}
     out: dict = {}
@@ -143,9 +147,26 @@ def study_lolo(root: Path, limit: int | None, families: list[str] | None = None,
         name = next(k for k in out if k.startswith(apply_to + "->"))
         out[name]["cross_fit"] = {"shape_from": fit_on, "quantile": q, "power": power, "rule": rule.__dict__,
                                   "unseen_lab": brief(score(unseen, base, rule)), "own_lab": brief(score(own, base, rule))}
+    if given_shape is not None:
+        for own, (unseen, own_clean, base) in pairs.items():
+            name = next(k for k in out if k.startswith(own + "->"))
+            rule = DistanceTemperature(float(np.quantile(own_clean["distance"], given_shape[0])), float(given_shape[1]))
+            out[name]["given_shape"] = {"quantile": given_shape[0], "power": given_shape[1], "rule": rule.__dict__,
+                                        "unseen_lab": brief(score(unseen, base, rule)), "own_lab": brief(score(own_clean, base, rule))}
+        out["cross_fit_against_given"] = cross_fit_verdict(out)
     q, power = fit_shape(list(pairs.values()))
     out["shape_from_both"] = {"quantile": q, "power": power}
     return out
+
+
+def cross_fit_verdict(lolo: dict) -> dict:
+    """Rule P (a): the cross-fitted shape beats the given one on every unseen laboratory: lower ECE, NLL not higher."""
+    rows = {name: row for name, row in lolo.items() if "given_shape" in row}
+    per = {name: {"ece_given": row["given_shape"]["unseen_lab"]["clean_ece"], "ece_cross_fit": row["cross_fit"]["unseen_lab"]["clean_ece"],
+                  "nll_given": row["given_shape"]["unseen_lab"]["clean_nll"], "nll_cross_fit": row["cross_fit"]["unseen_lab"]["clean_nll"]}
+           for name, row in rows.items()}
+    holds = bool(per) and all(r["ece_cross_fit"] < r["ece_given"] and r["nll_cross_fit"] <= r["nll_given"] for r in per.values())
+    return {"directions": per, "holds": holds}
 
 
 def lolo_pairs(root: Path) -> dict[str, tuple[dict, dict, float]]:
@@ -156,7 +177,8 @@ def lolo_pairs(root: Path) -> dict[str, tuple[dict, dict, float]]:
         if not all(p.is_file() for p in paths):
             raise FileNotFoundError(f"{paths[0]} missing: run python -m training.distance_temperature --lolo-root {root} first")
         unseen, own_data = (_read_cache(p) for p in paths)
-        base = json.loads((root / "export" / f"lolo_{own}" / "manifest.json").read_text())["temperature"]
+        manifest = json.loads((root / "export" / f"lolo_{own}" / "manifest.json").read_text())
+        base = (manifest.get("ensemble") or {}).get("temperature", manifest["temperature"])  # a pair's (training.lolo_pair)
         pairs[own] = (unseen, clean_rows(own_data), float(base))
     return pairs
 
@@ -213,7 +235,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, default=100, help="images per class (default 100)")
     parser.add_argument("--families", nargs="+", help="shift families to fit on (default: all of training.shifts)")
     parser.add_argument("--shape", nargs=2, type=float, metavar=("QUANTILE", "POWER"),
-                        help="use this shape (from --lolo-root's shape_from_both) instead of fitting on --data")
+                        help="use this shape (from --lolo-root's shape_from_both) instead of fitting on --data; with "
+                             "--lolo-root, also score it on each unseen laboratory against the cross-fit (rule P)")
     parser.add_argument("--shape-from-lolo", metavar="ROOT",
                         help="choose the shape on the leave-one-laboratory-out data collected under ROOT (by --lolo-root), "
                              "within this model's in-domain ECE limit on --data")
@@ -225,10 +248,15 @@ def main(argv: list[str] | None = None) -> int:
     if bool(args.lolo_root) == bool(args.model):
         parser.error("give either --lolo-root or --model with --data")
     if args.lolo_root:
-        result = study_lolo(Path(args.lolo_root), args.limit, args.families)
+        result = study_lolo(Path(args.lolo_root), args.limit, args.families,
+                            given_shape=tuple(args.shape) if args.shape else None)
         for name, row in result.items():
             if name == "shape_from_both":
                 print(f"shape fitted on both unseen laboratories: quantile {row['quantile']}, power {row['power']}")
+                continue
+            if name == "cross_fit_against_given":
+                print(f"cross-fit against the given shape (lower unseen ECE, NLL not higher, every direction): "
+                      f"{'held' if row['holds'] else 'FAILED'}")
                 continue
             u = row["unseen_lab"]
             print(f"{name:<14} rule {row['rule']}  unseen-lab ECE {u['constant']['clean_ece']:.3f} -> {u['distance']['clean_ece']:.3f}"
@@ -237,6 +265,10 @@ def main(argv: list[str] | None = None) -> int:
             c = row["cross_fit"]
             print(f"{'':<14} cross-fit (shape from {c['shape_from']}: q {c['quantile']}, power {c['power']}): unseen-lab ECE "
                   f"{c['unseen_lab']['clean_ece']:.3f}, NLL {c['unseen_lab']['clean_nll']:.3f}; own-lab clean ECE {c['own_lab']['clean_ece']:.3f}")
+            if "given_shape" in row:
+                g = row["given_shape"]
+                print(f"{'':<14} given shape (q {g['quantile']}, power {g['power']}): unseen-lab ECE {g['unseen_lab']['clean_ece']:.3f}, "
+                      f"NLL {g['unseen_lab']['clean_nll']:.3f}; own-lab clean ECE {g['own_lab']['clean_ece']:.3f}")
     else:
         if not args.data:
             parser.error("--model needs --data")
