@@ -137,9 +137,14 @@ def predict_scored(classifier: Classifier, batch: np.ndarray,
     return probs, [round(float(s), 4) for s in distances]
 
 
-def load_domain(model_dir: str | Path, manifest: ModelManifest) -> DomainModel | None:
+def load_domain(model_dir: str | Path, manifest: ModelManifest, backend: str = "litert") -> DomainModel | None:
+    """The domain model for the features ``backend`` computes: its own file where the manifest lists one
+    (``ood.backends``: the int8 network's features sit further from the fp32 reference, so fp32 thresholds
+    false-alarm on its in-domain jobs), else the one fitted on fp32 features (LiteRT fp32 and Keras agree to 1e-4)."""
     ood = manifest.extra.get("ood") or {}
-    return DomainModel.load(Path(model_dir) / ood["file"]) if ood.get("file") else None
+    own = (ood.get("backends") or {}).get(backend) or {}
+    file = own.get("file") or ood.get("file")
+    return DomainModel.load(Path(model_dir) / file) if file else None
 
 
 class CalibratedOutputs:
@@ -188,11 +193,11 @@ class LiteRTClassifier(CalibratedOutputs):
     """LiteRT (TFLite) model on the XNNPACK CPU delegate: fp32 ``model.tflite`` or the int8 file."""
 
     def __init__(self, model_dir: str | Path, manifest: ModelManifest, filename: str = "model.tflite", threads: int | None = None,
-                 with_domain: bool = True) -> None:
+                 with_domain: bool = True, backend: str = "litert") -> None:
         from ai_edge_litert.interpreter import Interpreter
 
         self.manifest = manifest
-        self.domain = load_domain(model_dir, manifest) if with_domain else None
+        self.domain = load_domain(model_dir, manifest, backend) if with_domain else None
         self._interpreter = Interpreter(model_path=str(Path(model_dir) / filename), num_threads=threads or os.cpu_count())
         self._input = self._interpreter.get_input_details()[0]["index"]
         self._outputs = [d["index"] for d in self._interpreter.get_output_details()]
@@ -239,7 +244,7 @@ def _int8(model_dir: str | Path, manifest: ModelManifest, threads: int | None = 
     int8 = manifest.extra.get("int8") or {}
     if not int8.get("file"):
         raise ValueError(f"model {manifest.label} ships no int8 file; use backend 'litert'")
-    return LiteRTClassifier(model_dir, manifest, int8["file"], threads)
+    return LiteRTClassifier(model_dir, manifest, int8["file"], threads, backend="litert-int8")
 
 
 BACKENDS = {"litert": LiteRTClassifier, "litert-int8": _int8, "keras": KerasClassifier}

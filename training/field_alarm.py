@@ -147,12 +147,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shift", help="apply one shift of the robustness suite to every field first, e.g. scale/x2")
     parser.add_argument("--fit", action="store_true",
                         help="fit the field thresholds on the even fields and write them into the model's ood.npz")
+    parser.add_argument("--backend", default="litert", choices=["litert", "litert-int8"],
+                        help="the network and domain model to measure (litert-int8 reads its own, training.refit_domain --backend)")
     args = parser.parse_args(argv)
+    if args.fit and args.backend != "litert":
+        parser.error("--fit writes the fp32 domain model; the int8 one is fitted by training.refit_domain --backend litert-int8 --fields")
     if args.fit and (args.shift or args.hue):
         parser.error("--fit takes the fields as they are (no --shift or --hue)")
     shift = named_shift(args.shift) if args.shift else (partial(hue_rotation, degrees=args.hue) if args.hue else None)
     cv2.setNumThreads(1)
-    classifier = load_classifier(args.model, "litert", threads=1)
+    classifier = load_classifier(args.model, args.backend, threads=1)
     if classifier.domain is None:
         print(f"model {classifier.manifest.label} has no domain model (ood.npz): nothing to measure", file=sys.stderr)
         return 2
