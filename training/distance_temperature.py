@@ -43,7 +43,7 @@ import numpy as np
 from pipeline.classifier import Classifier, DistanceTemperature, StainTemperature, load_classifier
 from training.evaluate import BATCH, discover
 from training.stress import balanced_subsample, conditions, load_images
-from training.temperature_shape import brief, clean_rows, ece_limit, ece_of, fit_rule, fit_shape, held_out_halves, score, shaped_rule
+from training.temperature_shape import brief, clean_rows, ece_limit, ece_of, fit_rule, fit_shape, held_out_halves, lolo_rule, score, shaped_rule
 
 
 def collect(classifier: Classifier, data_dir: str, limit: int | None, seed: int = 0,
@@ -143,14 +143,14 @@ def study_lolo(root: Path, limit: int | None, families: list[str] | None = None,
     for fit_on, apply_to in (("pbc", "kaggle"), ("kaggle", "pbc")):
         q, power = fit_shape([pairs[fit_on]])
         unseen, own, base = pairs[apply_to]
-        rule = DistanceTemperature(float(np.quantile(own["distance"], q)), power)
+        rule = lolo_rule(own, q, power)
         name = next(k for k in out if k.startswith(apply_to + "->"))
         out[name]["cross_fit"] = {"shape_from": fit_on, "quantile": q, "power": power, "rule": rule.__dict__,
                                   "unseen_lab": brief(score(unseen, base, rule)), "own_lab": brief(score(own, base, rule))}
     if given_shape is not None:
         for own, (unseen, own_clean, base) in pairs.items():
             name = next(k for k in out if k.startswith(own + "->"))
-            rule = DistanceTemperature(float(np.quantile(own_clean["distance"], given_shape[0])), float(given_shape[1]))
+            rule = lolo_rule(own_clean, *given_shape)
             out[name]["given_shape"] = {"quantile": given_shape[0], "power": given_shape[1], "rule": rule.__dict__,
                                         "unseen_lab": brief(score(unseen, base, rule)), "own_lab": brief(score(own_clean, base, rule))}
         out["cross_fit_against_given"] = cross_fit_verdict(out)
@@ -205,9 +205,9 @@ def shape_for_model(model_dir: str, data_dirs: list[str], lolo_root: Path, log=p
                                    for d in clean},
               "lolo_unseen_with_shape": {}}
     for own, (unseen, own_clean, lolo_base) in pairs.items():
-        lolo_rule = DistanceTemperature(float(np.quantile(own_clean["distance"], q)), power)
-        report["lolo_unseen_with_shape"][own] = {"constant": ece_of(unseen, lolo_base, None), "rule": ece_of(unseen, lolo_base, lolo_rule),
-                                                 "own_clean_rule": ece_of(own_clean, lolo_base, lolo_rule)}
+        applied = lolo_rule(own_clean, q, power)
+        report["lolo_unseen_with_shape"][own] = {"constant": ece_of(unseen, lolo_base, None), "rule": ece_of(unseen, lolo_base, applied),
+                                                 "own_clean_rule": ece_of(own_clean, lolo_base, applied)}
     return (q, power), report
 
 

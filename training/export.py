@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.classifier import calibrated_softmax
+from pipeline.domain import FALSE_ALARM, JOB_SIZE, DomainModel, fit_domain_model
 from pipeline.manifest import sha256_of
 from pipeline.preprocess import scale_for_mobilenet
 from training.calibration import augmented_copies, choose_temperature, shift_aware_temperature
@@ -138,19 +139,22 @@ def fit_domain(model, train_x: np.ndarray, train_y: np.ndarray, f_val: np.ndarra
 def save_domain(f_train: np.ndarray, train_y: np.ndarray, f_val: np.ndarray, val_groups: np.ndarray, folder: Path,
                 fitted_on: str, val_sources: np.ndarray | None = None) -> dict:
     """Write ``ood.npz`` and return the manifest's ``ood`` block (what ``training.refit_domain`` also writes)."""
-    from pipeline.domain import FALSE_ALARM, JOB_SIZE, fit_domain_model
-
     domain = fit_domain_model(f_train, train_y, f_val, val_groups, val_sources=val_sources)
     domain.save(folder / "ood.npz")
-    groups = [str(g) for g in np.unique(val_groups)]
-    return {"file": "ood.npz", "method": "Mahalanobis to nearest class centre, shared covariance, PCA 64",
+    return domain_block(domain, val_groups, "ood.npz", f"{fitted_on}; thresholds on {len(f_val)} validation images")
+
+
+def domain_block(domain: DomainModel, val_groups: np.ndarray, file: str, fitted_on: str) -> dict:
+    """The manifest's description of a domain model stored in ``file`` (``ood``, or an entry of ``ood.backends``)."""
+    return {"file": file, "method": "Mahalanobis to nearest class centre, shared covariance, PCA 64",
             "image_threshold": round(domain.image_threshold, 4), "job_threshold": round(domain.job_threshold, 4),
             "job_size": JOB_SIZE, "in_domain_unusual_fraction": round(domain.expected_fraction, 4),
-            "mean_distance": {"laboratories": groups, "centres": [round(float(v), 4) for v in domain.mean_centres],
+            "mean_distance": {"laboratories": [str(g) for g in np.unique(val_groups)],
+                              "centres": [round(float(v), 4) for v in domain.mean_centres],
                               "job_thresholds": [round(float(v), 4) for v in domain.mean_thresholds]},
             "job_statistics": f"share of images above the image threshold, or mean distance; each at {FALSE_ALARM:.1%} "
                               f"false alarm on {JOB_SIZE}-image validation jobs of one laboratory",
-            "fitted_on": f"{fitted_on}; thresholds on {len(f_val)} validation images"}
+            "fitted_on": fitted_on}
 
 
 def try_int8(model, folder: Path, calibration: np.ndarray, scaled_val: np.ndarray, val_y: np.ndarray, fp32_accuracy: float) -> dict:

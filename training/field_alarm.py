@@ -98,16 +98,32 @@ def fit_fields(model_dir: Path, domain: DomainModel, even_scores: list[list[floa
     them into the model (``ood.npz`` and the manifest's ``ood.fields``)."""
     from training.refit_domain import record
 
-    cells = np.array([s for field in even_scores for s in field if s is not None])
-    fitted = dataclasses.replace(domain, field_thresholds=field_thresholds(cells, domain.image_threshold))
+    cells = scored_cells(even_scores)
+    fitted = with_field_thresholds(domain, cells)
     fitted.save(model_dir / "ood.npz")
     ood = json.loads((model_dir / "manifest.json").read_text())["ood"]
-    share, centre, mean50 = (round(float(v), 4) for v in fitted.field_thresholds[:3])
-    ood["fields"] = {"job_threshold": share, "mean_centre": centre, "mean_job_threshold": mean50,
-                     "fitted_on": f"{len(cells)} cells of {len(even_scores)} even BCCD fields (training.field_alarm --fit)"}
+    ood["fields"] = fields_block(fitted, f"{len(cells)} cells of {len(even_scores)} even BCCD fields (training.field_alarm --fit)")
     record(model_dir, ood, "field thresholds fitted by training.field_alarm --fit on the even BCCD fields")
-    print(f"field thresholds: share {share:.3f}, mean centre {centre:.3f}, 50-cell mean {mean50:.3f} ({len(cells)} cells)")
+    f = ood["fields"]
+    print(f"field thresholds: share {f['job_threshold']:.3f}, mean centre {f['mean_centre']:.3f}, "
+          f"50-cell mean {f['mean_job_threshold']:.3f} ({len(cells)} cells)")
     return fitted
+
+
+def scored_cells(scores: list[list[float | None]]) -> np.ndarray:
+    """The domain scores of every cell of ``scores`` (per field, from :func:`field_scores`) that has one."""
+    return np.array([s for field in scores for s in field if s is not None])
+
+
+def with_field_thresholds(domain: DomainModel, cells: np.ndarray) -> DomainModel:
+    """``domain`` with field thresholds from the distances (under ``domain`` itself) of in-domain fields' cells."""
+    return dataclasses.replace(domain, field_thresholds=field_thresholds(cells, domain.image_threshold))
+
+
+def fields_block(domain: DomainModel, fitted_on: str) -> dict:
+    """The manifest's description of ``domain``'s field thresholds (``ood.fields``, or a backend entry's)."""
+    share, centre, mean50 = (round(float(v), 4) for v in domain.field_thresholds[:3])
+    return {"job_threshold": share, "mean_centre": centre, "mean_job_threshold": mean50, "fitted_on": fitted_on}
 
 
 def alarm_rates(scores: list[list[float | None]], domain: DomainModel, n_fields: int, jobs: int, seed: int = 0,

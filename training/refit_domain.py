@@ -35,12 +35,12 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.classifier import load_classifier, load_domain
-from pipeline.domain import DomainModel, field_thresholds, fit_domain_model
+from pipeline.domain import DomainModel, fit_domain_model
 from pipeline.manifest import ModelManifest, sha256_of
 from training.config import TrainConfig
 from training.data import Sample, load_splits
 from training.evaluate import classify_chunks, decoded_chunks
-from training.export import save_domain
+from training.export import domain_block, save_domain
 
 #: the file each backend's own domain model is written to (the manifest's ``ood.backends``)
 BACKEND_FILES = {"litert-int8": "ood.int8.npz"}
@@ -58,15 +58,16 @@ def split_features(model_dir: str, samples: list[Sample], backend: str = "litert
     return np.concatenate(features), np.array([classes.index(s.label) for s in kept]), np.array([s.dataset for s in kept])
 
 
-def record(model_dir: Path, ood: dict, note: str, version: str | None = None) -> None:
-    """Write the manifest's ``ood`` block, a history line, the new ``ood.npz`` digest and (optionally) version."""
+def record(model_dir: Path, ood: dict, note: str, version: str | None = None, file: str = "ood.npz") -> None:
+    """Write the manifest's ``ood`` block, a history line, the new digest of ``file`` (the domain model just
+    written) and (optionally) version."""
     manifest_path = model_dir / "manifest.json"
     manifest = json.loads(manifest_path.read_text())
     manifest["ood"] = ood
     if version:
         manifest["version"] = version
     manifest.setdefault("history", []).append(note)
-    manifest["files"]["ood.npz"] = sha256_of(model_dir / "ood.npz")
+    manifest["files"][file] = sha256_of(model_dir / file)
     manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
 
 
@@ -86,27 +87,23 @@ def backend_domain(reference: DomainModel, f_train: np.ndarray, y_train: np.ndar
                    val_labs: np.ndarray) -> DomainModel:
     """The domain model of another backend's features: centres, covariance and thresholds refitted on them (as
     ``refit`` fits the fp32 ones); the red cells' stain and size references, which read pixels, kept from
-    ``reference``. Field thresholds are added by :func:`with_field_thresholds` once its distances exist."""
+    ``reference``. Field thresholds are added by ``training.field_alarm.with_field_thresholds`` once its distances
+    exist."""
     fitted = fit_domain_model(f_train, y_train, f_val, val_labs)
     return dataclasses.replace(fitted, stain=reference.stain, red_cells=reference.red_cells)
-
-
-def with_field_thresholds(domain: DomainModel, field_cell_scores: np.ndarray) -> DomainModel:
-    """``domain`` with field thresholds from the distances (under ``domain`` itself) of in-domain fields' cells."""
-    return dataclasses.replace(domain, field_thresholds=field_thresholds(field_cell_scores, domain.image_threshold))
 
 
 def even_field_cells(model_dir: Path, backend: str, domain: DomainModel, fields: Path) -> np.ndarray:
     """Distances under ``domain`` of the cells the serving path finds in the even BCCD fields (the half that
     chooses, as ``training.field_alarm --fit``), computed by ``backend``."""
-    from training.field_alarm import field_scores
+    from training.field_alarm import field_scores, scored_cells
 
     classifier = load_classifier(model_dir, backend, threads=1)
     classifier.domain = domain  # distances against the reference being fitted, not the one on disk
     paths = sorted((fields / "JPEGImages").glob("*.jpg"))[0::2]
     if not paths:
         raise SystemExit(f"error: no fields in {fields}/JPEGImages")
-    return np.array([s for field in field_scores(classifier, paths) for s in field if s is not None])
+    return scored_cells(field_scores(classifier, paths))
 
 
 def refit_backend(model_dir: Path, config: TrainConfig, backend: str, version: str, fields: Path | None) -> dict:
@@ -121,30 +118,21 @@ def refit_backend(model_dir: Path, config: TrainConfig, backend: str, version: s
     f_train, y_train, _ = split_features(str(model_dir), splits["train"], backend)
     f_val, _, val_labs = split_features(str(model_dir), splits["val"], backend)
     domain = backend_domain(reference, f_train, y_train, f_val, val_labs)
-    entry = {"file": BACKEND_FILES[backend], "image_threshold": round(domain.image_threshold, 4),
-             "job_threshold": round(domain.job_threshold, 4),
-             "mean_distance": {"laboratories": [str(g) for g in np.unique(val_labs)],
-                               "centres": [round(float(v), 4) for v in domain.mean_centres],
-                               "job_thresholds": [round(float(v), 4) for v in domain.mean_thresholds]},
-             "fitted_on": f"{len(f_train)} training images, thresholds on {len(f_val)} validation images ({backend} features); "
-                          "red-cell stain and size references as the fp32 domain model's"}
+    file = BACKEND_FILES[backend]
+    entry = domain_block(domain, val_labs, file, f"{len(f_train)} training images, thresholds on {len(f_val)} validation "
+                                                 f"images ({backend} features); red-cell stain and size references as the "
+                                                 "fp32 domain model's")
     if fields is not None and reference.field_thresholds is not None:
+        from training.field_alarm import fields_block, with_field_thresholds
+
         cells = even_field_cells(model_dir, backend, domain, fields)
         domain = with_field_thresholds(domain, cells)
-        entry["fields"] = {"job_threshold": round(float(domain.field_thresholds[0]), 4),
-                           "mean_centre": round(float(domain.field_thresholds[1]), 4),
-                           "mean_job_threshold": round(float(domain.field_thresholds[2]), 4),
-                           "fitted_on": f"{len(cells)} cells of the even BCCD fields ({backend} features)"}
-    domain.save(model_dir / BACKEND_FILES[backend])
-    path = model_dir / "manifest.json"
-    data = json.loads(path.read_text())
-    previous = data["version"]
-    data["ood"].setdefault("backends", {})[backend] = entry
-    data["files"][BACKEND_FILES[backend]] = sha256_of(model_dir / BACKEND_FILES[backend])
-    data["version"] = version
-    data.setdefault("history", []).append(f"{version}: {backend}'s own domain model fitted by training.refit_domain --backend "
-                                          f"{backend} from {previous} (same networks, same predictions)")
-    path.write_text(json.dumps(data, indent=2) + "\n")
+        entry["fields"] = fields_block(domain, f"{len(cells)} cells of the even BCCD fields ({backend} features)")
+    domain.save(model_dir / file)
+    ood = dict(manifest.extra["ood"])
+    ood["backends"] = {**(ood.get("backends") or {}), backend: entry}
+    record(model_dir, ood, f"{version}: {backend}'s own domain model fitted by training.refit_domain --backend {backend} "
+                           f"from {manifest.version} (same networks, same predictions)", version, file)
     ModelManifest.load(model_dir)  # every digest, the new file's included
     return entry
 

@@ -120,6 +120,12 @@ def shaped_rule(data: list[dict[str, np.ndarray]], quantile: float, power: float
     return DistanceTemperature(round(reference, 4), float(power))
 
 
+def lolo_rule(own_clean: dict[str, np.ndarray], quantile: float, power: float) -> DistanceTemperature:
+    """A shape applied to one leave-one-laboratory-out model: its reference the ``quantile`` of that model's own
+    clean validation distances, so a shape transfers between models whose distances have other scales."""
+    return DistanceTemperature(float(np.quantile(own_clean["distance"], quantile)), float(power))
+
+
 #: the arrays of ``collect`` with one entry per row (image x condition); the others describe the whole set
 PER_ROW = ("logits", "distance", "y", "condition", "image", "stain")
 

@@ -21,7 +21,8 @@ def _synthetic(seed: int, shift: float = 0.0) -> tuple[np.ndarray, np.ndarray, n
 
 
 def test_backend_domain_refits_the_features_part_and_keeps_the_pixel_checks(model_dir):
-    from training.refit_domain import backend_domain, with_field_thresholds
+    from training.field_alarm import with_field_thresholds
+    from training.refit_domain import backend_domain
 
     reference = DomainModel.load(model_dir / "ood.npz")
     train_x, train_y, val_x, labs = _synthetic(0)
