@@ -123,14 +123,15 @@ temperature: install-dev
 	$(PY) -m training.distance_temperature --model $(MODEL) --data $(SPLITS)/kaggle_val $(SPLITS)/pbc_val --limit 100 \
 	  --shape-from-lolo runs/lolo --write --version $(ALARM_VERSION) --json $(MODEL)/eval/distance_temperature.json
 
-## alarm: refit the model's domain alarm without retraining (how 2.1.1 was made from 2.1), its stain and red-cell checks, its field
-## thresholds, then the int8 backend's own domain model (last: it keeps the stain and red-cell references as fitted)
+## alarm: refit the model's domain alarm without retraining (how 2.1.1 was made from 2.1), its stain, red-cell and focus checks,
+## its field thresholds, then the int8 backend's own domain model (last: it keeps the pixel checks' references as fitted)
 ALARM_VERSION ?= 2.3.0
 alarm: install-dev
 	$(PY) -m training.splits --config $(CONFIG)
 	$(PY) -m training.refit_domain --model $(MODEL) --config $(CONFIG) --version $(ALARM_VERSION)
 	$(PY) -m training.stain_check --model $(MODEL) --config $(CONFIG) --fit
 	$(PY) -m training.stain_check --model $(MODEL) --config $(CONFIG) --fit --size
+	$(PY) -m training.stain_check --model $(MODEL) --config $(CONFIG) --fit --focus
 	$(PY) -m training.field_alarm --data ../shared/data/bccd --model $(MODEL) --fit
 	$(PY) -m training.refit_domain --model $(MODEL) --config $(CONFIG) --version $(ALARM_VERSION) --backend litert-int8 \
 	  --fields ../shared/data/bccd

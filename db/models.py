@@ -145,6 +145,8 @@ class Prediction(Base):
     stain_od: Mapped[list[float] | None] = mapped_column(JSON(none_as_null=True))  # None: SQL NULL, not JSON null
     #: the red cells' diameter in the image's own pixels (the crop's ruler, for the red-cell check); None: no ruler
     red_cell_px: Mapped[float | None] = mapped_column(Float)
+    #: the model crop's blur effect (pipeline.focus_check, the focus check); None for models without one
+    focus: Mapped[float | None] = mapped_column(Float)
 
 
 class JobSummary(Base):

@@ -63,6 +63,7 @@ class ResultRow:
     code: str | None = None  # reason code of a failure (default ErrorCode.BAD_IMAGE)
     stain_od: tuple[float, float, float] | None = None  # red-cell stain signature (pipeline.stain_check)
     red_cell_px: float | None = None  # the red cells' diameter in the image's pixels (pipeline.stain_check.red_cell_signature)
+    focus: float | None = None  # the model crop's blur effect (pipeline.focus_check)
 
 
 def create_job(session: Session, job_id: str, source: str, name: str | None, batch_size: int, images: list[NewImage],
@@ -168,7 +169,7 @@ def record_results(session: Session, job_id: str, rows: list[ResultRow], model_v
             {"job_id": job_id, "image_id": r.image_id, "label": r.label, "confidence": r.confidence,
              "probabilities": r.probabilities, "model_version": model_version, "created_at": utcnow(),
              "cell_found": r.cell_found, "ood_score": r.ood_score, "stain_od": _json_od(r.stain_od),
-             "red_cell_px": r.red_cell_px}
+             "red_cell_px": r.red_cell_px, "focus": r.focus}
             for r in ok
         ])
         stmt = stmt.on_conflict_do_update(
@@ -176,7 +177,8 @@ def record_results(session: Session, job_id: str, rows: list[ResultRow], model_v
             set_={"label": stmt.excluded.label, "confidence": stmt.excluded.confidence,
                   "probabilities": stmt.excluded.probabilities, "model_version": stmt.excluded.model_version,
                   "cell_found": stmt.excluded.cell_found, "ood_score": stmt.excluded.ood_score,
-                  "stain_od": stmt.excluded.stain_od, "red_cell_px": stmt.excluded.red_cell_px},
+                  "stain_od": stmt.excluded.stain_od, "red_cell_px": stmt.excluded.red_cell_px,
+                  "focus": stmt.excluded.focus},
         )
         session.execute(stmt)
     done = _leave_pending(session, job_id, [r.image_id for r in ok], ImageStatus.DONE, None)
@@ -240,14 +242,14 @@ def results_page(session: Session, job_id: str, limit: int, offset: int) -> list
 
 
 def all_outcomes(session: Session, job_id: str) -> list[tuple[str, str | None, float | None, str | None, bool | None, float | None,
-                                                             tuple[float, float, float] | None, float | None]]:
-    """(path, label, confidence, error, cell_found, ood_score, stain_od, red_cell_px) of every image of a job, for the
+                                                             tuple[float, float, float] | None, float | None, float | None]]:
+    """(path, label, confidence, error, cell_found, ood_score, stain_od, red_cell_px, focus) of every image of a job, for the
     report (the fields of ``pipeline.report.CellPrediction`` in order)."""
     stmt = (select(Image.path, Prediction.label, Prediction.confidence, Image.error, Prediction.cell_found, Prediction.ood_score,
-                   Prediction.stain_od, Prediction.red_cell_px)
+                   Prediction.stain_od, Prediction.red_cell_px, Prediction.focus)
             .outerjoin(Prediction, (Prediction.image_id == Image.id) & (Prediction.job_id == job_id))
             .where(Image.job_id == job_id).order_by(Image.seq))
-    return [(*r[:-2], _stored_od(r[-2]), r[-1]) for r in session.execute(stmt).all()]
+    return [(*r[:-3], _stored_od(r[-3]), r[-2], r[-1]) for r in session.execute(stmt).all()]
 
 
 def get_summary(session: Session, job_id: str) -> dict | None:

@@ -22,7 +22,8 @@ a prediction (nor the domain score).
 Each image's red-cell stain signature (``pipeline.stain_check``) is measured
 on its model crop right after the crop is made, in the same preparing thread,
 and travels with the image to its result for the job's stain check (only for
-models that carry a stain reference, ``ModelManifest.checks_stain``).
+models that carry a stain reference, ``ModelManifest.checks_stain``); so is its
+blur effect for the focus check (``pipeline.focus_check``, ``checks_focus``).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ import cv2
 import numpy as np
 
 from pipeline.classifier import Classifier, predict_scored
+from pipeline.focus_check import blur_effect
 from pipeline.images import ImageRejected, decode_image
 from pipeline.manifest import ModelManifest
 from pipeline.parallel import ordered_map, prefetched
@@ -66,6 +68,8 @@ class ImageResult:
     stain_od: Signature | None = None
     #: the red cells' diameter in the image's own pixels (the crop's ruler); None where no ruler was found
     red_cell_px: float | None = None
+    #: the model crop's blur effect (``pipeline.focus_check``); None where the model carries no focus check
+    focus: float | None = None
 
 
 @dataclass(frozen=True)
@@ -86,6 +90,7 @@ class PreparedBatch:
     found: list[bool] = field(default_factory=list)  # the recipe found a cell in the image
     stains: list[Signature | None] = field(default_factory=list)  # the crop's red-cell stain signature, or None
     red_cells: list[float | None] = field(default_factory=list)  # the red cells' diameter (px) the crop measured, or None
+    focus: list[float | None] = field(default_factory=list)  # the crop's blur effect, or None
     errors: list[ImageResult] = field(default_factory=list)
     source_pixels: int = 0
 
@@ -120,6 +125,7 @@ class PreparedImage:
     error: ImageResult | None = None
     stain: Signature | None = None  # red-cell stain signature of the crop (``pipeline.stain_check``), None where not measured
     red_cell_px: float | None = None  # the red cells' diameter in the image's pixels (the crop's ruler), None if none
+    focus: float | None = None  # the crop's blur effect (``pipeline.focus_check``), None where the model does not check it
 
 
 def prepare_image(item: tuple[int, Callable[[], bytes]], manifest: ModelManifest, limits: BatchLimits) -> PreparedImage:
@@ -142,7 +148,9 @@ def prepare_image(item: tuple[int, Callable[[], bytes]], manifest: ModelManifest
     crop = model_crop(bgr, manifest.input_size, manifest.preprocessing)
     stain = stain_signature(crop.pixels) if manifest.checks_stain else None
     red_cell_px = round(crop.rbc_diameter_px, 2) if crop.rbc_diameter_px else None
-    return PreparedImage(key, crop.pixels, crop.found, bgr.shape[0] * bgr.shape[1], stain=stain, red_cell_px=red_cell_px)
+    focus = blur_effect(crop.pixels) if manifest.checks_focus else None
+    return PreparedImage(key, crop.pixels, crop.found, bgr.shape[0] * bgr.shape[1], stain=stain, red_cell_px=red_cell_px,
+                         focus=focus)
 
 
 def prepare_batches(items: Iterable[tuple[int, Callable[[], bytes]]], manifest: ModelManifest, limits: BatchLimits,
@@ -166,6 +174,7 @@ def prepare_batches(items: Iterable[tuple[int, Callable[[], bytes]]], manifest: 
             batch.found.append(image.found)
             batch.stains.append(image.stain)
             batch.red_cells.append(image.red_cell_px)
+            batch.focus.append(image.focus)
             batch.source_pixels += image.source_pixels
     if batch.keys or batch.errors:
         yield batch
@@ -183,8 +192,8 @@ def _classify(classifier: Classifier, batch: PreparedBatch, scaled: np.ndarray |
     results = list(batch.errors)
     if scaled is not None:
         probs, scores = predict_scored(classifier, scaled, batch.stains)
-        for key, row, has_cell, score, stain, red_cell_px in zip(batch.keys, probs, batch.found, scores, batch.stains,
-                                                                  batch.red_cells, strict=True):
+        for key, row, has_cell, score, stain, red_cell_px, focus in zip(batch.keys, probs, batch.found, scores, batch.stains,
+                                                                         batch.red_cells, batch.focus, strict=True):
             best = int(np.argmax(row))
             results.append(ImageResult(
                 key,
@@ -195,6 +204,7 @@ def _classify(classifier: Classifier, batch: PreparedBatch, scaled: np.ndarray |
                 ood_score=score,
                 stain_od=stain,
                 red_cell_px=red_cell_px,
+                focus=focus,
             ))
     return results
 

@@ -45,6 +45,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:  # pipeline.stain_check builds on this module's job thresholds; it is imported where a file is loaded
+    from pipeline.focus_check import FocusReference
     from pipeline.stain_check import RedCellSignature, Signature, StainReference
 
 OK = "ok"
@@ -90,6 +91,9 @@ class DomainModel:
     #: the red cells' stain and size together per training laboratory (``pipeline.stain_check.red_cell_signature``,
     #: ``training.stain_check --fit --size``), checked on cell-image jobs; None: no such check (models before 2.3.2)
     red_cells: StainReference | None = None
+    #: the images' blur effect per training laboratory (``pipeline.focus_check``, ``training.stain_check --focus
+    #: --fit``), checked on cell-image jobs; None: no focus check (models before 2.4.2)
+    focus: FocusReference | None = None
 
     def score(self, features: np.ndarray) -> np.ndarray:
         """Distance of each feature row to its nearest class centre (larger = less familiar)."""
@@ -131,11 +135,14 @@ class DomainModel:
             extra.update(self.stain.arrays())
         if self.red_cells is not None:
             extra.update(self.red_cells.arrays("rbc"))
+        if self.focus is not None:
+            extra.update(self.focus.arrays())
         np.savez(path, mean=self.mean, components=self.components, class_means=self.class_means, precision=self.precision,
                  thresholds=np.array([self.image_threshold, self.job_threshold, self.expected_fraction]), **extra)
 
     @classmethod
     def load(cls, path: Path) -> DomainModel:
+        from pipeline.focus_check import FocusReference
         from pipeline.stain_check import StainReference
 
         with np.load(path) as data:
@@ -145,7 +152,8 @@ class DomainModel:
             fields = data["field_thresholds"] if "field_thresholds" in data.files else None
             counts = data["share_counts"] if "share_counts" in data.files else None
             return cls(data["mean"], data["components"], data["class_means"], data["precision"], image_t, job_t, expected,
-                       centres, thresholds, fields, counts, StainReference.from_arrays(data), StainReference.from_arrays(data, "rbc"))
+                       centres, thresholds, fields, counts, StainReference.from_arrays(data), StainReference.from_arrays(data, "rbc"),
+                       FocusReference.from_arrays(data))
 
 
 def _job_quantile(values: np.ndarray, statistic, rng: np.random.Generator, jobs: int = 2000) -> float:
@@ -276,6 +284,8 @@ class DomainCheck:
     stain: dict | None = None
     #: the red cells' stain and size against the nearest laboratory (the red-cell check; cell jobs, models from 2.3.2)
     red_cells: dict | None = None
+    #: the images' blur effect against the nearest laboratory (``FocusReference.measure``; cell jobs, models from 2.4.2)
+    focus: dict | None = None
 
     def to_dict(self) -> dict:
         out = {"status": self.status, "score": self.score, "reasons": self.reasons}
@@ -285,24 +295,29 @@ class DomainCheck:
             out["stain"] = self.stain
         if self.red_cells is not None:
             out["red_cells"] = self.red_cells
+        if self.focus is not None:
+            out["focus"] = self.focus
         return out
 
 
 def check_job(scores: list[float | None], model: DomainModel | None, n_no_cell: int = 0, n_images: int = 0,
               unit: str = "images", other_reasons: Sequence[str] = (),
               stains: Sequence[Signature | None] | None = None,
-              red_cells: Sequence[RedCellSignature | None] | None = None) -> DomainCheck:
+              red_cells: Sequence[RedCellSignature | None] | None = None,
+              focus: Sequence[float | None] | None = None) -> DomainCheck:
     """Compare one job's per-image distances (None where not scored) with the in-domain thresholds.
 
     ``unit`` names what was scored: "images" for cell jobs, "cells" for field jobs (which use the field
     thresholds where the model has them). ``stains`` are the images' red-cell stain signatures
     (``pipeline.stain_check``; None where not measured), checked where the model carries a stain reference;
     ``red_cells`` the cell images' stain-and-diameter signatures (``red_cell_signature``), checked where the model
-    carries a red-cell reference (cell jobs only: field jobs have their own magnification check).
+    carries a red-cell reference (cell jobs only: field jobs have their own magnification check); ``focus`` the cell
+    images' blur effects (``pipeline.focus_check``), checked where the model carries a focus reference.
     ``other_reasons`` are shifts found without the model (a field job's magnification,
     ``pipeline.fields.magnification_reason``). The stain's and the other reasons each make the job shifted,
     after the feature distances' own reasons, even where the distances cannot be checked.
     """
+    from pipeline.focus_check import describe_focus
     from pipeline.stain_check import describe_red_cells, describe_stain
 
     check = _check_distances(scores, model, n_no_cell, n_images, unit)
@@ -315,6 +330,10 @@ def check_job(scores: list[float | None], model: DomainModel | None, n_no_cell: 
         measured = model.red_cells.measure(red_cells)
         check = dataclasses.replace(check, red_cells=measured)
         pixel_reasons.append(describe_red_cells(measured, unit))
+    if model is not None and model.focus is not None and focus:
+        measured = model.focus.measure(focus)
+        check = dataclasses.replace(check, focus=measured)
+        pixel_reasons.append(describe_focus(measured, unit))
     other_reasons = [*(r for r in pixel_reasons if r), *other_reasons]
     if not other_reasons:
         return check

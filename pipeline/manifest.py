@@ -49,6 +49,12 @@ class ModelManifest:
         return bool((self.extra.get("ood") or {}).get("red_cells"))
 
     @property
+    def checks_focus(self) -> bool:
+        """Whether the model carries a focus reference (``ood.focus``, from 2.4.2): each cell image's blur effect
+        (``pipeline.focus_check``) is then measured on its model crop."""
+        return bool((self.extra.get("ood") or {}).get("focus"))
+
+    @property
     def label(self) -> str:
         return f"{self.name}@{self.version}"
 

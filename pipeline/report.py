@@ -47,6 +47,8 @@ class CellPrediction:
     stain_od: tuple | list | None = None
     #: the red cells' diameter in the image's own pixels (cell images; the red-cell check); None where not measured
     red_cell_px: float | None = None
+    #: the model crop's blur effect (cell images; the focus check, ``pipeline.focus_check``); None where not measured
+    focus: float | None = None
 
 
 @dataclass(frozen=True)
@@ -118,6 +120,10 @@ class DifferentialReport:
         if check.get("red_cells") is not None:
             red = check["red_cells"]
             writer.writerow(["domain_red_cell_distance", red["distance"], red["laboratory"], red["threshold"], red["measured"], ""])
+        if check.get("focus") is not None:
+            focus = check["focus"]
+            writer.writerow(["domain_blur_deficit", focus["deficit"], focus["laboratory"], focus["threshold"], focus["measured"],
+                             focus["blur_effect"]])
         return out.getvalue()
 
     def to_table(self) -> str:
@@ -143,6 +149,9 @@ class DifferentialReport:
         if check.get("red_cells") is not None:
             detail.append(f"red-cell distance {check['red_cells']['distance']} to {check['red_cells']['laboratory']} "
                           f"(alarm above {check['red_cells']['threshold']})")
+        if check.get("focus") is not None:
+            detail.append(f"blur deficit {check['focus']['deficit']} to {check['focus']['laboratory']} "
+                          f"(alarm above {check['focus']['threshold']})")
         lines.append(f"domain check: {check['status']}" + (f" ({', '.join(detail)})" if detail else ""))
         lines.extend(f"  ! {reason}" for reason in check["reasons"] if check["status"] == SHIFTED)
         return "\n".join(lines)
@@ -198,5 +207,6 @@ def build_report(
         domain_check=check_job([p.ood_score for p in processed], domain, len(no_cell), len(processed), scored_unit,
                                other_reasons, stains=[p.stain_od for p in processed],
                                red_cells=[red_cell_signature(p.stain_od, p.red_cell_px) for p in processed]
-                               if scored_unit == "images" else None).to_dict(),
+                               if scored_unit == "images" else None,
+                               focus=[p.focus for p in processed] if scored_unit == "images" else None).to_dict(),
     )

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.classifier import load_classifier, model_crops, scaled_batch
+from pipeline.focus_check import blur_effect
 from pipeline.images import decode_image
 from pipeline.stain_check import red_cell_signature, stain_signature
 from training.data import IMAGE_SUFFIXES, kaggle_source
@@ -52,13 +53,14 @@ def decoded_chunks(paths: list[Path]) -> Iterator[list[np.ndarray]]:
 
 
 def classify_chunks(classifier, chunks: Iterable[list[np.ndarray]], features_out: list[np.ndarray] | None = None,
-                    stains_out: list | None = None, red_cells_out: list | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+                    stains_out: list | None = None, red_cells_out: list | None = None,
+                    focus_out: list | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Serving-path probabilities, whether the recipe found a white cell, and domain scores (None without a domain model)
     for decoded images given chunk by chunk (one model batch each). ``features_out`` (optional) receives each
     batch's pooled features, for studies of the domain model; ``stains_out`` each image's red-cell stain signature
     (``pipeline.stain_check``; None where not measured or where the model checks no stain), as serving measures it
     on the model crop; ``red_cells_out`` each image's red-cell signature (the stain and the red cells' diameter, for
-    models that check it)."""
+    models that check it); ``focus_out`` each image's blur effect (``pipeline.focus_check``, for models that check it)."""
     manifest = classifier.manifest
     probs, found, scores = [], [], []
     for images in chunks:
@@ -69,6 +71,8 @@ def classify_chunks(classifier, chunks: Iterable[list[np.ndarray]], features_out
         if red_cells_out is not None:
             red_cells_out.extend(red_cell_signature(s, c.rbc_diameter_px) if manifest.checks_red_cells else None
                                  for s, c in zip(stains, crops, strict=True))
+        if focus_out is not None:
+            focus_out.extend(blur_effect(c.pixels) if manifest.checks_focus else None for c in crops)
         batch_probs, features, distances = classifier.scored(scaled_batch(crops), stains)
         probs.append(batch_probs)
         found.extend(c.found for c in crops)
@@ -88,8 +92,9 @@ def evaluate(model_dir: str, data_dir: str, backend: str = "litert", tta: bool =
     t0 = time.perf_counter()
     stains: list = []
     red_cells: list = []
+    focus: list = []
     probs_all, found_all, scores = classify_chunks(classifier, decoded_chunks([p for p, _ in samples]), stains_out=stains,
-                                                   red_cells_out=red_cells)
+                                                   red_cells_out=red_cells, focus_out=focus)
     seconds = time.perf_counter() - t0
     y_true = np.array([y for _, y in samples])
     # "no white cell found" is an answer a job gives instead of a class: wrong here
@@ -118,7 +123,7 @@ def evaluate(model_dir: str, data_dir: str, backend: str = "litert", tta: bool =
     }
     if scores is not None:
         result["domain"] = domain_summary(classifier.domain, scores, found_all, y_true=y_true, classes=manifest.classes,
-                                          stains=stains, red_cells=red_cells)
+                                          stains=stains, red_cells=red_cells, focus=focus)
     per_source = source_accuracy([p for p, _ in samples], y_true == y_pred)
     if per_source:
         result["per_source_cell"] = per_source
@@ -127,35 +132,39 @@ def evaluate(model_dir: str, data_dir: str, backend: str = "litert", tta: bool =
 
 def domain_summary(domain, scores: np.ndarray, found: np.ndarray, job_size: int = 50, jobs: int = 200, seed: int = 0,
                    y_true: np.ndarray | None = None, classes: tuple[str, ...] = (), stains: list | None = None,
-                   red_cells: list | None = None) -> dict:
+                   red_cells: list | None = None, focus: list | None = None) -> dict:
     """How often the domain alarm fires on random ``job_size``-image jobs drawn from this folder, and (given labels)
     on jobs drawn with a normal adult differential's class mix: the folders are balanced, real jobs are not, and
     the alarm's thresholds were set on balanced jobs. With ``stains`` (per image) the stain check takes part, as in
-    a report; ``stain_alarm_rate`` is how often it alone fires (``red_cell_alarm_rate``: the red-cell check's)."""
+    a report; ``stain_alarm_rate`` is how often it alone fires (``red_cell_alarm_rate``: the red-cell check's;
+    ``focus_alarm_rate``: the focus check's, with ``focus``)."""
     rng = np.random.default_rng(seed)
     n = min(job_size, len(scores))
     random = [rng.choice(len(scores), n, replace=False) for _ in range(jobs)]
     out = {"unusual_image_fraction": float((scores > domain.image_threshold).mean()), "job_size": n, "jobs": jobs,
-           "alarm_rate": _alarm_rate(domain, scores, found, random, stains, red_cells),
+           "alarm_rate": _alarm_rate(domain, scores, found, random, stains, red_cells, focus),
            "image_threshold": domain.image_threshold, "job_threshold": domain.job_threshold}
     mixed = differential_jobs(y_true, classes, jobs=jobs, size=n) if y_true is not None and len(scores) >= job_size else []
     if mixed:
-        out["alarm_rate_normal_differential"] = _alarm_rate(domain, scores, found, mixed, stains, red_cells)
+        out["alarm_rate_normal_differential"] = _alarm_rate(domain, scores, found, mixed, stains, red_cells, focus)
     if stains is not None and domain.stain is not None:
         out["stain_alarm_rate"] = sum(domain.stain.reason([stains[i] for i in pick]) is not None for pick in random) / len(random)
     if red_cells is not None and domain.red_cells is not None:
         out["red_cell_alarm_rate"] = sum(domain.red_cells.reason([red_cells[i] for i in pick]) is not None
                                          for pick in random) / len(random)
+    if focus and domain.focus is not None:
+        out["focus_alarm_rate"] = sum(domain.focus.reason([focus[i] for i in pick]) is not None for pick in random) / len(random)
     return out
 
 
 def _alarm_rate(domain, scores: np.ndarray, found: np.ndarray, jobs: list[np.ndarray], stains: list | None = None,
-                red_cells: list | None = None) -> float:
+                red_cells: list | None = None, focus: list | None = None) -> float:
     from pipeline.domain import SHIFTED, check_job
 
     fired = sum(check_job(list(scores[pick]), domain, int((~found[pick]).sum()), len(pick),
                           stains=None if stains is None else [stains[i] for i in pick],
-                          red_cells=None if not red_cells else [red_cells[i] for i in pick]).status == SHIFTED for pick in jobs)
+                          red_cells=None if not red_cells else [red_cells[i] for i in pick],
+                          focus=None if not focus else [focus[i] for i in pick]).status == SHIFTED for pick in jobs)
     return fired / len(jobs)
 
 

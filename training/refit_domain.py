@@ -86,11 +86,11 @@ def refit(model_dir: Path, config: TrainConfig, version: str) -> dict:
 def backend_domain(reference: DomainModel, f_train: np.ndarray, y_train: np.ndarray, f_val: np.ndarray,
                    val_labs: np.ndarray) -> DomainModel:
     """The domain model of another backend's features: centres, covariance and thresholds refitted on them (as
-    ``refit`` fits the fp32 ones); the red cells' stain and size references, which read pixels, kept from
+    ``refit`` fits the fp32 ones); the red cells' stain and size references and the focus reference, which read pixels, kept from
     ``reference``. Field thresholds are added by ``training.field_alarm.with_field_thresholds`` once its distances
     exist."""
     fitted = fit_domain_model(f_train, y_train, f_val, val_labs)
-    return dataclasses.replace(fitted, stain=reference.stain, red_cells=reference.red_cells)
+    return dataclasses.replace(fitted, stain=reference.stain, red_cells=reference.red_cells, focus=reference.focus)
 
 
 def even_field_cells(model_dir: Path, backend: str, domain: DomainModel, fields: Path) -> np.ndarray:

@@ -16,6 +16,9 @@
     the robustness suite (``training.shifts``; at most ``--limit`` images per class, as ``training.stress``).
     Nothing here reads test images.
 
+``--focus`` (fit, study): the focus check instead (``pipeline.focus_check``, rule F in the model card): each
+image's blur effect on its model crop, one-sided against each laboratory's.
+
 Why a separate study from ``training.alarm_study``: that one replays stored feature distances; the stain reason
 reads pixels, so its shifted copies are made here, by the suite's own per-image generators.
 """
@@ -33,6 +36,7 @@ import numpy as np
 
 from pipeline.classifier import model_crops
 from pipeline.domain import JOB_SIZE
+from pipeline.focus_check import FocusReference, blur_effect, fit_focus_reference
 from pipeline.images import decode_image
 from pipeline.manifest import ModelManifest
 from pipeline.stain_check import IMAGE_QUANTILE, StainReference, fit_stain_reference, red_cell_signature, stain_signature
@@ -58,6 +62,19 @@ def both_signatures(images: list[np.ndarray], manifest: ModelManifest) -> tuple[
     return stains, [red_cell_signature(s, c.rbc_diameter_px) for s, c in zip(stains, crops, strict=True)]
 
 
+def focus_of(images: list[np.ndarray], manifest: ModelManifest) -> list[float]:
+    """Each decoded BGR image's blur effect, measured on the model crop as serving measures it."""
+    return [blur_effect(c.pixels) for c in model_crops(images, manifest)]
+
+
+def fit_reference(kind: str, values: dict[str, list], sources: dict[str, list] | None, seed: int = 0,
+                  image_quantile: float | None = IMAGE_QUANTILE) -> StainReference | FocusReference:
+    """The reference of one pixel check (``kind``: "stain", "red_cells" or "focus") from per-laboratory values."""
+    if kind == "focus":
+        return fit_focus_reference(values, sources, seed, image_quantile)
+    return fit_stain_reference(values, sources, seed, image_quantile, per_image=kind == "red_cells")
+
+
 def validation_samples(config: TrainConfig, classes: tuple[str, ...]) -> list[Sample]:
     splits = load_splits(Path(config.work_dir) / "splits.json")
     return [s for s in splits["val"] if s.label in classes]
@@ -76,31 +93,66 @@ def decode(samples: list[Sample]) -> list[np.ndarray]:
     return [decode_image(Path(s.path).read_bytes(), 10**9) for s in samples]
 
 
-def fit(model_dir: Path, config: TrainConfig, version: str | None, size: bool = False) -> StainReference:
-    """Fit the reference on all validation images and write it into the model (``size``: the red-cell check's)."""
+def _kind(size: bool, focus: bool) -> str:
+    if size and focus:
+        raise SystemExit("error: choose --size or --focus, not both")
+    return "red_cells" if size else "focus" if focus else "stain"
+
+
+#: per check: what it measures and how the job statistic is made (the manifest's ``method``), and its ``--fit`` flag
+METHODS = {
+    "stain": ("red-cell median optical density of the model crop, log(value + 0.05), Mahalanobis per laboratory, job mean "
+              "distance (pipeline.stain_check)", ""),
+    "red_cells": ("red-cell median optical density of the model crop and the red cells' diameter (px), log(value + 0.05), "
+                  "Mahalanobis per laboratory, each image's distance to its nearest laboratory over that laboratory's job "
+                  "threshold, job mean (pipeline.stain_check)", " --size"),
+    "focus": ("Crete-Roffet blur effect of the model crop's grey (9-pixel re-blur, larger direction), one-sided z-score per "
+              "laboratory, job mean (pipeline.focus_check)", " --focus"),
+}
+
+
+def fit(model_dir: Path, config: TrainConfig, version: str | None, size: bool = False,
+        focus: bool = False) -> StainReference | FocusReference:
+    """Fit the reference on all validation images and write it into the model (``size``: the red-cell check's;
+    ``focus``: the focus check's). The int8 backend's own domain model (``ood.int8.npz``) gets the same reference:
+    it reads pixels, not features."""
     from pipeline.domain import DomainModel
     from training.refit_domain import record
 
+    kind = _kind(size, focus)
     manifest = ModelManifest.load(model_dir)
     samples = validation_samples(config, manifest.classes)
-    by_lab = per_laboratory(samples, signatures_of(decode(samples), manifest, size))
-    reference = fit_stain_reference(by_lab, per_laboratory(samples, [s.group for s in samples]), per_image=size)
+    images = decode(samples)
+    values = focus_of(images, manifest) if kind == "focus" else signatures_of(images, manifest, size)
+    by_lab = per_laboratory(samples, values)
+    reference = fit_reference(kind, by_lab, per_laboratory(samples, [s.group for s in samples]))
     ood_path = model_dir / "ood.npz"
     if not ood_path.is_file():
-        raise SystemExit(f"error: {model_dir} has no domain model (ood.npz) to carry the stain check")
-    key = "red_cells" if size else "stain"
-    dataclasses.replace(DomainModel.load(ood_path), **{key: reference}).save(ood_path)
+        raise SystemExit(f"error: {model_dir} has no domain model (ood.npz) to carry the {kind} check")
+    dataclasses.replace(DomainModel.load(ood_path), **{kind: reference}).save(ood_path)
     ood = json.loads((model_dir / "manifest.json").read_text())["ood"]
+    for entry in (ood.get("backends") or {}).values():  # pixel checks are the same for every backend
+        backend_path = model_dir / entry["file"]
+        dataclasses.replace(DomainModel.load(backend_path), **{kind: reference}).save(backend_path)
+        record_digest(model_dir, entry["file"])
     measured = {lab: f"{sum(s is not None for s in v)} of {len(v)}" for lab, v in by_lab.items()}
-    what = "red-cell median optical density of the model crop" + (" and the red cells' diameter (px)" if size else "")
-    statistic = ("each image's distance to its nearest laboratory over that laboratory's job threshold, job mean" if size
-                 else "job mean distance")
-    ood[key] = {**reference.summary(), "method": f"{what}, log(value + 0.05), Mahalanobis per laboratory, {statistic} "
-                "(pipeline.stain_check)",
-                "fitted_on": f"validation images with measured red cells: {measured} (training.stain_check --fit{' --size' if size else ''})"}
-    record(model_dir, ood, f"{version or manifest.version}: {'red-cell' if size else 'stain'} check fitted by training.stain_check "
-                           f"--fit on the validation images (same network, same predictions)", version)
+    method, flag = METHODS[kind]
+    ood[kind] = {**reference.summary(), "method": method,
+                 "fitted_on": f"validation images measured: {measured} (training.stain_check --fit{flag})"}
+    what = {"stain": "stain", "red_cells": "red-cell", "focus": "focus"}[kind]
+    record(model_dir, ood, f"{version or manifest.version}: {what} check fitted by training.stain_check "
+                           f"--fit{flag} on the validation images (same network, same predictions)", version)
     return reference
+
+
+def record_digest(model_dir: Path, file: str) -> None:
+    """Refresh one file's digest in the manifest (a backend's domain model rewritten beside ``ood.npz``)."""
+    from pipeline.manifest import sha256_of
+
+    manifest_path = model_dir / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["files"][file] = sha256_of(model_dir / file)
+    manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
 
 
 def leave_one_out(model_dir: Path, config: TrainConfig, seed: int = 0, size: bool = False) -> dict[str, float]:
@@ -143,17 +195,19 @@ def job_rate(reference: StainReference, sigs: list, rng: np.random.Generator, jo
 
 
 def study(model_dir: Path, config: TrainConfig, halvings: int, limit: int | None, seed: int = 0, log=print,
-          image_quantile: float | None = IMAGE_QUANTILE, size: bool = False) -> dict:
+          image_quantile: float | None = IMAGE_QUANTILE, size: bool = False, focus: bool = False) -> dict:
     """Rule S (a): fit on one half of each laboratory's sources, count the stain reason on the other half
     (``seed`` draws the halvings and jobs; the shifts are the suite's own, seed 0). With ``size``, the red-cell
-    check's rule (a): its reason alone and together with the stain reason (both fitted on the same half)."""
+    check's rule (a): its reason alone and together with the stain reason (both fitted on the same half). With
+    ``focus``, rule F (a) and (b): the focus reason alone."""
+    kind = _kind(size, focus)
     manifest = ModelManifest.load(model_dir)
     samples = validation_samples(config, manifest.classes)
     labs = sorted({s.dataset for s in samples})
     images = decode(samples)
     keys = [f"{s.label}/{Path(s.path).name}" for s in samples]
-    clean_stains, clean_red_cells = both_signatures(images, manifest)
-    clean = clean_red_cells if size else clean_stains
+    clean_stains, clean_red_cells = both_signatures(images, manifest) if kind != "focus" else ([], [])
+    clean = clean_red_cells if size else focus_of(images, manifest) if focus else clean_stains
     # with size: the stain signature too, wherever measured (not only where the diameter was measured as well)
     stains = clean_stains if size else None
     # the shifted copies: at most ``limit`` per class and laboratory, the robustness suite's own shifts
@@ -168,6 +222,10 @@ def study(model_dir: Path, config: TrainConfig, halvings: int, limit: int | None
     for condition in conditions()[1:]:
         name = f"{condition.family}/{condition.strength}"
         copies = condition.apply([images[i] for i in picked], [keys[i] for i in picked], 0)
+        if focus:
+            shifted[name] = focus_of(copies, manifest)
+            log(f"blur effects under {name}")
+            continue
         copy_stains, copy_red_cells = both_signatures(copies, manifest)
         shifted[name] = copy_red_cells if size else copy_stains
         if size:
@@ -175,7 +233,8 @@ def study(model_dir: Path, config: TrainConfig, halvings: int, limit: int | None
         log(f"signatures under {name}")
     rng = np.random.default_rng(seed)
     out: dict = {"halvings": [], "labs": labs, "limit_per_class": limit, "job_size": JOB_SIZE, "jobs": JOBS, "seed": seed,
-                 "image_quantile": image_quantile, "signature": "stain and red-cell diameter" if size else "stain",
+                 "image_quantile": image_quantile,
+                 "signature": {"stain": "stain", "red_cells": "stain and red-cell diameter", "focus": "blur effect"}[kind],
                  "measured_fraction": {lab: float(np.mean([clean[i] is not None for i, s in enumerate(samples) if s.dataset == lab]))
                                        for lab in labs}}
     position = {i: k for k, i in enumerate(picked)}  # sample index -> row of the shifted signatures
@@ -191,7 +250,7 @@ def study(model_dir: Path, config: TrainConfig, halvings: int, limit: int | None
             fit_stains[lab] = [stains[i] for i in idx[half]] if stains is not None else []
             fit_sources[lab] = [samples[i].group for i in idx[half]]
             held[lab] = idx[~half]
-        reference = fit_stain_reference(fit_half, fit_sources, seed=h, image_quantile=image_quantile, per_image=size)
+        reference = fit_reference(kind, fit_half, fit_sources, seed=h, image_quantile=image_quantile)
         stain_ref = fit_stain_reference(fit_stains, fit_sources, seed=h, image_quantile=image_quantile) if size else None
         row: dict = {"false_alarm": {}, "shifted": {}, "false_alarm_with_stain": {}, "shifted_with_stain": {}}
         for lab in labs:
@@ -209,6 +268,8 @@ def study(model_dir: Path, config: TrainConfig, halvings: int, limit: int | None
         log(f"halving {h}: false alarm " + ", ".join(f"{lab} {row['false_alarm'][lab]:.1%}" for lab in labs))
         out["halvings"].append(row)
     out["rule_s_a"] = _rule_a(out["halvings"], labs, "false_alarm")
+    if focus:
+        out["rule_f"] = rule_f(out["halvings"], labs)
     if size:
         out["rule_s_a_with_stain"] = _rule_a(out["halvings"], labs, "false_alarm_with_stain")
     return out
@@ -223,9 +284,22 @@ def _rule_a(halvings: list[dict], labs: list[str], key: str) -> dict:
     return out
 
 
+def rule_f(halvings: list[dict], labs: list[str], blur: str = "blur/sigma4") -> dict:
+    """Rule F (model card): (a) the focus reason's held-out false alarm at most 1 % per laboratory on average and
+    2 % in any halving; (b) it fires on at least 95 % of held-out jobs blurred sigma 4 in every laboratory (mean)."""
+    fa = {lab: [r["false_alarm"][lab] for r in halvings] for lab in labs}
+    caught = {lab: float(np.mean([r["shifted"][blur][lab] for r in halvings])) for lab in labs}
+    out: dict = {"mean_false_alarm": {lab: float(np.mean(v)) for lab, v in fa.items()},
+                 "max_false_alarm": {lab: float(np.max(v)) for lab, v in fa.items()}, "caught_" + blur: caught}
+    out["a_holds"] = all(out["mean_false_alarm"][lab] <= 0.01 and out["max_false_alarm"][lab] <= 0.02 for lab in labs)
+    out["b_holds"] = all(v >= 0.95 for v in caught.values())
+    out["holds"] = out["a_holds"] and out["b_holds"]
+    return out
+
+
 def print_study(result: dict) -> None:
     labs = result["labs"]
-    what = "red-cell" if result.get("signature", "stain") != "stain" else "stain"
+    what = {"stain": "stain", "blur effect": "focus"}.get(result.get("signature", "stain"), "red-cell")
     print(f"{what} reason alone, random {result['job_size']}-image jobs of the held-out half "
           f"({len(result['halvings'])} halvings by source photograph; min-max over halvings)")
     print(f"{'condition':32s} " + " ".join(f"{lab:>14s}" for lab in labs))
@@ -246,6 +320,11 @@ def print_study(result: dict) -> None:
         print(f"rule (a), {title}: mean false alarm " + ", ".join(f"{lab} {100 * a['mean_false_alarm'][lab]:.1f} %" for lab in labs)
               + "; max " + ", ".join(f"{lab} {100 * a['max_false_alarm'][lab]:.1f} %" for lab in labs)
               + f": {'holds' if a['holds'] else 'fails'}")
+    if "rule_f" in result:
+        f = result["rule_f"]
+        print(f"rule F: (a) {'holds' if f['a_holds'] else 'fails'}; (b) blur sigma 4 caught on "
+              + ", ".join(f"{lab} {100 * v:.1f} %" for lab, v in f["caught_blur/sigma4"].items())
+              + f": {'holds' if f['b_holds'] else 'fails'}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -264,20 +343,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="study: draws the halvings and the jobs")
     parser.add_argument("--size", action="store_true",
                         help="the red-cell check: the stain and the red cells' diameter together (fit, study, lolo)")
+    parser.add_argument("--focus", action="store_true", help="the focus check (blur effect, rule F): fit, study")
     parser.add_argument("--job-mean-only", action="store_true",
                         help="study: rule S's thresholds (no per-image quantile floor), to reproduce its figures")
     args = parser.parse_args(argv)
     config = TrainConfig.from_file(args.config)
     if args.fit:
-        reference = fit(Path(args.model), config, args.version, args.size)
+        reference = fit(Path(args.model), config, args.version, args.size, args.focus)
         print(json.dumps(reference.summary(), indent=2))
         return 0
+    if args.lolo and args.focus:
+        parser.error("--lolo is for the stain and red-cell checks")
     if args.lolo:
         for lab, rate in leave_one_out(Path(args.model), config, args.seed, args.size).items():
             print(f"{lab}: jobs flagged by a reference fitted without it: {rate:.1%}")
         return 0
     result = study(Path(args.model), config, args.halvings, args.limit, args.seed,
-                   image_quantile=None if args.job_mean_only else IMAGE_QUANTILE, size=args.size)
+                   image_quantile=None if args.job_mean_only else IMAGE_QUANTILE, size=args.size, focus=args.focus)
     print_study(result)
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")

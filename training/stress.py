@@ -82,10 +82,11 @@ def balanced_subsample(samples: list[tuple[Path, int]], limit: int | None, seed:
 
 
 def classify(classifier: Classifier, images: list[np.ndarray], features_out: list[np.ndarray] | None = None,
-             stains_out: list | None = None, red_cells_out: list | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+             stains_out: list | None = None, red_cells_out: list | None = None,
+             focus_out: list | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Serving-path probabilities, whether the recipe found a white cell, and domain scores (None without a domain model)."""
     return classify_chunks(classifier, (images[start : start + BATCH] for start in range(0, len(images), BATCH)), features_out,
-                           stains_out, red_cells_out)
+                           stains_out, red_cells_out, focus_out)
 
 
 def measure(classifier: Classifier, images: list[np.ndarray], y_true: np.ndarray, keep: dict | None = None) -> dict:
@@ -97,16 +98,19 @@ def measure(classifier: Classifier, images: list[np.ndarray], y_true: np.ndarray
     features: list[np.ndarray] | None = [] if keep is not None else None
     stains: list = []
     red_cells: list = []
-    probs, found, domain_scores = classify(classifier, images, features, stains, red_cells)
+    focus: list = []
+    probs, found, domain_scores = classify(classifier, images, features, stains, red_cells, focus)
     metrics = score(probs, found, y_true, classifier.manifest.classes)
     if domain_scores is not None:
         metrics["domain"] = domain_summary(classifier.domain, domain_scores, found, y_true=y_true,
-                                           classes=classifier.manifest.classes, stains=stains, red_cells=red_cells)
+                                           classes=classifier.manifest.classes, stains=stains, red_cells=red_cells,
+                                           focus=focus)
     if keep is not None:
         keep.update(correct=found & (probs.argmax(axis=1) == y_true), found=found, predicted=probs.argmax(axis=1),
                     ood=domain_scores if domain_scores is not None else np.full(len(found), np.nan),
                     stain=np.array([s if s is not None else (np.nan,) * 3 for s in stains], np.float32).reshape(-1, 3),
-                    red_cells=np.array([s if s is not None else (np.nan,) * 4 for s in red_cells], np.float32).reshape(-1, 4))
+                    red_cells=np.array([s if s is not None else (np.nan,) * 4 for s in red_cells], np.float32).reshape(-1, 4),
+                    focus=np.array([v if v is not None else np.nan for v in focus], np.float32))
         if features:
             keep["features"] = np.concatenate(features).astype(np.float16)
     return metrics

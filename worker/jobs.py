@@ -139,7 +139,7 @@ def _run_cell_batches(ctx: WorkerContext, job_id: str, images: list[tuple[int, i
         for results in batches:
             rows = [repo.ResultRow(r.key, r.label, r.confidence, r.probabilities, r.error, r.cell_found, r.ood_score,
                                    code=ErrorCode.MISSING_FILE if r.unreadable else None, stain_od=r.stain_od,
-                                   red_cell_px=r.red_cell_px) for r in results]
+                                   red_cell_px=r.red_cell_px, focus=r.focus) for r in results]
             with ctx.db.session() as session, session.begin():
                 if repo.job_status(session, job_id) not in JobStatus.ACTIVE:
                     break  # canceled or failed meanwhile: stop decoding too

@@ -83,6 +83,38 @@ def test_cli_analyze_runs_the_embedded_default(tmp_path, sample_folder, model_di
     assert (out / "report.csv").read_text().startswith("section,")
 
 
+def test_cli_analyze_flags_an_out_of_focus_job_by_its_focus_and_not_the_sharp_samples(tmp_path, sample_folder, model_dir):
+    """The focus check (2.4.2) through the whole embedded path (prepare, store per prediction, report): the bundled
+    samples are measured and not called blurry; the same images blurred (sigma 4, the robustness suite's defocus)
+    are `shifted` with the focus reason, printed and in the CSV."""
+    import cv2
+    import numpy as np
+
+    from tests.conftest import encode_jpeg
+    from training.shifts import FAMILIES
+
+    if not json.loads((model_dir / "manifest.json").read_text()).get("ood", {}).get("focus"):
+        pytest.skip("the model under test carries no focus check (before 2.4.2)")
+    (tmp_path / "sharp").mkdir()
+    proc, out = _analyze(sample_folder, tmp_path / "sharp", model_dir)
+    sharp = json.loads((out / "report.json").read_text())["domain_check"]
+    n = sum(1 for _ in Path(sample_folder).rglob("*.jp*g"))
+    assert sharp["focus"]["measured"] == n and not sharp["focus"]["unlike_all"]
+    assert not any("blurrier" in r for r in sharp["reasons"])
+    folder = tmp_path / "blurred" / "images"
+    folder.mkdir(parents=True)
+    defocus = dict(FAMILIES["blur"])["sigma4"]
+    for path in sorted(Path(sample_folder).rglob("*.jp*g")):
+        (folder / f"{path.parent.name}_{path.name}").write_bytes(encode_jpeg(defocus(cv2.imread(str(path)), np.random.default_rng(0))))
+    proc, out = _analyze(folder, tmp_path / "blurred", model_dir)
+    check = json.loads((out / "report.json").read_text())["domain_check"]
+    assert check["status"] == "shifted" and check["focus"]["unlike_all"]
+    assert check["focus"]["deficit"] > check["focus"]["threshold"] > 0
+    reason = next(r for r in check["reasons"] if "blurrier" in r)
+    assert reason in proc.stdout and f"blur deficit {check['focus']['deficit']}" in proc.stdout
+    assert "domain_blur_deficit," in (out / "report.csv").read_text()
+
+
 def test_cli_analyze_fields_writes_and_prints_the_domain_check(tmp_path, model_dir):
     """`hematovision analyze` on real BCCD fields: the domain check in the printed table and report.json, a score per cell."""
     import csv

@@ -175,6 +175,34 @@ def test_a_model_without_a_stain_reference_spends_nothing_on_signatures(model_di
     assert np.array_equal(with_check.pixels, without.pixels) and with_check.found == without.found
 
 
+def test_the_focus_check_measures_each_crop_only_for_models_that_carry_it(model_dir, sample_folder):
+    """A model with a focus reference (``ood.focus``, 2.4.2) measures each image's blur effect on its own model crop
+    and carries it to the result; one without spends nothing on it; the crop and the answer are the same."""
+    import dataclasses
+
+    from pipeline.focus_check import blur_effect
+
+    clf = load_classifier(model_dir, "litert")
+    ood = dict(clf.manifest.extra["ood"])
+    ood.pop("focus", None)
+    without = dataclasses.replace(clf.manifest, extra={**clf.manifest.extra, "ood": ood})
+    with_focus = dataclasses.replace(clf.manifest, extra={**clf.manifest.extra, "ood": {**ood, "focus": {"laboratories": ["x"]}}})
+    assert with_focus.checks_focus and not without.checks_focus
+    samples = {i: p.read_bytes() for i, p in enumerate(_samples(sample_folder)[:6])}
+    for key, data in samples.items():
+        measured = prepare_image((key, _reader(data)), with_focus, BatchLimits())
+        plain = prepare_image((key, _reader(data)), without, BatchLimits())
+        crop = model_crop(decode_image(data, 10**8), with_focus.input_size, with_focus.preprocessing)
+        assert measured.focus == blur_effect(crop.pixels) and 0.0 < measured.focus < 1.0
+        assert plain.focus is None and np.array_equal(measured.pixels, plain.pixels)
+    items = [(key, _reader(data)) for key, data in samples.items()] + [(99, _reader(b"junk"))]
+    clf.manifest = with_focus  # this test's own classifier: serve it as a model that carries the check
+    results = {r.key: r for batch in classify_stream(clf, items, BatchLimits(size=4), threads=2) for r in batch}
+    assert {k: r.focus for k, r in results.items() if r.error is None} == {
+        k: prepare_image((k, _reader(d)), with_focus, BatchLimits()).focus for k, d in samples.items()}
+    assert results[99].focus is None
+
+
 def test_the_pool_stays_bounded_keeps_order_and_stops_when_closed():
     lock = threading.Lock()
     pulled, consumed, running, most_running, ahead = [0], [0], [0], [0], []

@@ -1,5 +1,6 @@
 """Repository behaviour on both SQLite and the real Postgres."""
 
+import pytest
 from sqlalchemy import inspect, select
 
 from db import repository as repo
@@ -216,7 +217,8 @@ def test_field_red_cell_migration_round_trips_and_downgrades(database_url):
 def test_stain_signatures_round_trip_through_predictions_and_field_cells(migrated_url):
     """record_results and record_field store each image's and cell's stain signature (a redelivery overwrites it);
     all_outcomes and field_outcomes give it back, as a tuple; unmeasured ones are SQL NULL, not JSON null. A cell
-    image's red-cell diameter (the red-cell check, 2.3.2) comes back last from all_outcomes."""
+    image's red-cell diameter (the red-cell check, 2.3.2) and its blur effect (the focus check, 2.4.2) come back last
+    from all_outcomes."""
     from sqlalchemy import func
 
     from db.models import Cell
@@ -225,22 +227,24 @@ def test_stain_signatures_round_trip_through_predictions_and_field_cells(migrate
     db = Database(migrated_url)
     job_id, ids = _job(db, n=4)
     sig, again = (0.1232, 0.2863, 0.2307), (0.2464, 0.5726, 0.4614)
-    rows = [repo.ResultRow(ids[0], "neutrophil", 0.9, {}, None, True, 3.5, stain_od=sig, red_cell_px=42.5),
+    rows = [repo.ResultRow(ids[0], "neutrophil", 0.9, {}, None, True, 3.5, stain_od=sig, red_cell_px=42.5,
+                           focus=0.4321),
             repo.ResultRow(ids[1], "lymphocyte", 0.8, {}, None, False, 4.5),
             repo.ResultRow(ids[2], None, None, None, "truncated JPEG", stain_od=sig)]  # an error row stores no prediction
     with db.session() as s, s.begin():
         repo.record_results(s, job_id, rows, "1")
     with db.session() as s:
         out = repo.all_outcomes(s, job_id)
-    assert [o[-2] for o in out] == [sig, None, None, None, None]
-    assert [o[-1] for o in out] == [42.5, None, None, None, None]
-    assert out[0] == ("s/1.jpg", "neutrophil", 0.9, None, True, 3.5, sig, 42.5)
+    assert [o[-3] for o in out] == [sig, None, None, None, None]
+    assert [o[-2] for o in out] == [42.5, None, None, None, None]
+    assert [o[-1] for o in out] == [0.4321, None, None, None, None]
+    assert out[0] == ("s/1.jpg", "neutrophil", 0.9, None, True, 3.5, sig, 42.5, 0.4321)
     read = CellPrediction(*out[0])  # as the worker reads them
-    assert read.stain_od == sig and read.ood_score == 3.5 and read.red_cell_px == 42.5
+    assert read.stain_od == sig and read.ood_score == 3.5 and read.red_cell_px == 42.5 and read.focus == 0.4321
     with db.session() as s, s.begin():  # the same image again (a redelivered batch): the new signature stands
         repo.record_results(s, job_id, [repo.ResultRow(ids[0], "neutrophil", 0.9, {}, None, True, 3.5, stain_od=again)], "1")
     with db.session() as s:
-        assert repo.all_outcomes(s, job_id)[0][-2] == again
+        assert repo.all_outcomes(s, job_id)[0][-3] == again
         assert s.scalar(select(func.count()).select_from(Prediction).where(Prediction.stain_od.is_(None))) == 1
 
     cells = [repo.CellRow(0, (1, 2, 3, 4), 0.9, "neutrophil", 0.8, {}, None, 11.0, sig),
@@ -289,24 +293,29 @@ def test_stain_signature_migration_adds_the_columns_and_the_downgrade_keeps_ever
     upgrade(database_url)
 
 
-def test_red_cell_size_migration_adds_the_column_and_the_downgrade_keeps_every_row(database_url):
-    """0010 adds predictions.red_cell_px to a database with predictions (old rows: None); new rows store the diameter;
-    the downgrade drops only that column, in place, so no prediction or image is lost."""
+@pytest.mark.parametrize(("before", "column", "value", "position"), [
+    ("0009_stain_signatures", "red_cell_px", 63.5, -2),  # 0010: the red-cell check (2.3.2)
+    ("0010_red_cell_size", "focus", 0.4321, -1),  # 0011: the focus check (2.4.2)
+])
+def test_prediction_column_migrations_add_the_column_and_the_downgrade_keeps_every_row(database_url, before, column, value,
+                                                                                       position):
+    """0010 adds predictions.red_cell_px and 0011 predictions.focus to a database with predictions (old rows: None);
+    new rows store the value; the downgrade drops only that column, in place, so no prediction or image is lost."""
     from sqlalchemy import text
 
-    db = _old_fields_job(database_url, "0009_stain_signatures", "rc")
+    db = _old_fields_job(database_url, before, "rc")
     with db.engine.begin() as conn:
         conn.execute(text("INSERT INTO predictions (job_id, image_id, label, confidence, probabilities, model_version, created_at) "
                           "SELECT 'rc', id, 'neutrophil', 0.8, '{}', '1', CURRENT_TIMESTAMP FROM images WHERE seq = 1"))
     upgrade(database_url)
-    assert "red_cell_px" in {c["name"] for c in inspect(db.engine).get_columns("predictions")}
+    assert column in {c["name"] for c in inspect(db.engine).get_columns("predictions")}
     with db.session() as s, s.begin():
         new_id = s.scalar(select(Image.id).where(Image.job_id == "rc", Image.seq == 2))
-        repo.record_results(s, "rc", [repo.ResultRow(new_id, "lymphocyte", 0.7, {}, None, red_cell_px=63.5)], "1")
+        repo.record_results(s, "rc", [repo.ResultRow(new_id, "lymphocyte", 0.7, {}, None, **{column: value})], "1")
     with db.session() as s:
-        assert [o[-1] for o in repo.all_outcomes(s, "rc")] == [None, 63.5]
-    downgrade(database_url, "0009_stain_signatures")
-    assert "red_cell_px" not in {c["name"] for c in inspect(db.engine).get_columns("predictions")}
+        assert [o[position] for o in repo.all_outcomes(s, "rc")] == [None, value]
+    downgrade(database_url, before)
+    assert column not in {c["name"] for c in inspect(db.engine).get_columns("predictions")}
     with db.engine.connect() as conn:
         counts = [conn.execute(text(f"SELECT count(*) FROM {table} WHERE job_id = 'rc'")).scalar() for table in ("images", "predictions")]
     assert counts == [2, 2]

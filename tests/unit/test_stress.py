@@ -77,9 +77,11 @@ def test_stress_run_on_the_shipped_model_covers_every_family_and_strength(model_
     printed = capsys.readouterr().out
     assert "baseline" in printed and "off_centre" in printed
     with np.load(scores) as per_image:  # per condition: 8 images' domain scores, found flags, correctness, answers,
-        # features, red-cell stain signatures and red-cell signatures (stain and diameter, 2.3.2)
-        assert len(per_image.files) == 7 * sum(len(s) for s in expected.values()) + 1  # + the images' keys
+        # features, red-cell stain signatures, red-cell signatures (stain and diameter, 2.3.2) and blur effects (2.4.2)
+        assert len(per_image.files) == 8 * sum(len(s) for s in expected.values()) + 1  # + the images' keys
         assert per_image["0/baseline/none/red_cells"].shape == (8, 4)
+        focus = per_image["0/baseline/none/focus"]  # NaN for a model without the focus check
+        assert focus.shape == (8,) and (np.isnan(focus).all() or ((focus > 0) & (focus < 1)).all())
         assert per_image["keys"].shape == (8,) and "/" in str(per_image["keys"][0])
         assert per_image["0/baseline/none/features"].shape[0] == 8 and per_image["0/baseline/none/predicted"].shape == (8,)
         assert per_image["0/baseline/none/ood"].shape == (8,) and np.isfinite(per_image["0/baseline/none/ood"]).all()

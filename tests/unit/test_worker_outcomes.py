@@ -112,7 +112,8 @@ def test_a_job_with_nothing_usable_fails_with_a_code(env):
 
 def test_the_worker_stores_each_images_and_each_field_cells_stain_signature(env, sample_folder):
     """The worker's rows carry the serving path's stain signatures into the database, for the report's stain check:
-    per cell image (None where the image shows no red cells) and per cell found in a field."""
+    per cell image (None where the image shows no red cells) and per cell found in a field; and each cell image's
+    red-cell diameter and blur effect (the red-cell and focus checks)."""
     import numpy as np
 
     from tests.conftest import bccd_fields, encode_jpeg
@@ -125,11 +126,14 @@ def test_the_worker_stores_each_images_and_each_field_cells_stain_signature(env,
         jobs.run_batch(ctx, job_id, batch_id)
     with ctx.db.session() as s:
         stored = {path: out for path, *out in repo.all_outcomes(s, job_id)}
-    stains = {path: out[-2] for path, out in stored.items()}
+    stains = {path: out[-3] for path, out in stored.items()}
     assert stains["plain.jpg"] is None and len(stains) == 4
     assert all(len(stains[p.name]) == 3 and min(stains[p.name]) > 0 for p in samples)
     # the red-cell diameter each crop measured (the red-cell check): the samples show red cells, the plain image none
-    assert stored["plain.jpg"][-1] is None and all(stored[p.name][-1] > 5 for p in samples)
+    assert stored["plain.jpg"][-2] is None and all(stored[p.name][-2] > 5 for p in samples)
+    # the blur effect of every crop (the focus check, 2.4.2): a flat grey image is as blurred as it gets
+    if ctx.classifier.manifest.checks_focus:
+        assert stored["plain.jpg"][-1] == 1.0 and all(0.0 < stored[p.name][-1] < 0.8 for p in samples)
 
     field_job, batches = _submit(env, bccd_fields(2), kind="fields")
     for batch_id in batches:
