@@ -180,6 +180,8 @@ class Cell(Base):
     ood_score: Mapped[float | None] = mapped_column(Float)
     #: median red-cell optical density [R, G, B] of the cell's model crop (pipeline.stain_check); None where not measured
     stain_od: Mapped[list[float] | None] = mapped_column(JSON(none_as_null=True))  # None: SQL NULL, not JSON null
+    #: the blur effect of the cell's model crop (pipeline.focus_check, the focus check); None for models without one
+    focus: Mapped[float | None] = mapped_column(Float)
 
 
 class Review(Base):

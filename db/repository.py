@@ -270,6 +270,7 @@ class CellRow:
     thumbnail_key: str | None
     ood_score: float | None = None
     stain_od: tuple[float, float, float] | None = None  # red-cell stain signature of the cell's crop (pipeline.stain_check)
+    focus: float | None = None  # the blur effect of the cell's crop (pipeline.focus_check)
 
 
 def record_field(session: Session, job_id: str, image_id: int, cells: list[CellRow], error: str | None,
@@ -285,12 +286,13 @@ def record_field(session: Session, job_id: str, image_id: int, cells: list[CellR
         stmt = insert(Cell).values([
             {"job_id": job_id, "image_id": image_id, "idx": c.idx, "x0": c.box[0], "y0": c.box[1], "x1": c.box[2], "y1": c.box[3],
              "score": c.score, "label": c.label, "confidence": c.confidence, "probabilities": c.probabilities,
-             "thumbnail_key": c.thumbnail_key, "ood_score": c.ood_score, "stain_od": _json_od(c.stain_od)} for c in cells
+             "thumbnail_key": c.thumbnail_key, "ood_score": c.ood_score, "stain_od": _json_od(c.stain_od), "focus": c.focus}
+            for c in cells
         ])
         stmt = stmt.on_conflict_do_update(index_elements=["job_id", "image_id", "idx"],
                                           set_={k: stmt.excluded[k] for k in ("x0", "y0", "x1", "y1", "score", "label", "confidence",
                                                                               "probabilities", "thumbnail_key", "ood_score",
-                                                                              "stain_od")})
+                                                                              "stain_od", "focus")})
         session.execute(stmt)
     session.execute(delete(Cell).where(Cell.job_id == job_id, Cell.image_id == image_id, Cell.idx >= len(cells)))
     if red_cell_px is not None:
@@ -305,18 +307,18 @@ class FieldOutcomes:
     """Everything the per-slide report of a "fields" job needs."""
 
     fields: list[str]  # every field's path, in job order
-    #: (field path, cell index, label, confidence, ood score, stain signature)
-    cells: list[tuple[str, int, str, float, float | None, tuple[float, float, float] | None]]
+    #: (field path, cell index, label, confidence, ood score, stain signature, blur effect)
+    cells: list[tuple[str, int, str, float, float | None, tuple[float, float, float] | None, float | None]]
     failed: dict[str, str]  # field path -> error
     red_cells: dict[str, float | None] = field(default_factory=dict)  # field path -> red-cell diameter (px)
 
 
 def field_outcomes(session: Session, job_id: str) -> FieldOutcomes:
-    cells = session.execute(select(Image.path, Cell.idx, Cell.label, Cell.confidence, Cell.ood_score, Cell.stain_od)
+    cells = session.execute(select(Image.path, Cell.idx, Cell.label, Cell.confidence, Cell.ood_score, Cell.stain_od, Cell.focus)
                             .join(Cell, Cell.image_id == Image.id).where(Image.job_id == job_id).order_by(Image.seq, Cell.idx)).all()
     failed = session.execute(select(Image.path, Image.error).where(Image.job_id == job_id, Image.status == ImageStatus.FAILED)).all()
     rows = session.execute(select(Image.path, Image.red_cell_px).where(Image.job_id == job_id).order_by(Image.seq)).all()
-    return FieldOutcomes([p for p, _ in rows], [(*c[:-1], _stored_od(c[-1])) for c in cells], {p: e or "failed" for p, e in failed},
+    return FieldOutcomes([p for p, _ in rows], [(*c[:-2], _stored_od(c[-2]), c[-1]) for c in cells], {p: e or "failed" for p, e in failed},
                          {p: r for p, r in rows})
 
 

@@ -28,6 +28,7 @@ import numpy as np
 
 from pipeline.cellcrop import red_cell_ruler
 from pipeline.classifier import Classifier, predict_scored
+from pipeline.focus_check import blur_effect
 from pipeline.images import ImageRejected, decode_image
 from pipeline.localize import Detection, LocaliserConfig
 from pipeline.manifest import ModelManifest
@@ -64,6 +65,8 @@ class FoundCell:
     ood_score: float | None = None
     #: median red-cell optical density (R, G, B) of the cell's model crop (``pipeline.stain_check``); None where not measured
     stain_od: Signature | None = None
+    #: the blur effect of the cell's model crop (``pipeline.focus_check``); None where the model does not check it
+    focus: float | None = None
 
 
 @dataclass(frozen=True)
@@ -98,10 +101,11 @@ def thumbnail(bgr: np.ndarray, det: Detection) -> bytes:
 
 @dataclass(frozen=True)
 class PreparedField:
-    """The model-ready crops of one field's detected cells (with thumbnails and stain signatures), or why there are none."""
+    """The model-ready crops of one field's detected cells (with thumbnails, stain signatures and blur effects), or why
+    there are none."""
 
     key: int
-    crops: list[tuple[Detection, np.ndarray, bytes, Signature | None]]
+    crops: list[tuple[Detection, np.ndarray, bytes, Signature | None, float | None]]
     error: str | None = None
     red_cell_px: float | None = None
 
@@ -142,10 +146,12 @@ def magnification_reason(rulers: list[float | None], cell_diameter_px: float) ->
 
 
 def _cell_crop(bgr: np.ndarray, det: Detection, size: tuple[int, int],
-               manifest: ModelManifest) -> tuple[Detection, np.ndarray, bytes, Signature | None]:
-    """One detected cell: the model's input pixels, its thumbnail and the red-cell stain signature of those pixels."""
+               manifest: ModelManifest) -> tuple[Detection, np.ndarray, bytes, Signature | None, float | None]:
+    """One detected cell: the model's input pixels, its thumbnail, and the red-cell stain signature and blur effect of
+    those pixels (each only for models that check it)."""
     pixels = model_crop(crop_around(bgr, det, size), manifest.input_size, manifest.preprocessing).pixels
-    return det, pixels, thumbnail(bgr, det), stain_signature(pixels) if manifest.checks_stain else None
+    return (det, pixels, thumbnail(bgr, det), stain_signature(pixels) if manifest.checks_stain else None,
+            blur_effect(pixels) if manifest.checks_focus else None)
 
 
 def prepare_field(item: tuple[int, bytes], settings: FieldSettings, manifest: ModelManifest) -> PreparedField:
@@ -176,20 +182,19 @@ def analyze_fields(classifier: Classifier, items: list[tuple[int, bytes]], setti
     probabilities and features), so a field job carries a domain check too.
     """
     manifest = classifier.manifest
-    pending: list[tuple[int, Detection, np.ndarray, bytes, Signature | None]] = []
+    pending: list[tuple[int, Detection, np.ndarray, bytes, Signature | None, float | None]] = []
     results: dict[int, FieldResult] = {}
     counters: dict[int, int] = {}
 
-    def classify(chunk: list[tuple[int, Detection, np.ndarray, bytes, Signature | None]]) -> None:
-        probs, scores = predict_scored(classifier, scale_for_mobilenet(np.stack([pixels for _, _, pixels, _, _ in chunk])),
-                                       [stain for *_, stain in chunk])
-        for (key, det, _, thumb, stain), row, score in zip(chunk, probs, scores, strict=True):
+    def classify(chunk: list[tuple[int, Detection, np.ndarray, bytes, Signature | None, float | None]]) -> None:
+        probs, scores = predict_scored(classifier, scale_for_mobilenet(np.stack([c[2] for c in chunk])), [c[4] for c in chunk])
+        for (key, det, _, thumb, stain, focus), row, score in zip(chunk, probs, scores, strict=True):
             best = int(np.argmax(row))
             index = counters.get(key, 0)
             counters[key] = index + 1
             results[key].cells.append(FoundCell(
                 index, (det.x0, det.y0, det.x1, det.y1), round(det.score, 4), manifest.classes[best], float(row[best]),
-                {c: round(float(p), 6) for c, p in zip(manifest.classes, row, strict=True)}, thumb, score, stain,
+                {c: round(float(p), 6) for c, p in zip(manifest.classes, row, strict=True)}, thumb, score, stain, focus,
             ))
 
     prepare = partial(prepare_field, settings=settings, manifest=manifest)

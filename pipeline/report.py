@@ -208,5 +208,5 @@ def build_report(
                                other_reasons, stains=[p.stain_od for p in processed],
                                red_cells=[red_cell_signature(p.stain_od, p.red_cell_px) for p in processed]
                                if scored_unit == "images" else None,
-                               focus=[p.focus for p in processed] if scored_unit == "images" else None).to_dict(),
+                               focus=[p.focus for p in processed]).to_dict(),
     )

@@ -38,8 +38,9 @@ def build_fields_report(
 ) -> dict:
     """The job-level report plus one report per slide; counts are of cells found in fields.
 
-    ``cells``: (field path, cell index, label, confidence, domain score or None[, stain signature or None]: the stain
-    check of ``pipeline.stain_check``, where the tuple carries it). ``red_cells`` (field path ->
+    ``cells``: (field path, cell index, label, confidence, domain score or None[, stain signature or None[, blur effect
+    or None]]: the stain check of ``pipeline.stain_check`` and the focus check of ``pipeline.focus_check``, where the
+    tuple carries them). ``red_cells`` (field path ->
     measured red-cell diameter) and ``cell_diameter_px`` (the configured magnification) add the magnification
     check to each section's ``domain_check`` (``pipeline.fields.magnification_reason``).
     """
@@ -47,9 +48,10 @@ def build_fields_report(
     fields_per_slide: dict[str, list[str]] = defaultdict(list)
     for path in fields:
         fields_per_slide[slide_of(path)].append(path)
-    for path, idx, label, conf, ood, *stain in cells:
+    for path, idx, label, conf, ood, *measured in cells:
         per_slide[slide_of(path)].append(CellPrediction(f"{path}#cell{idx}", label, conf, ood_score=ood,
-                                                        stain_od=stain[0] if stain else None))
+                                                        stain_od=measured[0] if measured else None,
+                                                        focus=measured[1] if len(measured) > 1 else None))
     for path, error in failed.items():
         per_slide[slide_of(path)].append(CellPrediction(path, None, None, error))
     with_cells = {path for path, *_ in cells}

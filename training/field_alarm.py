@@ -47,11 +47,11 @@ from training.shifts import FAMILIES, Shift, hue_rotation
 
 def field_scores(classifier, paths: list[Path], shift: Shift | None = None, chunk: int = 32,
                  rulers: list[float | None] | None = None, answers: list[str | None] | None = None,
-                 stains: list[list] | None = None) -> list[list[float | None]]:
+                 stains: list[list] | None = None, focus: list[list] | None = None) -> list[list[float | None]]:
     """Per field, the domain scores of the white cells the serving path finds in it (after ``shift``, if given);
     ``rulers`` (optional) receives each field's measured red-cell diameter, ``answers`` the class of its most
     prominent cell (highest localiser score; None where no cell was found), ``stains`` each field's cells'
-    red-cell stain signatures (``pipeline.stain_check``)."""
+    red-cell stain signatures (``pipeline.stain_check``), ``focus`` their blur effects (``pipeline.focus_check``)."""
     scores: list[list[float | None]] = []
     for start in range(0, len(paths), chunk):
         items = []
@@ -65,6 +65,8 @@ def field_scores(classifier, paths: list[Path], shift: Shift | None = None, chun
         scores += [[c.ood_score for c in r.cells] for r in results]
         if stains is not None:
             stains += [[c.stain_od for c in r.cells] for r in results]
+        if focus is not None:
+            focus += [[c.focus for c in r.cells] for r in results]
         if rulers is not None:
             rulers += [r.red_cell_px for r in results]
         if answers is not None:
@@ -127,18 +129,20 @@ def fields_block(domain: DomainModel, fitted_on: str) -> dict:
 
 
 def alarm_rates(scores: list[list[float | None]], domain: DomainModel, n_fields: int, jobs: int, seed: int = 0,
-                rulers: list[float | None] | None = None, stains: list[list] | None = None) -> dict:
+                rulers: list[float | None] | None = None, stains: list[list] | None = None,
+                focus: list[list] | None = None) -> dict:
     """Check ``jobs`` random jobs of ``n_fields`` fields each; how many alarm, how many cannot be checked.
 
     With ``rulers`` (each field's red-cell diameter) the job is also checked for another magnification, as the
     report does (``pipeline.fields.magnification_reason``): ``shifted`` counts either reason, ``magnification``
     that one alone. With ``stains`` (each field's cells' stain signatures) the stain check takes part too where
-    the model has one; ``stain`` counts that reason alone.
+    the model has one; ``stain`` counts that reason alone. With ``focus`` (each field's cells' blur effects) the
+    focus check takes part where the model has one; ``focus`` counts that reason alone.
     """
     rng = np.random.default_rng(seed)
     n = min(n_fields, len(scores))
     diameter = FieldSettings().localiser.cell_diameter_px  # the settings field_scores analysed the fields with
-    statuses, magnified, stained = [], 0, 0
+    statuses, magnified, stained, blurred = [], 0, 0, 0
     for _ in range(jobs):
         picked = rng.choice(len(scores), n, replace=False)
         reason = magnification_reason([rulers[i] for i in picked], diameter) if rulers is not None else None
@@ -146,10 +150,13 @@ def alarm_rates(scores: list[list[float | None]], domain: DomainModel, n_fields:
         job_stains = [s for i in picked for s in stains[i]] if stains is not None else None
         if job_stains is not None and domain.stain is not None:
             stained += domain.stain.reason(job_stains, "cells") is not None
+        job_focus = [v for i in picked for v in focus[i]] if focus is not None else None
+        if job_focus is not None and domain.focus is not None:
+            blurred += domain.focus.reason(job_focus, "cells") is not None
         statuses.append(check_job([s for i in picked for s in scores[i]], domain, unit="cells",
-                                  other_reasons=[reason] if reason else (), stains=job_stains).status)
+                                  other_reasons=[reason] if reason else (), stains=job_stains, focus=job_focus).status)
     return {"fields_per_job": n, "jobs": jobs, "shifted": statuses.count(SHIFTED) / jobs, "unavailable": statuses.count(UNAVAILABLE) / jobs,
-            "magnification": magnified / jobs, "stain": stained / jobs}
+            "magnification": magnified / jobs, "stain": stained / jobs, "focus": blurred / jobs}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -183,7 +190,8 @@ def main(argv: list[str] | None = None) -> int:
     rulers: list[float | None] = []
     answers: list[str | None] = []
     stains: list[list] = []
-    scores = field_scores(classifier, paths, shift, rulers=rulers, answers=answers, stains=stains)
+    focus: list[list] = []
+    scores = field_scores(classifier, paths, shift, rulers=rulers, answers=answers, stains=stains, focus=focus)
     domain = classifier.domain
     if args.fit:
         domain = fit_fields(Path(args.model), domain, scores[0::2])
@@ -197,17 +205,19 @@ def main(argv: list[str] | None = None) -> int:
     accuracy = field_accuracy(paths, answers, Path(args.data) / "labels.csv")
     if accuracy is not None:
         print(f"field-level accuracy (most prominent cell vs labels.csv): {accuracy[0]:.1%} of {accuracy[1]} labelled fields")
-    for half, part, part_rulers, part_stains in (("all", scores, rulers, stains), ("even", scores[0::2], rulers[0::2], stains[0::2]),
-                                                 ("odd", scores[1::2], rulers[1::2], stains[1::2])):
+    for half, part, part_rulers, part_stains, part_focus in (
+            ("all", scores, rulers, stains, focus), ("even", scores[0::2], rulers[0::2], stains[0::2], focus[0::2]),
+            ("odd", scores[1::2], rulers[1::2], stains[1::2], focus[1::2])):
         cells = np.array([s for field in part for s in field if s is not None])
         unusual = float((cells > domain.image_threshold).mean()) if len(cells) else float("nan")
         measured = [r for r in part_rulers if r is not None]
         print(f"{half:>4}: {len(part)} fields, {len(cells)} cells, {unusual:.1%} of cells unusual; red cells measured in "
               f"{len(measured)} fields, median {np.median(measured) if measured else float('nan'):.1f} px")
         for n in args.fields:
-            r = alarm_rates(part, domain, n, args.jobs, rulers=part_rulers, stains=part_stains)
+            r = alarm_rates(part, domain, n, args.jobs, rulers=part_rulers, stains=part_stains, focus=part_focus)
             print(f"      {r['jobs']} random jobs of {r['fields_per_job']} fields: alarm {r['shifted']:.1%} "
-                  f"(magnification {r['magnification']:.1%}, stain {r['stain']:.1%}), too few cells to check {r['unavailable']:.1%}")
+                  f"(magnification {r['magnification']:.1%}, stain {r['stain']:.1%}, focus {r['focus']:.1%}), "
+                  f"too few cells to check {r['unavailable']:.1%}")
     return 0
 
 

@@ -158,12 +158,12 @@ def load_images(samples: list[tuple[Path, int]]) -> tuple[list[np.ndarray], list
 
 
 def run(model_dirs: list[str], data_dir: str, backend: str = "litert", limit: int | None = None, seed: int = 0,
-        families: list[str] | None = None, log=print, per_image: dict | None = None) -> dict:
-    """Every condition for every model; the first model's classes define the labels.
+        families: list[str] | None = None, log=print, per_image: dict | None = None, tta: bool = False) -> dict:
+    """Every condition for every model; the first model's classes define the labels (``tta``: the 8-view setting).
 
     ``per_image`` (optional) receives ``"<model index>/<family>/<strength>/<field>"`` -> array for every condition.
     """
-    classifiers = [load_classifier(d, backend) for d in model_dirs]
+    classifiers = [load_classifier(d, backend, tta) for d in model_dirs]
     classes = classifiers[0].manifest.classes
     for clf in classifiers[1:]:
         if clf.manifest.classes != classes:
@@ -176,7 +176,7 @@ def run(model_dirs: list[str], data_dir: str, backend: str = "litert", limit: in
     images, keys, y_true, unreadable = load_images(samples)
     y = np.array(y_true)
     result = {
-        "data": str(data_dir), "backend": backend, "limit_per_class": limit, "seed": seed, "n_images": len(images),
+        "data": str(data_dir), "backend": backend + ("+tta" if tta else ""), "limit_per_class": limit, "seed": seed, "n_images": len(images),
         "images_per_class": {classes[c]: n for c, n in sorted(Counter(y_true).items())},
         "unknown_class_folders": unknown, "unreadable": unreadable,
         "families": {f: [name for name, _ in FAMILIES[f]] for f in (families or FAMILIES)},
@@ -283,13 +283,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--families", help=f"comma-separated subset of: {', '.join(FAMILIES)}")
     parser.add_argument("--backend", choices=("litert", "litert-int8", "keras"), default="litert")
+    parser.add_argument("--tta", action="store_true", help="serve with test-time augmentation (HEMATOVISION_TTA=1, 8 views)")
     args = parser.parse_args(argv)
     families = args.families.split(",") if args.families else None
     models = [args.model] + ([args.compare] if args.compare else [])
     per_image: dict | None = {} if args.scores else None
     try:
         result = run(models, args.data, args.backend, args.limit, args.seed, families, lambda line: print(line, flush=True),
-                     per_image)
+                     per_image, args.tta)
     except (ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -163,7 +163,7 @@ def _run_field_batch(ctx: WorkerContext, job_id: str, items: list[tuple[int, byt
             key = ctx.store.cell_key_for(job_id, seq_of[field.key], cell.index)
             ctx.store.put(key, cell.thumbnail_jpeg)
             cells.append(repo.CellRow(cell.index, cell.box, cell.score, cell.label, cell.confidence, cell.probabilities, key,
-                                      cell.ood_score, cell.stain_od))
+                                      cell.ood_score, cell.stain_od, cell.focus))
         rows.append((field.key, cells, field.error, None, field.red_cell_px))
     with ctx.db.session() as session, session.begin():
         if repo.job_status(session, job_id) in JobStatus.ACTIVE:

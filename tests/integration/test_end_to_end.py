@@ -131,8 +131,11 @@ def test_cli_analyze_fields_writes_and_prints_the_domain_check(tmp_path, model_d
     check = report["domain_check"]
     stain = check["stain"]  # the shipped model checks the red cells' stain too (2.3.1): BCCD fields have red cells
     assert stain["measured"] >= 10 and stain["laboratory"] in ("kaggle", "pbc")
+    focus = check["focus"]  # and each cell's focus (2.4.2, rule F2): in-domain fields are not blurrier than the training images
+    assert focus["measured"] >= 10 and not focus["unlike_all"]
     assert (f"domain check: {check['status']} (score {check['score']}, mean distance {check['mean_distance']}, "
-            f"stain distance {stain['distance']} to {stain['laboratory']} (alarm above {stain['threshold']}))") in proc.stdout
+            f"stain distance {stain['distance']} to {stain['laboratory']} (alarm above {stain['threshold']}), "
+            f"blur deficit {focus['deficit']} to {focus['laboratory']} (alarm above {focus['threshold']}))") in proc.stdout
     with open(out / "results.csv", newline="") as fh:
         cells = list(csv.DictReader(fh))
     assert len(cells) >= 10 and all(float(c["ood_score"]) > 0 for c in cells)

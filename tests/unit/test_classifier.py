@@ -132,5 +132,20 @@ def test_dihedral_tta_is_the_mean_of_the_eight_views(model_dir, sample_folder):
     views += [v[:, :, ::-1] for v in views]
     expected = np.mean([plain.logits(np.ascontiguousarray(v)) for v in views], axis=0)
     np.testing.assert_allclose(tta.logits(batch), expected, atol=1e-4)
-    probs, _, distances = tta.scored(batch)
-    np.testing.assert_allclose(probs, calibrated_softmax(expected, tta.temperatures(distances)), atol=1e-4)
+    probs, _, _ = tta.scored(batch)
+    mean_features = np.mean([plain.outputs(np.ascontiguousarray(v))[1] for v in views], axis=0)
+    calibration = plain.domain.score(mean_features)  # the temperature reads the views' mean features
+    np.testing.assert_allclose(probs, calibrated_softmax(expected, tta.temperatures(calibration)), atol=1e-4)
+
+
+def test_dihedral_tta_scores_the_domain_on_the_image_as_given(model_dir, sample_folder):
+    """With TTA the domain check reads the identity view's features, on which the alarm's thresholds were fitted: the
+    same features and distances as without TTA (a mean of 8 views lies nearer the class centres and silenced the
+    alarm under shift)."""
+    plain = load_classifier(model_dir, "litert")
+    tta = load_classifier(model_dir, "litert", tta=True)
+    batch = _sample_batch(sample_folder, plain.manifest, n=3)
+    _, plain_features, plain_distances = plain.scored(batch)
+    _, tta_features, tta_distances = tta.scored(batch)
+    np.testing.assert_allclose(tta_features, plain_features, atol=1e-5)
+    np.testing.assert_allclose(tta_distances, plain_distances, atol=1e-4)

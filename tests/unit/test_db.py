@@ -181,7 +181,7 @@ def test_field_cell_ood_score_migration_keeps_cells_and_round_trips(database_url
         repo.record_field(s, "f", new_id, [repo.CellRow(0, (5, 6, 7, 8), 0.7, "lymphocyte", 0.6, {}, None, 12.5)], None)
     with db.session() as s:
         out = repo.field_outcomes(s, "f")
-    assert out.cells == [("s/old.jpg", 0, "neutrophil", 0.8, None, None), ("s/new.jpg", 0, "lymphocyte", 0.6, 12.5, None)]
+    assert out.cells == [("s/old.jpg", 0, "neutrophil", 0.8, None, None, None), ("s/new.jpg", 0, "lymphocyte", 0.6, 12.5, None, None)]
     downgrade(database_url, "0004_progress_counters")
     assert "ood_score" not in {c["name"] for c in inspect(db.engine).get_columns("cells")}
     with db.engine.connect() as conn:
@@ -247,18 +247,18 @@ def test_stain_signatures_round_trip_through_predictions_and_field_cells(migrate
         assert repo.all_outcomes(s, job_id)[0][-3] == again
         assert s.scalar(select(func.count()).select_from(Prediction).where(Prediction.stain_od.is_(None))) == 1
 
-    cells = [repo.CellRow(0, (1, 2, 3, 4), 0.9, "neutrophil", 0.8, {}, None, 11.0, sig),
+    cells = [repo.CellRow(0, (1, 2, 3, 4), 0.9, "neutrophil", 0.8, {}, None, 11.0, sig, 0.512),
              repo.CellRow(1, (5, 6, 7, 8), 0.7, "monocyte", 0.6, {}, None, 12.0)]
     with db.session() as s, s.begin():
         repo.record_field(s, job_id, ids[3], cells, None)
     with db.session() as s:
         out = repo.field_outcomes(s, job_id)
-        assert out.cells == [("s/4.jpg", 0, "neutrophil", 0.8, 11.0, sig), ("s/4.jpg", 1, "monocyte", 0.6, 12.0, None)]
+        assert out.cells == [("s/4.jpg", 0, "neutrophil", 0.8, 11.0, sig, 0.512), ("s/4.jpg", 1, "monocyte", 0.6, 12.0, None, None)]
         assert s.scalar(select(func.count()).select_from(Cell).where(Cell.stain_od.is_(None))) == 1
     with db.session() as s, s.begin():
         repo.record_field(s, job_id, ids[3], [cells[0], repo.CellRow(1, (5, 6, 7, 8), 0.7, "monocyte", 0.6, {}, None, 12.0, again)], None)
     with db.session() as s:
-        assert [c[-1] for c in repo.field_outcomes(s, job_id).cells] == [sig, again]
+        assert [c[-2:] for c in repo.field_outcomes(s, job_id).cells] == [(sig, 0.512), (again, None)]
     db.dispose()
 
 
@@ -281,8 +281,8 @@ def test_stain_signature_migration_adds_the_columns_and_the_downgrade_keeps_ever
         repo.record_field(s, "st", new_id, [repo.CellRow(0, (5, 6, 7, 8), 0.7, "lymphocyte", 0.6, {}, None, 12.5, (0.1, 0.2, 0.3))],
                           None)
     with db.session() as s:
-        assert [c[-1] for c in repo.field_outcomes(s, "st").cells] == [None, (0.1, 0.2, 0.3)]
-        assert [o[-2] for o in repo.all_outcomes(s, "st")] == [None, None]
+        assert [c[-2] for c in repo.field_outcomes(s, "st").cells] == [None, (0.1, 0.2, 0.3)]
+        assert [o[-3] for o in repo.all_outcomes(s, "st")] == [None, None]
     downgrade(database_url, "0008_field_red_cells")
     for table in ("predictions", "cells"):
         assert "stain_od" not in {c["name"] for c in inspect(db.engine).get_columns(table)}
@@ -293,14 +293,14 @@ def test_stain_signature_migration_adds_the_columns_and_the_downgrade_keeps_ever
     upgrade(database_url)
 
 
-@pytest.mark.parametrize(("before", "column", "value", "position"), [
-    ("0009_stain_signatures", "red_cell_px", 63.5, -2),  # 0010: the red-cell check (2.3.2)
-    ("0010_red_cell_size", "focus", 0.4321, -1),  # 0011: the focus check (2.4.2)
+@pytest.mark.parametrize(("before", "column", "value", "position", "tables"), [
+    ("0009_stain_signatures", "red_cell_px", 63.5, -2, ("predictions",)),  # 0010: the red-cell check (2.3.2)
+    ("0010_red_cell_size", "focus", 0.4321, -1, ("predictions", "cells")),  # 0011: the focus check (2.4.2)
 ])
 def test_prediction_column_migrations_add_the_column_and_the_downgrade_keeps_every_row(database_url, before, column, value,
-                                                                                       position):
-    """0010 adds predictions.red_cell_px and 0011 predictions.focus to a database with predictions (old rows: None);
-    new rows store the value; the downgrade drops only that column, in place, so no prediction or image is lost."""
+                                                                                       position, tables):
+    """0010 adds predictions.red_cell_px, 0011 predictions.focus and cells.focus, to a database with predictions (old
+    rows: None); new rows store the value; the downgrade drops only that column, in place, so no row is lost."""
     from sqlalchemy import text
 
     db = _old_fields_job(database_url, before, "rc")
@@ -308,14 +308,14 @@ def test_prediction_column_migrations_add_the_column_and_the_downgrade_keeps_eve
         conn.execute(text("INSERT INTO predictions (job_id, image_id, label, confidence, probabilities, model_version, created_at) "
                           "SELECT 'rc', id, 'neutrophil', 0.8, '{}', '1', CURRENT_TIMESTAMP FROM images WHERE seq = 1"))
     upgrade(database_url)
-    assert column in {c["name"] for c in inspect(db.engine).get_columns("predictions")}
+    assert all(column in {c["name"] for c in inspect(db.engine).get_columns(table)} for table in tables)
     with db.session() as s, s.begin():
         new_id = s.scalar(select(Image.id).where(Image.job_id == "rc", Image.seq == 2))
         repo.record_results(s, "rc", [repo.ResultRow(new_id, "lymphocyte", 0.7, {}, None, **{column: value})], "1")
     with db.session() as s:
         assert [o[position] for o in repo.all_outcomes(s, "rc")] == [None, value]
     downgrade(database_url, before)
-    assert column not in {c["name"] for c in inspect(db.engine).get_columns("predictions")}
+    assert not any(column in {c["name"] for c in inspect(db.engine).get_columns(table)} for table in tables)
     with db.engine.connect() as conn:
         counts = [conn.execute(text(f"SELECT count(*) FROM {table} WHERE job_id = 'rc'")).scalar() for table in ("images", "predictions")]
     assert counts == [2, 2]

@@ -110,8 +110,8 @@ def test_the_fit_needs_enough_images_per_laboratory():
 
 
 def test_the_report_carries_the_focus_measure_in_json_csv_and_table():
-    """``domain_check.focus`` for cell jobs (measured or not alarming, it is reported), its CSV row and table
-    detail; field jobs do not take part (they store no per-cell blur effect)."""
+    """``domain_check.focus`` (measured or not alarming, it is reported), its CSV row and table detail; a field job's
+    cells are checked the same way against the same reference (rule F2), in cells."""
     from pipeline.report import CellPrediction, build_report
     from tests.unit.test_report import CLASSES, WHITE
 
@@ -127,5 +127,7 @@ def test_the_report_carries_the_focus_measure_in_json_csv_and_table():
             in report.to_csv())
     assert f"blur deficit {focus['deficit']} to {focus['laboratory']}" in report.to_table()
     assert any("blurrier" in line for line in report.to_table().splitlines() if line.startswith("  ! "))
-    fields = build_report(blurred, CLASSES, WHITE, "m@1", 0.5, domain=domain, scored_unit="cells")
-    assert "focus" not in fields.domain_check
+    fields = build_report(blurred, CLASSES, WHITE, "m@1", 0.5, domain=domain, scored_unit="cells").domain_check
+    assert fields["focus"]["unlike_all"] and any("the cells are blurrier" in r for r in fields["reasons"])
+    unmeasured = [CellPrediction(f"img{i}.jpg", CLASSES[0], 0.9, ood_score=1.0) for i in range(40)]
+    assert "focus" not in build_report(unmeasured, CLASSES, WHITE, "m@1", 0.5, domain=domain).domain_check

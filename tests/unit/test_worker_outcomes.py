@@ -140,4 +140,6 @@ def test_the_worker_stores_each_images_and_each_field_cells_stain_signature(env,
         jobs.run_batch(ctx, field_job, batch_id)
     with ctx.db.session() as s:
         cells = repo.field_outcomes(s, field_job).cells
-    assert len(cells) >= 2 and all(c[-1] is not None and len(c[-1]) == 3 for c in cells)
+    assert len(cells) >= 2 and all(c[-2] is not None and len(c[-2]) == 3 for c in cells)
+    if ctx.classifier.manifest.checks_focus:  # and each field cell's blur effect (the focus check, 2.4.2)
+        assert all(0.0 < c[-1] < 1.0 for c in cells)

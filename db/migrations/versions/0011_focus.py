@@ -1,4 +1,4 @@
-"""predictions: the blur effect of each cell image's model crop
+"""predictions and cells: the blur effect of each model crop
 
 Revision ID: 0011_focus
 Revises: 0010_red_cell_size
@@ -6,10 +6,9 @@ Create Date: 2026-11-29 10:00:00
 
 The focus check of model 2.4.2 (``pipeline.focus_check``) compares the job's
 images' blur effect with the training laboratories'. The report is built from
-the stored rows when the job finishes, so every prediction keeps the value its
-crop measured. Nullable: rows stored before, and models without a focus
-reference, have none. Field cells are not included (field jobs have no focus
-check yet).
+the stored rows when the job finishes, so every prediction (cell images) and
+every cell found in a field keeps the value its crop measured. Nullable: rows
+stored before, and models without a focus reference, have none.
 """
 
 from alembic import op
@@ -25,9 +24,13 @@ depends_on = None
 def upgrade() -> None:
     with op.batch_alter_table('predictions', schema=None) as batch_op:
         batch_op.add_column(sa.Column('focus', sa.Float(), nullable=True))
+    with op.batch_alter_table('cells', schema=None) as batch_op:
+        batch_op.add_column(sa.Column('focus', sa.Float(), nullable=True))
 
 
 def downgrade() -> None:
-    # never recreate the table (see 0009): SQLite >= 3.35 drops a column in place
+    # never recreate the tables (see 0009): SQLite >= 3.35 drops a column in place
+    with op.batch_alter_table('cells', schema=None, recreate='never') as batch_op:
+        batch_op.drop_column('focus')
     with op.batch_alter_table('predictions', schema=None, recreate='never') as batch_op:
         batch_op.drop_column('focus')
