@@ -31,8 +31,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from pipeline.domain import JOB_SIZE, mean_job_threshold, sized_mean_thresholds
-from pipeline.stain_check import IMAGE_QUANTILE, MIN_MEASURED
+from pipeline.domain import JOB_SIZE, sized_mean_thresholds
+from pipeline.stain_check import IMAGE_QUANTILE, MIN_MEASURED, laboratory_threshold
 
 #: the re-blur's box length in pixels of the model crop (Crete-Roffet et al.'s 9)
 REBLUR = 9
@@ -136,12 +136,9 @@ def fit_focus_reference(values: dict[str, Sequence[float | None]], sources: dict
         deficit = (x - mean) / spread
         lab_sources = (sources or {}).get(lab)
         clusters = len({lab_sources[i] for i in kept}) if lab_sources is not None else None
-        threshold = mean_job_threshold(deficit, rng, clusters)
-        if image_quantile is not None:
-            threshold = max(threshold, float(np.quantile(deficit, image_quantile)))
         labs.append(lab)
         means.append(mean)
         spreads.append(spread)
         centres.append(float(deficit.mean()))
-        thresholds.append(threshold)
+        thresholds.append(laboratory_threshold(deficit, rng, clusters, image_quantile))
     return FocusReference(tuple(labs), np.array(means), np.array(spreads), np.array(centres), np.array(thresholds))

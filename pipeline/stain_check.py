@@ -192,6 +192,15 @@ def describe_red_cells(measured: dict | None, unit: str = "images") -> str | Non
             f"resolution for this stain; the crops are rescaled by the red cells, but review cells before trusting the count")
 
 
+def laboratory_threshold(values: np.ndarray, rng: np.random.Generator, clusters: int | None,
+                         image_quantile: float | None = IMAGE_QUANTILE) -> float:
+    """One laboratory's 50-image job threshold on the mean of per-image ``values`` (rule S2): the job mean random
+    validation jobs exceed ``FALSE_ALARM`` of the time (widened for ``clusters`` source photographs), floored at the
+    ``image_quantile`` of the values themselves (None: no floor, rule S)."""
+    threshold = mean_job_threshold(values, rng, clusters)
+    return threshold if image_quantile is None else max(threshold, float(np.quantile(values, image_quantile)))
+
+
 def fit_stain_reference(signatures: dict[str, Sequence[Sequence[float] | None]], sources: dict[str, Sequence[str] | None] | None = None,
                         seed: int = 0, image_quantile: float | None = IMAGE_QUANTILE, per_image: bool = False) -> StainReference:
     """Fit the reference on each laboratory's validation signatures.
@@ -221,8 +230,5 @@ def fit_stain_reference(signatures: dict[str, Sequence[Sequence[float] | None]],
         means.append(mean)
         precisions.append(precision)
         centres.append(float(dist.mean()))
-        threshold = mean_job_threshold(dist, rng, clusters)
-        if image_quantile is not None:
-            threshold = max(threshold, float(np.quantile(dist, image_quantile)))
-        thresholds.append(threshold)
+        thresholds.append(laboratory_threshold(dist, rng, clusters, image_quantile))
     return StainReference(tuple(labs), np.stack(means), np.stack(precisions), np.array(centres), np.array(thresholds), per_image)
