@@ -27,7 +27,7 @@ def test_backend_domain_refits_the_features_part_and_keeps_the_pixel_checks(mode
     reference = DomainModel.load(model_dir / "ood.npz")
     train_x, train_y, val_x, labs = _synthetic(0)
     fitted = backend_domain(reference, train_x, train_y, val_x, labs)
-    assert fitted.stain is reference.stain and fitted.red_cells is reference.red_cells
+    assert fitted.stain is reference.stain and fitted.red_cells is reference.red_cells and fitted.focus is reference.focus
     assert fitted.mean.shape == (train_x.shape[1],) and fitted.field_thresholds is None
     own = fit_domain_model(train_x, train_y, val_x, labs)
     assert fitted.image_threshold == own.image_threshold  # the export's fit, on these features
@@ -73,3 +73,28 @@ def test_refit_for_int8_is_listed_digested_and_read_by_the_int8_backend_only(mod
     assert int8.stain is not None and np.allclose(int8.stain.centres, fp32.stain.centres)
     with pytest.raises(SystemExit, match="reads the fp32 domain model"):
         refit_domain.refit_backend(copy, TrainConfig(), "keras", "9.9.10", fields=None)
+
+
+def test_a_pixel_check_fitted_on_the_model_is_written_for_every_backend(model_dir, tmp_path, monkeypatch):
+    """``training.stain_check --focus --fit`` writes the focus reference into ``ood.npz`` and into the int8 backend's
+    own domain model (a pixel check is the same for every backend), the manifest's ``ood.focus`` and every digest:
+    both backends load and read the new reference."""
+    import training.stain_check as check
+    from training.data import Sample
+
+    copy = tmp_path / "model"
+    shutil.copytree(model_dir, copy)
+    rng = np.random.default_rng(4)
+    samples = [Sample(f"{lab}{i}.jpg", "neutrophil", lab, f"{lab}{i}") for lab in ("kaggle", "pbc") for i in range(150)]
+    values = list(rng.normal(0.6, 0.02, 300))  # a sharpness unlike the shipped reference's, to tell them apart
+    monkeypatch.setattr(check, "validation_samples", lambda config, classes: samples)
+    monkeypatch.setattr(check, "decode", lambda s: s)
+    monkeypatch.setattr(check, "focus_of", lambda images, manifest: values)
+    reference = check.fit(copy, None, "9.9.9", focus=True)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    assert manifest["version"] == "9.9.9" and manifest["ood"]["focus"]["mean_blur_effect"] == pytest.approx(
+        [round(float(np.mean(values[:150])), 4), round(float(np.mean(values[150:])), 4)])
+    assert "--fit --focus" in manifest["ood"]["focus"]["fitted_on"] and "litert-int8" in manifest["ood"]["backends"]
+    for backend in ("litert", "litert-int8"):
+        loaded = load_classifier(copy, backend).domain.focus  # the digests were refreshed, or this load fails
+        np.testing.assert_allclose(loaded.means, reference.means)
