@@ -140,15 +140,15 @@ def analyze(folder: str, out_dir: str, settings: Settings, progress: bool = True
         rows = repo.results_page(session, job_id, 10**9, 0)
         cells = repo.cells_of_images(session, job_id, [img.id for img, _ in rows]) if summary.get("kind") == "fields" else None
         if cells is None:
-            header = ["path", "label", "confidence", "white_cell_found", "ood_score", "error"]
+            header = ["path", "label", "confidence", "white_cell_found", "ood_score", "blur_effect", "error"]
             results = [[img.path, pred.label if pred else "", f"{pred.confidence:.4f}" if pred else "",
                         ("yes" if pred.cell_found else "no") if pred else "", "" if not pred or pred.ood_score is None else pred.ood_score,
-                        img.error or ""] for img, pred in rows]
+                        "" if not pred or pred.focus is None else pred.focus, img.error or ""] for img, pred in rows]
         else:
-            header = ["path", "cell", "x0", "y0", "x1", "y1", "label", "confidence", "ood_score", "error"]
-            results = [[img.path, c.idx, c.x0, c.y0, c.x1, c.y1, c.label, f"{c.confidence:.4f}", "" if c.ood_score is None else c.ood_score, ""]
-                       for img, _ in rows for c in cells[img.id]]
-            results += [[img.path, "", "", "", "", "", "", "", "", img.error] for img, _ in rows if img.error]
+            header = ["path", "cell", "x0", "y0", "x1", "y1", "label", "confidence", "ood_score", "blur_effect", "error"]
+            results = [[img.path, c.idx, c.x0, c.y0, c.x1, c.y1, c.label, f"{c.confidence:.4f}", "" if c.ood_score is None else c.ood_score,
+                        "" if c.focus is None else c.focus, ""] for img, _ in rows for c in cells[img.id]]
+            results += [[img.path, "", "", "", "", "", "", "", "", "", img.error] for img, _ in rows if img.error]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.json").write_text(json.dumps(summary, indent=2))

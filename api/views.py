@@ -54,6 +54,7 @@ def job_json(job: Job, progress: Progress) -> dict:
 def cell_json(image: Image, cell: Cell) -> dict:
     return {"index": cell.idx, "box": [cell.x0, cell.y0, cell.x1, cell.y1], "score": cell.score, "label": cell.label,
             "confidence": cell.confidence, "probabilities": cell.probabilities, "ood_score": cell.ood_score,
+            "blur_effect": cell.focus,
             "thumbnail": url_for("jobs.cell_thumbnail", job_id=image.job_id, seq=image.seq, idx=cell.idx)}
 
 
@@ -70,6 +71,7 @@ def result_json(image: Image, prediction: Prediction | None, cells: list[Cell] |
         "probabilities": prediction.probabilities if prediction else None,
         "cell_found": prediction.cell_found if prediction else None,
         "ood_score": prediction.ood_score if prediction else None,
+        "blur_effect": prediction.focus if prediction else None,  # the focus check's measure (models from 2.4.2)
         "error": image.error,
         "error_code": image.error_code,
     }

@@ -113,6 +113,14 @@ def test_cli_analyze_flags_an_out_of_focus_job_by_its_focus_and_not_the_sharp_sa
     reason = next(r for r in check["reasons"] if "blurrier" in r)
     assert reason in proc.stdout and f"blur deficit {check['focus']['deficit']}" in proc.stdout
     assert "domain_blur_deficit," in (out / "report.csv").read_text()
+    # which images are blurred: each one's blur effect in results.csv, beside the sharp run's
+    import csv
+
+    with open(out / "results.csv", newline="") as fh:
+        blurred = [float(r["blur_effect"]) for r in csv.DictReader(fh)]
+    with open(tmp_path / "sharp" / "report" / "results.csv", newline="") as fh:
+        sharp = [float(r["blur_effect"]) for r in csv.DictReader(fh)]
+    assert len(blurred) == len(sharp) == n and min(blurred) > float(np.median(sharp))
 
 
 def test_cli_analyze_fields_writes_and_prints_the_domain_check(tmp_path, model_dir):

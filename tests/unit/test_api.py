@@ -80,6 +80,9 @@ def test_submit_poll_results_report(env, sample_folder):
     first = client.get(f"/api/v1/jobs/{job['id']}/results?limit=1").get_json()["items"][0]
     assert first["label"] in first["probabilities"]
     assert sum(first["probabilities"].values()) == pytest.approx(1.0, abs=1e-4)
+    assert "blur_effect" in first and errors and all(i["blur_effect"] is None for i in results["items"] if i["error"])
+    if ctx.classifier.manifest.checks_focus:  # the focus check's per-image measure (2.4.2)
+        assert 0.0 < first["blur_effect"] < 1.0
 
     report = client.get(f"/api/v1/jobs/{job['id']}/report").get_json()
     assert report["kind"] == "cells" and report["n_images"] == 12 and report["n_failed"] == 2
@@ -257,6 +260,8 @@ def test_fields_jobs_carry_the_domain_check_in_every_report_form(env, capsys):
         report = client.get(f"/api/v1/jobs/{job['id']}/report").get_json()
         cells = [c for item in client.get(f"/api/v1/jobs/{job['id']}/results?limit=100").get_json()["items"] for c in item["cells"]]
         assert len(cells) >= 20 and all(isinstance(c["ood_score"], float) for c in cells)
+        if ctx.classifier.manifest.checks_focus:  # each cell's blur effect, where the model checks focus (2.4.2)
+            assert all(0.0 < c["blur_effect"] < 1.0 for c in cells)
         assert report["slides"][0]["domain_check"] == report["domain_check"]  # one slide: the same cells
         csv_text = client.get(f"/api/v1/jobs/{job['id']}/report?format=csv").get_data(as_text=True)
         print_summary(report)
