@@ -283,6 +283,8 @@ class DihedralTTA(CalibratedOutputs):
         return mean, None if features is None else features.reshape(8, n, -1)
 
     def outputs(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """The views' mean logits and the identity view's features (what the domain check reads). Not a matched
+        pair for the temperature: ``scored`` calibrates with the distance of the views' mean features."""
         mean, views = self._views_outputs(batch)
         return mean, None if views is None else views[0]
 

@@ -92,7 +92,7 @@ class DomainModel:
     #: ``training.stain_check --fit --size``), checked on cell-image jobs; None: no such check (models before 2.3.2)
     red_cells: StainReference | None = None
     #: the images' blur effect per training laboratory (``pipeline.focus_check``, ``training.stain_check --focus
-    #: --fit``), checked on cell-image jobs; None: no focus check (models before 2.4.2)
+    #: --fit``), checked on cell images and on the cells cut from fields; None: no focus check (models before 2.4.2)
     focus: FocusReference | None = None
 
     def score(self, features: np.ndarray) -> np.ndarray:
@@ -284,7 +284,7 @@ class DomainCheck:
     stain: dict | None = None
     #: the red cells' stain and size against the nearest laboratory (the red-cell check; cell jobs, models from 2.3.2)
     red_cells: dict | None = None
-    #: the images' blur effect against the nearest laboratory (``FocusReference.measure``; cell jobs, models from 2.4.2)
+    #: the crops' blur effect against the nearest laboratory (``FocusReference.measure``; models from 2.4.2)
     focus: dict | None = None
 
     def to_dict(self) -> dict:
@@ -311,8 +311,9 @@ def check_job(scores: list[float | None], model: DomainModel | None, n_no_cell: 
     thresholds where the model has them). ``stains`` are the images' red-cell stain signatures
     (``pipeline.stain_check``; None where not measured), checked where the model carries a stain reference;
     ``red_cells`` the cell images' stain-and-diameter signatures (``red_cell_signature``), checked where the model
-    carries a red-cell reference (cell jobs only: field jobs have their own magnification check); ``focus`` the cell
-    images' blur effects (``pipeline.focus_check``), checked where the model carries a focus reference.
+    carries a red-cell reference (cell jobs only: field jobs have their own magnification check); ``focus`` the crops'
+    blur effects (``pipeline.focus_check``; cell images or field cells), checked where the model carries a focus
+    reference.
     ``other_reasons`` are shifts found without the model (a field job's magnification,
     ``pipeline.fields.magnification_reason``). The stain's and the other reasons each make the job shifted,
     after the feature distances' own reasons, even where the distances cannot be checked.

@@ -14,7 +14,9 @@ to a fixed number of red-cell diameters, so a camera's magnification does not ch
 two directions is kept (motion blur is one-directional).
 
 Per training laboratory: the mean and standard deviation of the blur effect on its validation images. An
-image's *deficit* is its one-sided z-score (positive: blurrier than the laboratory's images). A job is
+image's *deficit* is its z-score, signed so that blurrier is positive (rule F's "one-sided": only a job whose
+mean is blurrier than the laboratory's can alarm; sharper images lower the mean, so a job half of whose images
+are blurred needs those to be about twice the threshold out). A job is
 flagged when its mean deficit exceeds that laboratory's threshold for *every* laboratory, as the stain check
 does (``pipeline.stain_check``); the thresholds are rule S2's: the larger of the job mean that random
 50-image validation jobs exceed 2 % of the time (widened for the few source photographs behind Kaggle's
@@ -38,10 +40,17 @@ from pipeline.stain_check import IMAGE_QUANTILE, MIN_MEASURED, laboratory_thresh
 REBLUR = 9
 
 
-def blur_effect(rgb: np.ndarray, reblur: int = REBLUR) -> float:
-    """Crete-Roffet blur effect of an RGB (or grey) image in [0, 1]: 0 sharp, 1 flat; the larger direction."""
-    grey = rgb if rgb.ndim == 2 else cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
-    grey = grey.astype(np.float32)
+def blur_effect(rgb: np.ndarray, reblur: int = REBLUR) -> float | None:
+    """Crete-Roffet blur effect of an RGB (or grey) image in [0, 1]: 0 sharp, 1 no detail left; the larger
+    direction. None for an image without any variation (blank or saturated): it has no focus to measure, and
+    counting it as fully blurred would let a few empty crops raise the "out of focus" reason."""
+    image = np.asarray(rgb)
+    if image.ndim == 3 and image.shape[2] == 1:
+        image = image[:, :, 0]
+    if image.ndim == 3:  # in the crop's own dtype: uint8 crops get OpenCV's rounded grey, as the reference was fitted
+        colour = image[:, :, :3] if image.dtype in (np.uint8, np.uint16, np.float32) else image[:, :, :3].astype(np.float32)
+        image = cv2.cvtColor(np.ascontiguousarray(colour), cv2.COLOR_RGB2GRAY)
+    grey = image.astype(np.float32)
     effects = []
     for axis, kernel in ((0, np.full((reblur, 1), 1.0 / reblur, np.float32)), (1, np.full((1, reblur), 1.0 / reblur, np.float32))):
         variation = np.abs(np.diff(grey, axis=axis))
@@ -52,7 +61,7 @@ def blur_effect(rgb: np.ndarray, reblur: int = REBLUR) -> float:
         kept = np.abs(np.diff(reblurred, axis=axis))
         removed = float(np.maximum(variation - kept, 0.0).sum())
         effects.append((total - removed) / total)
-    return round(max(effects), 5) if effects else 1.0  # a flat image is as blurred as it gets
+    return round(max(effects), 5) if effects else None
 
 
 def _measured(values: Sequence[float | None]) -> np.ndarray:
@@ -70,7 +79,7 @@ class FocusReference:
     thresholds: np.ndarray  # (L,) the 50-image job mean deficit above which a job is blurrier than the laboratory's
 
     def deficits(self, values: Sequence[float | None]) -> np.ndarray:
-        """(n, L) one-sided z-score of each measured image against each laboratory (None, NaN dropped)."""
+        """(n, L) z-score of each measured image against each laboratory, blurrier positive (None, NaN dropped)."""
         x = _measured(values)
         return (x[:, None] - self.means[None, :]) / self.spreads[None, :]
 
@@ -108,7 +117,8 @@ class FocusReference:
         """The manifest's record of the reference (what ``training.stain_check --focus --fit`` wrote)."""
         return {"laboratories": list(self.labs), "mean_blur_effect": np.round(self.means, 4).tolist(),
                 "spread": np.round(self.spreads, 4).tolist(), "job_thresholds": np.round(self.thresholds, 4).tolist(),
-                "job_size": JOB_SIZE, "statistic": "job mean one-sided z-score of the blur effect per laboratory"}
+                "job_size": JOB_SIZE, "statistic": "job mean z-score of the blur effect per laboratory (blurrier positive); alarm above the "
+                "threshold only"}
 
 
 def describe_focus(measured: dict | None, unit: str = "images") -> str | None:

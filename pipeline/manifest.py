@@ -50,8 +50,8 @@ class ModelManifest:
 
     @property
     def checks_focus(self) -> bool:
-        """Whether the model carries a focus reference (``ood.focus``, from 2.4.2): each cell image's blur effect
-        (``pipeline.focus_check``) is then measured on its model crop."""
+        """Whether the model carries a focus reference (``ood.focus``, from 2.4.2): each cell image's and each field
+        cell's blur effect (``pipeline.focus_check``) is then measured on its model crop."""
         return bool((self.extra.get("ood") or {}).get("focus"))
 
     @property

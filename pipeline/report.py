@@ -172,7 +172,8 @@ def build_report(
 
     Images without a white cell are left out of every count but listed; the
     domain check compares the job's per-image distances, and the same images'
-    stain signatures, with the model's in-domain thresholds.
+    stain signatures, red-cell signatures (cell images) and blur effects, with
+    the model's in-domain thresholds.
     """
     processed = [p for p in predictions if p.error is None and p.label is not None]
     classified = [p for p in processed if p.cell_found is not False]

@@ -9,8 +9,8 @@
     little further from the fp32 reference, and the job-mean threshold sits
     only about half a distance unit above the in-domain mean, so with the
     fp32 thresholds the int8 backend flagged 20.5 % of in-domain Kaggle
-    validation jobs (fp32: 3.5 %). The red-cell stain and size checks read
-    pixels, not features, and are kept as fitted; the field thresholds are
+    validation jobs (fp32: 3.5 %). The red-cell stain and size checks and the
+    focus check read pixels, not features, and are kept as fitted; the field thresholds are
     refitted on the int8 distances of the cells of the even BCCD fields
     (``--fields``), as ``training.field_alarm --fit`` fits the fp32 ones.
 
@@ -120,8 +120,8 @@ def refit_backend(model_dir: Path, config: TrainConfig, backend: str, version: s
     domain = backend_domain(reference, f_train, y_train, f_val, val_labs)
     file = BACKEND_FILES[backend]
     entry = domain_block(domain, val_labs, file, f"{len(f_train)} training images, thresholds on {len(f_val)} validation "
-                                                 f"images ({backend} features); red-cell stain and size references as the "
-                                                 "fp32 domain model's")
+                                                 f"images ({backend} features); red-cell stain and size and focus references "
+                                                 "as the fp32 domain model's")
     if fields is not None and reference.field_thresholds is not None:
         from training.field_alarm import fields_block, with_field_thresholds
 

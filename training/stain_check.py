@@ -17,7 +17,8 @@
     Nothing here reads test images.
 
 ``--focus`` (fit, study): the focus check instead (``pipeline.focus_check``, rule F in the model card): each
-image's blur effect on its model crop, one-sided against each laboratory's.
+image's blur effect on its model crop against each laboratory's (blurrier positive). ``--fit`` also writes the
+reference into every backend's own domain model listed in the manifest's ``ood.backends`` (it reads pixels).
 
 Why a separate study from ``training.alarm_study``: that one replays stored feature distances; the stain reason
 reads pixels, so its shifted copies are made here, by the suite's own per-image generators.
@@ -106,8 +107,8 @@ METHODS = {
     "red_cells": ("red-cell median optical density of the model crop and the red cells' diameter (px), log(value + 0.05), "
                   "Mahalanobis per laboratory, each image's distance to its nearest laboratory over that laboratory's job "
                   "threshold, job mean (pipeline.stain_check)", " --size"),
-    "focus": ("Crete-Roffet blur effect of the model crop's grey (9-pixel re-blur, larger direction), one-sided z-score per "
-              "laboratory, job mean (pipeline.focus_check)", " --focus"),
+    "focus": ("Crete-Roffet blur effect of the model crop's grey (9-pixel re-blur, larger direction), z-score per laboratory "
+              "(blurrier positive), job mean, alarm when blurrier than every laboratory (pipeline.focus_check)", " --focus"),
 }
 
 

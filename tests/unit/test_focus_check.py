@@ -29,9 +29,18 @@ def test_a_sharp_step_edge_keeps_one_reblur_length_of_its_variation():
     assert blur_effect(_step()) == pytest.approx(1.0 / REBLUR, abs=1e-4)
 
 
-def test_contrast_cancels_and_a_flat_image_is_fully_blurred():
+def test_contrast_cancels_and_an_image_without_variation_is_not_measured():
+    """A blank or saturated crop has no focus to measure: None, so that empty crops cannot raise the reason."""
     assert blur_effect(_step(contrast=200)) == pytest.approx(blur_effect(_step(contrast=40)), abs=1e-4)
-    assert blur_effect(np.full((32, 32, 3), 128, np.uint8)) == 1.0
+    assert blur_effect(np.full((32, 32, 3), 128, np.uint8)) is None and blur_effect(np.zeros((1, 1, 3), np.uint8)) is None
+
+
+def test_grey_single_channel_four_channel_and_float_inputs_agree():
+    rgb = np.repeat(_step()[:, :, None], 3, axis=2)
+    expected = blur_effect(rgb)
+    assert blur_effect(_step()) == expected and blur_effect(_step()[:, :, None]) == expected
+    assert blur_effect(np.dstack([rgb, np.full(rgb.shape[:2], 255, np.uint8)])) == expected
+    assert blur_effect(rgb.astype(np.float64)) == pytest.approx(expected, abs=1e-4)
 
 
 def test_blur_raises_the_effect_monotonically_on_a_real_cell_image():
