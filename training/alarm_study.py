@@ -39,6 +39,7 @@ import numpy as np
 
 from pipeline.domain import FALSE_ALARM, mean_job_threshold, share_job_threshold
 from pipeline.domain import JOB_SIZE as JOB
+from pipeline.focus_check import fit_focus_reference
 from pipeline.stain_check import fit_stain_reference
 from training.data import kaggle_source
 
@@ -91,20 +92,26 @@ def load_sources(paths: list[str]) -> dict[str, np.ndarray] | None:
 
 
 def load_stains(paths: list[str], index: int = 0, key: str = "stain") -> dict[str, dict[str, list]] | None:
-    """Per file and condition, each image's stain signature (``key`` "red_cells": its red-cell signature) or None
-    where not measured; None if a file has none (stain: written before 2.3.1; red cells: before 2.3.2) or no
-    image was measured at all (a model without that check)."""
+    """Per file and condition, each image's stain signature (``key`` "red_cells": its red-cell signature; "focus":
+    its blur effect, a number) or None where not measured; None if a file has none (stain: written before 2.3.1;
+    red cells: before 2.3.2; focus: before 2.4.2) or no image was measured at all (a model without that check)."""
     out: dict[str, dict[str, list]] = {}
     for path in paths:
         with np.load(path) as data:
             names = conditions_of(data, index)
             if any(f"{name}/{key}" not in data.files for name in names):
                 return None
-            out[Path(path).name] = {name.split("/", 1)[1]: [None if np.isnan(row).any() else tuple(row.tolist())
-                                                               for row in data[f"{name}/{key}"]] for name in names}
+            out[Path(path).name] = {name.split("/", 1)[1]: [_signature(row) for row in data[f"{name}/{key}"]] for name in names}
     if all(s is None for conditions in out.values() for rows in conditions.values() for s in rows):
         return None
     return out
+
+
+def _signature(row: np.ndarray) -> tuple | float | None:
+    """One stored row: None where not measured (NaN), a number for a scalar measure, else a tuple."""
+    if np.isnan(row).any():
+        return None
+    return float(row) if np.ndim(row) == 0 else tuple(row.tolist())
 
 
 def study(paths: list[str], index: int = 0, seed: int = 0, halving: int | None = None, by_source: bool = False,
@@ -113,7 +120,7 @@ def study(paths: list[str], index: int = 0, seed: int = 0, halving: int | None =
     if by_source and sources is None:
         raise SystemExit("error: --by-source needs files written by training.stress --scores with image keys")
     return study_conditions(load_conditions(paths, index), seed, halving, sources, source_aware, load_stains(paths, index),
-                            load_stains(paths, index, "red_cells"))
+                            load_stains(paths, index, "red_cells"), load_stains(paths, index, "focus"))
 
 
 #: the shipped rule from 2.1.1: a job is shifted when either statistic exceeds its own threshold
@@ -125,6 +132,9 @@ SHIPPED_STAIN = "share or mean or stain (shipped from 2.3.1)"
 #: the red-cell reason (stain and size, per-image form) alone, and the rule shipped from 2.3.2
 RED_CELLS = "red cells (stain and size)"
 SHIPPED_RED_CELLS = "share or mean or stain or red cells (shipped from 2.3.2)"
+#: the focus reason (blur effect) alone, and the rule shipped from 2.4.2
+FOCUS = "focus (blur effect)"
+SHIPPED_FOCUS = "share or mean or stain or red cells or focus (shipped from 2.4.2)"
 
 
 def _first_half(n: int, halving: int | None, sources: np.ndarray | None = None) -> np.ndarray:
@@ -142,13 +152,14 @@ def _first_half(n: int, halving: int | None, sources: np.ndarray | None = None) 
 def study_conditions(files: Conditions, seed: int = 0, halving: int | None = None,
                      sources: dict[str, np.ndarray] | None = None, source_aware: bool = True,
                      stains: dict[str, dict[str, list]] | None = None,
-                     red_cells: dict[str, dict[str, list]] | None = None) -> dict:
+                     red_cells: dict[str, dict[str, list]] | None = None,
+                     focus: dict[str, dict[str, list]] | None = None) -> dict:
     """Thresholds from each file's first-half unshifted images (the larger over files; the share's and the mean's
     by the shipped fit's rules, ``pipeline.domain``, told how many source photographs the half holds when
     ``sources`` are given and ``source_aware``); alarm rates per file and condition on the second halves.
     Every statistic is computed on the same random jobs; with ``stains`` (per file and condition, each image's
     stain signature) the stain reason too, its reference fitted on the same first halves; with ``red_cells`` (and
-    ``stains``) the red-cell reason in its per-image form the same way."""
+    ``stains``) the red-cell reason in its per-image form the same way; with ``focus`` (and both) the focus reason."""
     names = list(files)
     bases = [next(iter(files[f].values()))[0] for f in names]
     masks = [_first_half(len(b), halving, None if sources is None else sources[f]) for f, b in zip(names, bases, strict=True)]
@@ -170,12 +181,13 @@ def study_conditions(files: Conditions, seed: int = 0, halving: int | None = Non
     fit_sources = ({f: list(sources[f][m]) for f, m in zip(names, masks, strict=True)}
                    if sources is not None and source_aware else None)
 
-    def fitted(signatures: dict[str, dict[str, list]], per_image: bool = False):
-        return fit_stain_reference({f: [g for g, keep in zip(signatures[f][baseline], m, strict=True) if keep]
-                                    for f, m in zip(names, masks, strict=True)}, fit_sources, seed, per_image=per_image)
+    def fitted(signatures: dict[str, dict[str, list]], per_image: bool = False, fit=None):
+        halves = {f: [g for g, keep in zip(signatures[f][baseline], m, strict=True) if keep] for f, m in zip(names, masks, strict=True)}
+        return fit(halves, fit_sources, seed) if fit is not None else fit_stain_reference(halves, fit_sources, seed, per_image=per_image)
 
     reference = fitted(stains) if stains is not None else None
     red_reference = fitted(red_cells, per_image=True) if red_cells is not None and reference is not None else None
+    focus_reference = fitted(focus, fit=fit_focus_reference) if focus is not None and red_reference is not None else None
     rows: list[dict] = []
     for file, mask in zip(names, masks, strict=True):
         for condition, (distances, correct) in files[file].items():
@@ -191,6 +203,10 @@ def study_conditions(files: Conditions, seed: int = 0, halving: int | None = Non
                 held_red = [g for g, out in zip(red_cells[file][condition], held, strict=True) if out]
                 fired[RED_CELLS] = _stain_fired(red_reference, held_red, np.random.default_rng(seed + 1))
                 fired[SHIPPED_RED_CELLS] = fired[SHIPPED_STAIN] | fired[RED_CELLS]
+            if focus_reference is not None:
+                held_focus = [g for g, out in zip(focus[file][condition], held, strict=True) if out]
+                fired[FOCUS] = _stain_fired(focus_reference, held_focus, np.random.default_rng(seed + 1))
+                fired[SHIPPED_FOCUS] = fired[SHIPPED_RED_CELLS] | fired[FOCUS]
             rows.append({"file": file, "condition": condition, "accuracy": float(correct[held].mean()),
                          "alarm": {s: float(v.mean()) for s, v in fired.items()}})
     return {"image_p95": p95, "thresholds": thresholds, "rows": rows, "summary": summarise(rows)}
@@ -207,7 +223,7 @@ def summarise(rows: list[dict]) -> dict:
     """Per statistic: false alarm on unshifted held-out jobs (mean and worst laboratory); mean alarm rate where
     accuracy < 85 %, and in 85-90 %."""
     out = {}
-    for s in [*STATISTICS, SHIPPED, STAIN, SHIPPED_STAIN, RED_CELLS, SHIPPED_RED_CELLS]:
+    for s in [*STATISTICS, SHIPPED, STAIN, SHIPPED_STAIN, RED_CELLS, SHIPPED_RED_CELLS, FOCUS, SHIPPED_FOCUS]:
         if not rows or s not in rows[0]["alarm"]:
             continue
         base = [r["alarm"][s] for r in rows if r["condition"] == "baseline/none"]

@@ -125,3 +125,27 @@ def test_the_red_cell_reason_is_replayed_where_the_files_carry_red_cell_signatur
     np.savez(tmp_path / "older.npz", **arrays)
     summary = study([str(tmp_path / "older.npz")])["summary"]
     assert STAIN in summary and RED_CELLS not in summary
+
+
+def test_the_focus_reason_is_replayed_where_the_files_carry_blur_effects(tmp_path):
+    """From 2.4.2 the files hold each image's blur effect (one number, NaN where not measured): a blur that leaves
+    features and red cells where they were is caught by the focus reason; the 2.4.2 rule is the union of all."""
+    from training.alarm_study import FOCUS, SHIPPED_FOCUS, SHIPPED_RED_CELLS
+
+    rng = np.random.default_rng(6)
+    n = 1000
+    base = rng.lognormal(2.0, 0.25, n)
+    stain = np.array([0.2, 0.3, 0.19]) * np.exp(rng.normal(0, 0.08, (n, 3)))
+    red = np.concatenate([stain, 43.0 * np.exp(rng.normal(0, 0.06, (n, 1)))], axis=1)
+    sharp = rng.normal(0.45, 0.05, n)
+    sharp[:7] = np.nan  # a few crops not measured
+    arrays = {}
+    for name, focus, correct in (("baseline/none", sharp, np.ones(n, bool)), ("blur/sigma4", sharp + 0.2, rng.random(n) < 0.8)):
+        arrays.update({f"0/{name}/ood": base, f"0/{name}/correct": correct, f"0/{name}/stain": stain,
+                       f"0/{name}/red_cells": red, f"0/{name}/focus": focus})
+    np.savez(tmp_path / "lab.npz", **arrays)
+    result = study([str(tmp_path / "lab.npz")])
+    rows = {r["condition"]: r["alarm"] for r in result["rows"]}
+    assert rows["baseline/none"][FOCUS] <= 0.05 and rows["blur/sigma4"][FOCUS] >= 0.95
+    assert rows["blur/sigma4"][SHIPPED_RED_CELLS] <= 0.1 and rows["blur/sigma4"][SHIPPED_FOCUS] >= 0.95
+    assert result["summary"][SHIPPED_FOCUS]["min_alarm_below_85"] >= 0.95
