@@ -38,6 +38,10 @@ from pipeline.stain_check import IMAGE_QUANTILE, MIN_MEASURED, laboratory_thresh
 
 #: the re-blur's box length in pixels of the model crop (Crete-Roffet et al.'s 9)
 REBLUR = 9
+#: an image is listed among a job's blurry images above this deficit (one-sided 5 % of a normal spread)
+IMAGE_DEFICIT = 1.645
+#: at most this many of them are listed (blurriest first)
+MAX_LISTED = 10
 
 
 def blur_effect(rgb: np.ndarray, reblur: int = REBLUR) -> float | None:
@@ -95,6 +99,15 @@ class FocusReference:
         return {"blur_effect": round(float(np.median(x)), 4), "deficit": round(float(means[nearest]), 3),
                 "laboratory": self.labs[nearest], "threshold": round(float(limits[nearest]), 3), "measured": len(x),
                 "unlike_all": bool(np.all(means > limits))}
+
+    def blurriest(self, values: Sequence[float | None], names: Sequence[str], laboratory: str,
+                  limit: int = MAX_LISTED) -> list[dict]:
+        """The images blurrier than about 1 in 20 of ``laboratory``'s (deficit above ``IMAGE_DEFICIT``), blurriest
+        first: which ones to retake, whether or not the job as a whole is flagged."""
+        lab = self.labs.index(laboratory)
+        scored = [(float(v), name) for v, name in zip(values, names, strict=True) if v is not None and np.isfinite(v)]
+        listed = sorted((item for item in scored if (item[0] - self.means[lab]) / self.spreads[lab] > IMAGE_DEFICIT), reverse=True)
+        return [{"path": name, "blur_effect": round(v, 4)} for v, name in listed[:limit]]
 
     def reason(self, values: Sequence[float | None], unit: str = "images") -> str | None:
         """Why the job is blurrier than every training laboratory's images, or None."""

@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field, fields
 from scipy.special import betaincinv  # beta.ppf itself: scipy.stats costs ~1 s of every process's start-up
 
 from pipeline.domain import SHIFTED, UNAVAILABLE, DomainCheck, DomainModel, check_job
+from pipeline.focus_check import MAX_LISTED
 from pipeline.stain_check import red_cell_signature
 
 ERYTHROBLAST = "erythroblast"
@@ -31,6 +32,16 @@ def clopper_pearson(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
     low = 0.0 if k == 0 else float(betaincinv(k, n - k + 1, alpha / 2))
     high = 1.0 if k == n else float(betaincinv(k + 1, n - k, 1 - alpha / 2))
     return (low, high)
+
+
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_safe(value: object) -> object:
+    """A client-supplied text cell that a spreadsheet would run as a formula gets a leading apostrophe (OWASP's advice)."""
+    if isinstance(value, str) and value.startswith(_FORMULA_START):
+        return "'" + value
+    return value
 
 
 @dataclass(frozen=True)
@@ -124,6 +135,8 @@ class DifferentialReport:
             focus = check["focus"]
             writer.writerow(["domain_blur_deficit", focus["deficit"], focus["laboratory"], focus["threshold"], focus["measured"],
                              focus["blur_effect"]])
+            for image in focus.get("blurriest", []):
+                writer.writerow(["domain_blurry_image", spreadsheet_safe(image["path"]), image["blur_effect"], "", "", ""])
         return out.getvalue()
 
     def to_table(self) -> str:
@@ -154,6 +167,11 @@ class DifferentialReport:
                           f"(alarm above {check['focus']['threshold']})")
         lines.append(f"domain check: {check['status']}" + (f" ({', '.join(detail)})" if detail else ""))
         lines.extend(f"  ! {reason}" for reason in check["reasons"] if check["status"] == SHIFTED)
+        blurry = (check.get("focus") or {}).get("blurriest") or []
+        if blurry:
+            shown = ", ".join(f"{b['path']} ({b['blur_effect']:.3f})" for b in blurry[:5])
+            lines.append(f"  blurry images ({check['focus']['n_blurry']}, blurriest first): {shown}"
+                         + (", ..." if check["focus"]["n_blurry"] > 5 else ""))
         return "\n".join(lines)
 
 
@@ -205,9 +223,19 @@ def build_report(
         low_confidence_cells=[{"path": p.path, "label": p.label, "confidence": round(p.confidence or 0.0, 4)} for p in low[:max_listed]],
         n_no_cell_found=len(no_cell),
         no_cell_found=no_cell[:max_listed],
-        domain_check=check_job([p.ood_score for p in processed], domain, len(no_cell), len(processed), scored_unit,
-                               other_reasons, stains=[p.stain_od for p in processed],
-                               red_cells=[red_cell_signature(p.stain_od, p.red_cell_px) for p in processed]
-                               if scored_unit == "images" else None,
-                               focus=[p.focus for p in processed]).to_dict(),
+        domain_check=_with_blurriest(check_job([p.ood_score for p in processed], domain, len(no_cell), len(processed),
+                                               scored_unit, other_reasons, stains=[p.stain_od for p in processed],
+                                               red_cells=[red_cell_signature(p.stain_od, p.red_cell_px) for p in processed]
+                                               if scored_unit == "images" else None,
+                                               focus=[p.focus for p in processed]).to_dict(), domain, processed),
     )
+
+
+def _with_blurriest(check: dict, domain: DomainModel | None, processed: list[CellPrediction]) -> dict:
+    """``domain_check.focus`` gains the blurriest images (``FocusReference.blurriest``) against the laboratory the
+    job's focus was measured against, so a laboratory knows which images to retake."""
+    if check.get("focus") is None or domain is None or domain.focus is None:
+        return check
+    listed = domain.focus.blurriest([p.focus for p in processed], [p.path for p in processed], check["focus"]["laboratory"],
+                                    limit=len(processed))
+    return {**check, "focus": {**check["focus"], "n_blurry": len(listed), "blurriest": listed[:MAX_LISTED]}}

@@ -15,7 +15,7 @@ from collections import defaultdict
 
 from pipeline.domain import DomainModel
 from pipeline.fields import magnification_reason
-from pipeline.report import CellPrediction, DifferentialReport, build_report
+from pipeline.report import CellPrediction, DifferentialReport, build_report, spreadsheet_safe
 
 ROOT_SLIDE = "(job root)"
 
@@ -74,15 +74,6 @@ def build_fields_report(
         "slides": [{"slide": slide, **section(paths, per_slide[slide])} for slide, paths in sorted(fields_per_slide.items())],
     }
 
-
-_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
-
-
-def spreadsheet_safe(value: object) -> object:
-    """A client-supplied text cell that a spreadsheet would run as a formula gets a leading apostrophe (OWASP's advice)."""
-    if isinstance(value, str) and value.startswith(_FORMULA_START):
-        return "'" + value
-    return value
 
 
 def fields_report_csv(summary: dict) -> str:

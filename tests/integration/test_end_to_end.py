@@ -113,6 +113,7 @@ def test_cli_analyze_flags_an_out_of_focus_job_by_its_focus_and_not_the_sharp_sa
     reason = next(r for r in check["reasons"] if "blurrier" in r)
     assert reason in proc.stdout and f"blur deficit {check['focus']['deficit']}" in proc.stdout
     assert "domain_blur_deficit," in (out / "report.csv").read_text()
+    assert check["focus"]["n_blurry"] >= 10 and f"blurry images ({check['focus']['n_blurry']}, blurriest first)" in proc.stdout
     # which images are blurred: each one's blur effect in results.csv, beside the sharp run's
     import csv
 

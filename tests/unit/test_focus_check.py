@@ -140,3 +140,32 @@ def test_the_report_carries_the_focus_measure_in_json_csv_and_table():
     assert fields["focus"]["unlike_all"] and any("the cells are blurrier" in r for r in fields["reasons"])
     unmeasured = [CellPrediction(f"img{i}.jpg", CLASSES[0], 0.9, ood_score=1.0) for i in range(40)]
     assert "focus" not in build_report(unmeasured, CLASSES, WHITE, "m@1", 0.5, domain=domain).domain_check
+
+
+def test_the_report_lists_the_blurriest_images_even_when_the_job_passes():
+    """Which images to retake: those blurrier than about 1 in 20 of the job's laboratory's, blurriest first, at most
+    ten listed (all counted), in report.json, the CSV (formula-safe names) and the table; none in a sharp job."""
+    from pipeline.focus_check import MAX_LISTED
+    from pipeline.report import CellPrediction, DifferentialReport, build_report
+    from tests.unit.test_report import CLASSES, WHITE
+
+    ref = _reference()
+    domain = DomainModel(np.zeros(8), np.eye(8, 4), np.zeros((2, 4)), np.eye(4), 3.0, 0.2, 0.05, focus=ref)
+    rng = np.random.default_rng(5)
+    sharp = [CellPrediction(f"img{i}.jpg", CLASSES[0], 0.9, ood_score=1.0, focus=float(v))
+             for i, v in enumerate(np.clip(rng.normal(0.40, 0.03, 48), 0.3, 0.5))]
+    two = sharp + [CellPrediction("=bad.jpg", CLASSES[0], 0.9, ood_score=1.0, focus=0.85),
+                   CellPrediction("soft.jpg", CLASSES[0], 0.9, ood_score=1.0, focus=0.70)]
+    report = build_report(two, CLASSES, WHITE, "m@1", 0.5, domain=domain)
+    focus = report.domain_check["focus"]
+    assert report.domain_check["status"] == OK and not focus["unlike_all"]
+    assert focus["n_blurry"] == 2 and [b["path"] for b in focus["blurriest"]] == ["=bad.jpg", "soft.jpg"]
+    assert "domain_blurry_image,'=bad.jpg,0.85" in report.to_csv()  # a spreadsheet must not run it as a formula
+    assert "blurry images (2, blurriest first): =bad.jpg (0.850), soft.jpg (0.700)" in report.to_table()
+    again = DifferentialReport.from_dict(report.to_dict())  # as stored and read back for the API and the CLI
+    assert again.domain_check["focus"]["blurriest"] == focus["blurriest"]
+    blurred = [CellPrediction(f"b{i}.jpg", CLASSES[0], 0.9, ood_score=1.0, focus=0.6 + i / 1000) for i in range(30)]
+    many = build_report(blurred, CLASSES, WHITE, "m@1", 0.5, domain=domain).domain_check["focus"]
+    assert many["n_blurry"] == 30 and len(many["blurriest"]) == MAX_LISTED and many["blurriest"][0]["path"] == "b29.jpg"
+    clean = build_report(sharp, CLASSES, WHITE, "m@1", 0.5, domain=domain)
+    assert clean.domain_check["focus"]["n_blurry"] == 0 and "blurry images" not in clean.to_table()
