@@ -100,14 +100,13 @@ class FocusReference:
                 "laboratory": self.labs[nearest], "threshold": round(float(limits[nearest]), 3), "measured": len(x),
                 "unlike_all": bool(np.all(means > limits))}
 
-    def blurriest(self, values: Sequence[float | None], names: Sequence[str], laboratory: str,
-                  limit: int = MAX_LISTED) -> list[dict]:
-        """The images blurrier than about 1 in 20 of ``laboratory``'s (deficit above ``IMAGE_DEFICIT``), blurriest
+    def blurriest(self, values: Sequence[float | None], names: Sequence[str], laboratory: str) -> list[dict]:
+        """Every image blurrier than about 1 in 20 of ``laboratory``'s (deficit above ``IMAGE_DEFICIT``), blurriest
         first: which ones to retake, whether or not the job as a whole is flagged."""
-        lab = self.labs.index(laboratory)
         scored = [(float(v), name) for v, name in zip(values, names, strict=True) if v is not None and np.isfinite(v)]
-        listed = sorted((item for item in scored if (item[0] - self.means[lab]) / self.spreads[lab] > IMAGE_DEFICIT), reverse=True)
-        return [{"path": name, "blur_effect": round(v, 4)} for v, name in listed[:limit]]
+        deficits = self.deficits([v for v, _ in scored])[:, self.labs.index(laboratory)]
+        listed = sorted((item for item, d in zip(scored, deficits, strict=True) if d > IMAGE_DEFICIT), reverse=True)
+        return [{"path": name, "blur_effect": round(v, 4)} for v, name in listed]
 
     def reason(self, values: Sequence[float | None], unit: str = "images") -> str | None:
         """Why the job is blurrier than every training laboratory's images, or None."""

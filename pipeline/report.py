@@ -236,6 +236,5 @@ def _with_blurriest(check: dict, domain: DomainModel | None, processed: list[Cel
     job's focus was measured against, so a laboratory knows which images to retake."""
     if check.get("focus") is None or domain is None or domain.focus is None:
         return check
-    listed = domain.focus.blurriest([p.focus for p in processed], [p.path for p in processed], check["focus"]["laboratory"],
-                                    limit=len(processed))
+    listed = domain.focus.blurriest([p.focus for p in processed], [p.path for p in processed], check["focus"]["laboratory"])
     return {**check, "focus": {**check["focus"], "n_blurry": len(listed), "blurriest": listed[:MAX_LISTED]}}

@@ -181,9 +181,9 @@ def study_conditions(files: Conditions, seed: int = 0, halving: int | None = Non
     fit_sources = ({f: list(sources[f][m]) for f, m in zip(names, masks, strict=True)}
                    if sources is not None and source_aware else None)
 
-    def fitted(signatures: dict[str, dict[str, list]], per_image: bool = False, fit=None):
-        halves = {f: [g for g, keep in zip(signatures[f][baseline], m, strict=True) if keep] for f, m in zip(names, masks, strict=True)}
-        return fit(halves, fit_sources, seed) if fit is not None else fit_stain_reference(halves, fit_sources, seed, per_image=per_image)
+    def fitted(signatures: dict[str, dict[str, list]], fit=fit_stain_reference, **options):
+        return fit({f: [g for g, keep in zip(signatures[f][baseline], m, strict=True) if keep] for f, m in zip(names, masks, strict=True)},
+                   fit_sources, seed, **options)
 
     reference = fitted(stains) if stains is not None else None
     red_reference = fitted(red_cells, per_image=True) if red_cells is not None and reference is not None else None

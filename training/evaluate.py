@@ -147,13 +147,10 @@ def domain_summary(domain, scores: np.ndarray, found: np.ndarray, job_size: int 
     mixed = differential_jobs(y_true, classes, jobs=jobs, size=n) if y_true is not None and len(scores) >= job_size else []
     if mixed:
         out["alarm_rate_normal_differential"] = _alarm_rate(domain, scores, found, mixed, stains, red_cells, focus)
-    if stains is not None and domain.stain is not None:
-        out["stain_alarm_rate"] = sum(domain.stain.reason([stains[i] for i in pick]) is not None for pick in random) / len(random)
-    if red_cells is not None and domain.red_cells is not None:
-        out["red_cell_alarm_rate"] = sum(domain.red_cells.reason([red_cells[i] for i in pick]) is not None
-                                         for pick in random) / len(random)
-    if focus and domain.focus is not None:
-        out["focus_alarm_rate"] = sum(domain.focus.reason([focus[i] for i in pick]) is not None for pick in random) / len(random)
+    for key, reference, values in (("stain_alarm_rate", domain.stain, stains), ("red_cell_alarm_rate", domain.red_cells, red_cells),
+                                   ("focus_alarm_rate", domain.focus, focus or None)):
+        if reference is not None and values is not None:  # one pixel check's reason alone, on the same random jobs
+            out[key] = sum(reference.reason([values[i] for i in pick]) is not None for pick in random) / len(random)
     return out
 
 

@@ -30,6 +30,7 @@ import argparse
 import dataclasses
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -58,16 +59,18 @@ def split_features(model_dir: str, samples: list[Sample], backend: str = "litert
     return np.concatenate(features), np.array([classes.index(s.label) for s in kept]), np.array([s.dataset for s in kept])
 
 
-def record(model_dir: Path, ood: dict, note: str, version: str | None = None, file: str = "ood.npz") -> None:
+def record(model_dir: Path, ood: dict, note: str, version: str | None = None, file: str = "ood.npz",
+           also: Sequence[str] = ()) -> None:
     """Write the manifest's ``ood`` block, a history line, the new digest of ``file`` (the domain model just
-    written) and (optionally) version."""
+    written) and of the files in ``also`` (other domain models rewritten with it), and (optionally) version."""
     manifest_path = model_dir / "manifest.json"
     manifest = json.loads(manifest_path.read_text())
     manifest["ood"] = ood
     if version:
         manifest["version"] = version
     manifest.setdefault("history", []).append(note)
-    manifest["files"][file] = sha256_of(model_dir / file)
+    for written in (file, *also):
+        manifest["files"][written] = sha256_of(model_dir / written)
     manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
 
 

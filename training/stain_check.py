@@ -132,28 +132,17 @@ def fit(model_dir: Path, config: TrainConfig, version: str | None, size: bool = 
         raise SystemExit(f"error: {model_dir} has no domain model (ood.npz) to carry the {kind} check")
     dataclasses.replace(DomainModel.load(ood_path), **{kind: reference}).save(ood_path)
     ood = json.loads((model_dir / "manifest.json").read_text())["ood"]
-    for entry in (ood.get("backends") or {}).values():  # pixel checks are the same for every backend
-        backend_path = model_dir / entry["file"]
-        dataclasses.replace(DomainModel.load(backend_path), **{kind: reference}).save(backend_path)
-        record_digest(model_dir, entry["file"])
+    backend_files = [entry["file"] for entry in (ood.get("backends") or {}).values()]
+    for file in backend_files:  # pixel checks are the same for every backend
+        dataclasses.replace(DomainModel.load(model_dir / file), **{kind: reference}).save(model_dir / file)
     measured = {lab: f"{sum(s is not None for s in v)} of {len(v)}" for lab, v in by_lab.items()}
     method, flag = METHODS[kind]
     ood[kind] = {**reference.summary(), "method": method,
                  "fitted_on": f"validation images measured: {measured} (training.stain_check --fit{flag})"}
     what = {"stain": "stain", "red_cells": "red-cell", "focus": "focus"}[kind]
     record(model_dir, ood, f"{version or manifest.version}: {what} check fitted by training.stain_check "
-                           f"--fit{flag} on the validation images (same network, same predictions)", version)
+                           f"--fit{flag} on the validation images (same network, same predictions)", version, also=backend_files)
     return reference
-
-
-def record_digest(model_dir: Path, file: str) -> None:
-    """Refresh one file's digest in the manifest (a backend's domain model rewritten beside ``ood.npz``)."""
-    from pipeline.manifest import sha256_of
-
-    manifest_path = model_dir / "manifest.json"
-    manifest = json.loads(manifest_path.read_text())
-    manifest["files"][file] = sha256_of(model_dir / file)
-    manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
 
 
 def leave_one_out(model_dir: Path, config: TrainConfig, seed: int = 0, size: bool = False) -> dict[str, float]:
