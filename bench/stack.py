@@ -6,6 +6,8 @@ threads (upload, polling, the load generator) never share a GIL with the API.
 
 from __future__ import annotations
 
+import os
+import secrets
 import socket
 import subprocess
 import sys
@@ -20,6 +22,51 @@ from api.client import ApiClient
 from pipeline.settings import Settings
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+#: where the benchmark creates (and drops) its own database, and the Redis database it uses as broker
+ADMIN_PG = os.environ.get("HEMATOVISION_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/test")
+BENCH_REDIS = os.environ.get("HEMATOVISION_BENCH_REDIS", "redis://127.0.0.1:6379/14")
+
+
+@contextmanager
+def bench_settings(base: Settings, tmp: Path, stack: str = "redis-postgres") -> Iterator[Settings]:
+    """The settings of a benchmark stack under ``tmp``: its own storage, allowed folder root (``tmp/allowed``),
+    queue and token; with ``redis-postgres`` a fresh Postgres database (dropped afterwards) and Redis as broker,
+    else the embedded default (SQLite). The database schema is migrated."""
+    from db.migrate import upgrade
+
+    pg_name, overrides = None, {}
+    if stack == "redis-postgres":
+        pg_name, url = _pg_database(ADMIN_PG)
+        overrides = {"database_url": url, "broker_url": BENCH_REDIS}
+    try:
+        settings = Settings(**{**base.__dict__, "var_dir": str(tmp / "var"), "storage_root": str(tmp / "storage"),
+                               "allowed_folder_root": str(tmp / "allowed"), "queue": f"hv-bench-{os.getpid()}",
+                               "api_token": base.api_token or secrets.token_hex(16), **overrides})
+        upgrade(settings.resolved_database_url)
+        yield settings
+    finally:
+        if pg_name:
+            _pg_drop(ADMIN_PG, pg_name)
+
+
+def _pg_database(admin_url: str) -> tuple[str, str]:
+    import uuid
+
+    import psycopg
+
+    name = "hv_bench_" + uuid.uuid4().hex[:12]
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return name, admin_url.rsplit("/", 1)[0] + "/" + name
+
+
+def _pg_drop(admin_url: str, name: str) -> None:
+    import psycopg
+
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def _free_port() -> int:

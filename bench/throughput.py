@@ -24,7 +24,6 @@ import contextlib
 import math
 import os
 import platform
-import secrets
 import shutil
 import tempfile
 import time
@@ -36,7 +35,7 @@ import numpy as np
 from api.client import ApiClientError
 from bench import database, load, profile
 from bench.report import Report
-from bench.stack import running_api, running_workers, timed_job, wait_for
+from bench.stack import bench_settings, running_api, running_workers, timed_job, wait_for
 from pipeline.batch import BatchLimits, apply_thread_budget, classify_stream, prepare_batches
 from pipeline.classifier import load_classifier
 from pipeline.manifest import ModelManifest
@@ -128,24 +127,6 @@ def time_decode(paths: list[Path], manifest: ModelManifest, settings: Settings, 
     return len(paths) / (time.perf_counter() - t0), np.concatenate(batches)
 
 
-def _pg_database(admin_url: str) -> tuple[str, str]:
-    import uuid
-
-    import psycopg
-
-    name = "hv_bench_" + uuid.uuid4().hex[:12]
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    return name, admin_url.rsplit("/", 1)[0] + "/" + name
-
-
-def _pg_drop(admin_url: str, name: str) -> None:
-    import psycopg
-
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.throughput", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, help="images per whole-path job (default 2000; 200 with --quick)")
@@ -172,42 +153,30 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     base = Settings.from_env()
     tmp = Path(tempfile.mkdtemp(prefix="hv-bench-"))
-    pg_name = None
     report = Report(args, base)
     try:
-        paths = collect_images(args.images, tmp / "allowed" / "images", args.source)
-        manifest = load_classifier(base.model_dir, "litert").manifest
-        size = manifest.input_size
-        prep_paths = paths[: max(SWEEP[-1], base.batch_size * 4)]
-        prep_rate, scaled = time_decode(prep_paths, manifest, base)
-        report.add("decode", f"read + decode + preprocess alone (1 thread; recipe {manifest.preprocessing})", prep_rate)
-        if base.thread_budget > 1:
-            report.add("decode", f"read + decode + preprocess alone, the worker's pool of {base.thread_budget} threads",
-                       time_decode(prep_paths, manifest, base, base.thread_budget)[0])
-        args.stream_paths = paths[: min(len(paths), 640)]
-        reference = _classifier_figures(report, base, scaled, args)
-        overrides: dict[str, object] = {}
-        if args.stack == "redis-postgres":
-            admin = os.environ.get("HEMATOVISION_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/test")
-            pg_name, url = _pg_database(admin)
-            overrides = {"database_url": url, "broker_url": os.environ.get("HEMATOVISION_BENCH_REDIS", "redis://127.0.0.1:6379/14")}
-        settings = Settings(**{**base.__dict__, "var_dir": str(tmp / "var"), "storage_root": str(tmp / "storage"),
-                               "allowed_folder_root": str(tmp / "allowed"), "queue": f"hv-bench-{os.getpid()}",
-                               "api_token": base.api_token or secrets.token_hex(16), **overrides})
-        from db.migrate import upgrade
-
-        upgrade(settings.resolved_database_url)
-        classes = load_classifier(base.model_dir, "litert").manifest.classes
-        _database_figures(report, settings, classes, args)
-        with running_api(settings, tmp / "api.log") as client:
-            _latency_idle(report, client, args)
-            _whole_path_figures(report, client, settings, paths, reference, tmp, args)
-            job_id = report.large_job_id
-            report.add("report", f"GET /report of the {args.report_images:,}-image job (median of 10)",
-                       database.median_ms(lambda: client.report(job_id)), unit="ms")
+        with contextlib.ExitStack() as stack:
+            paths = collect_images(args.images, tmp / "allowed" / "images", args.source)
+            manifest = load_classifier(base.model_dir, "litert").manifest
+            size = manifest.input_size
+            prep_paths = paths[: max(SWEEP[-1], base.batch_size * 4)]
+            prep_rate, scaled = time_decode(prep_paths, manifest, base)
+            report.add("decode", f"read + decode + preprocess alone (1 thread; recipe {manifest.preprocessing})", prep_rate)
+            if base.thread_budget > 1:
+                report.add("decode", f"read + decode + preprocess alone, the worker's pool of {base.thread_budget} threads",
+                           time_decode(prep_paths, manifest, base, base.thread_budget)[0])
+            args.stream_paths = paths[: min(len(paths), 640)]
+            reference = _classifier_figures(report, base, scaled, args)
+            settings = stack.enter_context(bench_settings(base, tmp, args.stack))
+            classes = load_classifier(base.model_dir, "litert").manifest.classes
+            _database_figures(report, settings, classes, args)
+            with running_api(settings, tmp / "api.log") as client:
+                _latency_idle(report, client, args)
+                _whole_path_figures(report, client, settings, paths, reference, tmp, args)
+                job_id = report.large_job_id
+                report.add("report", f"GET /report of the {args.report_images:,}-image job (median of 10)",
+                           database.median_ms(lambda: client.report(job_id)), unit="ms")
     finally:
-        if pg_name:
-            _pg_drop(os.environ.get("HEMATOVISION_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/test"), pg_name)
         shutil.rmtree(tmp, ignore_errors=True)
     text = report.render(f"machine: {platform.machine()}, {os.cpu_count()} cores, {platform.processor() or platform.platform()}; "
                          f"model {Path(base.model_dir).name} ({size}x{size}); batch size {base.batch_size}; stack {args.stack}; "

@@ -275,12 +275,16 @@ class DihedralTTA(CalibratedOutputs):
         rotations = [np.rot90(batch, k, axes=(1, 2)) for k in range(4)]
         return np.concatenate(rotations + [r[:, :, ::-1] for r in rotations])
 
-    def _views_outputs(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        """The mean logits (N, classes) and every view's features (8, N, D), identity view first."""
+    def views_outputs(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Every view's logits (8, N, classes) and features (8, N, D), identity view first, in one model call."""
         logits, features = self.inner.outputs(np.ascontiguousarray(self.views(batch)))
         n = len(batch)
-        mean = logits.reshape(8, n, -1).mean(axis=0)
-        return mean, None if features is None else features.reshape(8, n, -1)
+        return logits.reshape(8, n, -1), None if features is None else features.reshape(8, n, -1)
+
+    def _views_outputs(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """The mean logits (N, classes) and every view's features (8, N, D), identity view first."""
+        logits, features = self.views_outputs(batch)
+        return logits.mean(axis=0), features
 
     def outputs(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """The views' mean logits and the identity view's features (what the domain check reads). Not a matched
@@ -295,6 +299,59 @@ class DihedralTTA(CalibratedOutputs):
             return calibrated_softmax(mean, self.temperatures(None, stains, len(mean))), None if views is None else views[0], None
         calibration = self.domain.score(views.mean(axis=0))
         return calibrated_softmax(mean, self.temperatures(calibration, stains, len(mean))), views[0], self.domain.score(views[0])
+
+class UnsureTTA(DihedralTTA):
+    """Test-time augmentation only where the model is unsure (``HEMATOVISION_TTA=2``, rule G in the model card).
+
+    Why: the 8-view mean is the largest in-domain gain left, but at 8 times the
+    classifier's cost; most images are read with near-certain confidence, and
+    the views can only change the answer where one view is unsure. Every image
+    is read once as given; those whose calibrated top probability is below
+    ``gate`` (the manifest's ``tta.gate``, chosen on validation images) are read
+    in the other 7 views too, and their answer and probabilities are exactly
+    full TTA's (the 8 views' mean logits, the temperature from the distance of
+    the views' mean features). The domain check reads the image as given, as
+    under every setting. ``images`` and ``reread`` count what was read, for the
+    cost figures.
+    """
+
+    def __init__(self, inner: Classifier, gate: float) -> None:
+        super().__init__(inner)
+        if not 0.0 < gate <= 1.0:
+            raise ValueError(f"a TTA gate is a probability in (0, 1], not {gate}")
+        self.gate = float(gate)
+        self.images = 0
+        self.reread = 0
+
+    def outputs(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Not defined: which images take the other views depends on calibrated probabilities; use ``scored``."""
+        raise NotImplementedError("UnsureTTA answers through scored(); its logits depend on each image's confidence")
+
+    def scored(self, batch: np.ndarray, stains: Sequence[Signature | None] | None = None,
+               ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+        logits, features = self.inner.outputs(batch)
+        distances = self.domain.score(features) if self.domain is not None and features is not None else None
+        probs = calibrated_softmax(logits, self.temperatures(distances, stains, len(logits)))
+        unsure = np.flatnonzero(probs.max(axis=1) < self.gate)
+        self.images += len(batch)
+        self.reread += len(unsure)
+        if len(unsure):
+            k = len(unsure)
+            more_logits, more_features = self.inner.outputs(np.ascontiguousarray(self.views(batch[unsure])[k:]))
+            mean = (logits[unsure].astype(np.float64) + more_logits.reshape(7, k, -1).sum(axis=0)) / 8
+            calibration = None
+            if self.domain is not None and features is not None and more_features is not None:
+                calibration = self.domain.score(((features[unsure] + more_features.reshape(7, k, -1).sum(axis=0)) / 8).astype(np.float32))
+            some = None if stains is None else [stains[i] for i in unsure]
+            probs[unsure] = calibrated_softmax(mean.astype(np.float32), self.temperatures(calibration, some, k))
+        return probs, features, distances
+
+
+def tta_gate(manifest: ModelManifest) -> float | None:
+    """The manifest's gate for ``HEMATOVISION_TTA=2`` (``tta.gate``), None for models that carry none (before 2.4.3)."""
+    gate = (manifest.extra.get("tta") or {}).get("gate")
+    return None if gate is None else float(gate)
+
 
 class LogitEnsemble(CalibratedOutputs):
     """Independently trained networks on the same crops: the mean of their logits, one refitted temperature.
@@ -341,11 +398,12 @@ def _member(model_dir: str | Path, manifest: ModelManifest, backend: str, member
     return LiteRTClassifier(model_dir, manifest, filename, threads, with_domain=False)
 
 
-def load_classifier(model_dir: str | Path, backend: str = "litert", tta: bool = False, threads: int | None = None,
+def load_classifier(model_dir: str | Path, backend: str = "litert", tta: int = 0, threads: int | None = None,
                     ensemble: bool = True) -> Classifier:
-    """Load a model directory with the named backend (manifest checked first); ``tta``: 8-view averaging;
-    ``ensemble``: every network the model ships (``ensemble.members``), else the first alone with its own
-    temperature.
+    """Load a model directory with the named backend (manifest checked first); ``tta``: 0 one view, 1 the 8-view
+    mean for every image, 2 the 8-view mean where one view is unsure (the manifest's gate; a model without a gate
+    is served with one view, since nothing chose one for it); ``ensemble``: every network the model ships
+    (``ensemble.members``), else the first alone with its own temperature.
 
     ``threads`` is the process's thread budget for the backend (None: every core).
     """
@@ -357,6 +415,11 @@ def load_classifier(model_dir: str | Path, backend: str = "litert", tta: bool = 
     if ensemble and members:
         classifier = LogitEnsemble([classifier] + [_member(model_dir, manifest, backend, m, threads) for m in members],
                                    manifest.extra["ensemble"]["temperature"])
+    if int(tta) not in (0, 1, 2):
+        raise ValueError(f"tta must be 0 (one view), 1 (8 views) or 2 (8 views where unsure), not {tta!r}")
+    if int(tta) == 2:
+        gate = tta_gate(manifest)
+        return UnsureTTA(classifier, gate) if gate is not None else classifier
     return DihedralTTA(classifier) if tta else classifier
 
 

@@ -35,7 +35,7 @@ BOUNDS = (
     ("analyze_deadline", 10, 7 * 86_400),
     ("max_json_bytes", 1_024, 10 * 1024 * 1024),
     ("max_name_length", 16, 4_096),
-    ("tta", 0, 1),
+    ("tta", 0, 2),
     ("ensemble", 0, 1),
     ("worker_nice", 0, 19),
 )
@@ -53,7 +53,7 @@ class Settings:
     allowed_folder_root: str = ""  # server-side folders must lie under this; empty = feature off
     model_dir: str = field(default_factory=_default_model_dir)
     backend: str = "litert"  # litert (fp32) | litert-int8 | keras
-    tta: int = 0  # 1 = average the 8 rotations/flips of each image (more accurate, 8x the model's cost)
+    tta: int = 0  # 1 = average the 8 rotations/flips of every image (8x the model's cost); 2 = only where one view is unsure (the manifest's gate)
     ensemble: int = 1  # 1 = every network the model ships (ensemble.members); 0 = the first alone (faster)
     queue: str = "hematovision"  # Celery queue shared by the API and its workers
     batch_size: int = 64  # images per model call

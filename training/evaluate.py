@@ -30,6 +30,8 @@ from training.job_mixes import differential_jobs
 from training.metrics import confusion_matrix, macro_f1, per_class_prf, reliability
 
 BATCH = 64
+#: how a result names the TTA setting (``HEMATOVISION_TTA`` 0, 1, 2)
+TTA_LABELS = ("", "+tta", "+tta-where-unsure")
 _PBC_PREFIX = re.compile(r"^([A-Z]+)_")
 
 
@@ -83,7 +85,7 @@ def classify_chunks(classifier, chunks: Iterable[list[np.ndarray]], features_out
     return np.concatenate(probs), np.array(found, bool), np.concatenate(scores) if scores else None
 
 
-def evaluate(model_dir: str, data_dir: str, backend: str = "litert", tta: bool = False, ensemble: bool = True) -> dict:
+def evaluate(model_dir: str, data_dir: str, backend: str = "litert", tta: int = 0, ensemble: bool = True) -> dict:
     classifier = load_classifier(model_dir, backend, tta, ensemble=ensemble)
     manifest = classifier.manifest
     samples, unknown = discover(Path(data_dir), manifest.classes)
@@ -105,7 +107,7 @@ def evaluate(model_dir: str, data_dir: str, backend: str = "litert", tta: bool =
     ece, bins = reliability(probs_all, y_true)
     result = {
         "model": manifest.label,
-        "backend": backend + ("+tta" if tta else "") + ("" if ensemble else "+first-member"),
+        "backend": backend + TTA_LABELS[int(tta)] + ("" if ensemble else "+first-member"),
         "data": str(data_dir),
         "n_images": int(len(y_true)),
         "accuracy": float((y_true == y_pred).mean()),
@@ -246,7 +248,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", required=True, help="folder with one subfolder per class")
     parser.add_argument("--json", help="write metrics here (plots beside it)")
     parser.add_argument("--backend", choices=("litert", "litert-int8", "keras"), default="litert")
-    parser.add_argument("--tta", action="store_true", help="average the 8 rotations/flips of each image (HEMATOVISION_TTA=1)")
+    parser.add_argument("--tta", type=int, nargs="?", const=1, default=0, choices=(0, 1, 2),
+                        help="HEMATOVISION_TTA: 1 (or no value) averages the 8 rotations/flips of every image, 2 only where "
+                             "one view is unsure (the manifest's gate)")
     parser.add_argument("--first-member", action="store_true",
                         help="serve an ensemble model's first network alone (HEMATOVISION_ENSEMBLE=0)")
     args = parser.parse_args(argv)

@@ -30,9 +30,9 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.classifier import Classifier, load_classifier
+from pipeline.classifier import Classifier, UnsureTTA, load_classifier
 from pipeline.images import ImageRejected, decode_image
-from training.evaluate import BATCH, classify_chunks, discover, domain_summary
+from training.evaluate import BATCH, TTA_LABELS, classify_chunks, discover, domain_summary
 from training.metrics import confusion_matrix, macro_f1, per_class_prf, reliability
 from training.shifts import FAMILIES, Shift
 from training.stress_means import describe
@@ -158,7 +158,7 @@ def load_images(samples: list[tuple[Path, int]]) -> tuple[list[np.ndarray], list
 
 
 def run(model_dirs: list[str], data_dir: str, backend: str = "litert", limit: int | None = None, seed: int = 0,
-        families: list[str] | None = None, log=print, per_image: dict | None = None, tta: bool = False) -> dict:
+        families: list[str] | None = None, log=print, per_image: dict | None = None, tta: int = 0) -> dict:
     """Every condition for every model; the first model's classes define the labels (``tta``: the 8-view setting).
 
     ``per_image`` (optional) receives ``"<model index>/<family>/<strength>/<field>"`` -> array for every condition.
@@ -176,7 +176,7 @@ def run(model_dirs: list[str], data_dir: str, backend: str = "litert", limit: in
     images, keys, y_true, unreadable = load_images(samples)
     y = np.array(y_true)
     result = {
-        "data": str(data_dir), "backend": backend + ("+tta" if tta else ""), "limit_per_class": limit, "seed": seed, "n_images": len(images),
+        "data": str(data_dir), "backend": backend + TTA_LABELS[int(tta)], "limit_per_class": limit, "seed": seed, "n_images": len(images),
         "images_per_class": {classes[c]: n for c, n in sorted(Counter(y_true).items())},
         "unknown_class_folders": unknown, "unreadable": unreadable,
         "families": {f: [name for name, _ in FAMILIES[f]] for f in (families or FAMILIES)},
@@ -191,7 +191,10 @@ def run(model_dirs: list[str], data_dir: str, backend: str = "litert", limit: in
         shifted = condition.apply(images, keys, seed)
         for index, (clf, out) in enumerate(zip(classifiers, result["models"], strict=True)):
             kept: dict | None = {} if per_image is not None else None
+            before = (getattr(clf, "images", 0), getattr(clf, "reread", 0))
             metrics = measure(clf, shifted, y, kept)
+            if isinstance(clf, UnsureTTA):  # what the gate cost under this shift: the share of images re-read in 8 views
+                metrics["reread"] = (clf.reread - before[1]) / max(1, clf.images - before[0])
             if per_image is not None and kept:
                 per_image.update({f"{index}/{condition.family}/{condition.strength}/{k}": v for k, v in kept.items()})
             out["results"].setdefault(condition.family, {})[condition.strength] = metrics
@@ -283,7 +286,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--families", help=f"comma-separated subset of: {', '.join(FAMILIES)}")
     parser.add_argument("--backend", choices=("litert", "litert-int8", "keras"), default="litert")
-    parser.add_argument("--tta", action="store_true", help="serve with test-time augmentation (HEMATOVISION_TTA=1, 8 views)")
+    parser.add_argument("--tta", type=int, nargs="?", const=1, default=0, choices=(0, 1, 2),
+                        help="serve with test-time augmentation: 1 (or no value) 8 views of every image, 2 only where unsure")
     args = parser.parse_args(argv)
     families = args.families.split(",") if args.families else None
     models = [args.model] + ([args.compare] if args.compare else [])

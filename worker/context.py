@@ -42,7 +42,7 @@ class WorkerContext:
         with self._lock:
             threads = self.settings.thread_budget
             apply_thread_budget(threads)
-            classifier = load_classifier(self.settings.model_dir, self.settings.backend, bool(self.settings.tta), threads=threads,
+            classifier = load_classifier(self.settings.model_dir, self.settings.backend, self.settings.tta, threads=threads,
                                          ensemble=bool(self.settings.ensemble))
             settle_after_startup()
             return classifier

@@ -33,3 +33,25 @@ def test_quick_benchmark_prints_every_figure(tmp_path, capsys, monkeypatch):
         assert figure in text, figure
     assert "nan" not in text.split("targets")[0]
     assert "0 errors" in text
+
+
+def test_tta_benchmark_times_each_setting_through_its_own_worker(tmp_path, capsys, monkeypatch):
+    """``bench.tta`` end to end on a model carrying a gate: one view around the gated run, the ratio printed."""
+    import json
+    import shutil
+
+    from bench import tta
+
+    model = tmp_path / "model"
+    shutil.copytree(REPO / "models" / "hematovision-mnv2-cc-160", model)
+    manifest = json.loads((model / "manifest.json").read_text())
+    manifest["tta"] = {"gate": 0.9, "chosen_by": "test"}
+    (model / "manifest.json").write_text(json.dumps(manifest))
+    monkeypatch.setenv("HEMATOVISION_MODEL_DIR", str(model))
+    monkeypatch.setenv("HEMATOVISION_VAR_DIR", str(tmp_path / "var"))
+    monkeypatch.setenv("HEMATOVISION_BENCH_PG", PG_ADMIN_URL)
+    monkeypatch.setenv("HEMATOVISION_BENCH_REDIS", REDIS_URL)
+    rates, n = tta.run(REPO / "samples" / "cells", 16, "redis-postgres", order=(0, 2))
+    assert n == 16 and set(rates) == {0, 2} and all(r > 0 for runs in rates.values() for r in runs)
+    text = tta.render(rates, n, REPO / "samples" / "cells", str(model), "redis-postgres")
+    assert "TTA gate 0.9" in text and "rule G (g3): where unsure / one view" in text

@@ -33,3 +33,14 @@ def test_the_bound_is_the_share_of_the_cores_left_to_the_model_and_each_figure_i
     # one core: preparation and model take turns, so the bound is lower
     assert _report(1).sharing_bounds()[0][1] == pytest.approx(0.5)
     assert "CPU-sharing bound" in _report(2).render("header")
+
+
+def test_tta_table_gives_each_setting_its_ratio_to_the_mean_of_the_one_view_runs(model_dir):
+    from bench.tta import render
+
+    text = render({0: [100.0, 90.0], 2: [86.0, 76.0], 1: [19.0]}, 1344, "val", str(model_dir), "embedded")
+    assert "| one view | 100.0, 90.0 | 1.00 |" in text
+    assert "| 8 views where unsure (HEMATOVISION_TTA=2) | 86.0, 76.0 | 0.85 |" in text
+    assert "| 8 views, every image (HEMATOVISION_TTA=1) | 19.0 | 0.20 |" in text
+    assert "= 0.85 (needs >= 0.85): met" in text
+    assert render({0: [100.0], 2: [84.0]}, 10, "val", str(model_dir), "embedded").endswith("(needs >= 0.85): MISSED")

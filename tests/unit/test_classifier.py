@@ -149,3 +149,59 @@ def test_dihedral_tta_scores_the_domain_on_the_image_as_given(model_dir, sample_
     _, tta_features, tta_distances = tta.scored(batch)
     np.testing.assert_allclose(tta_features, plain_features, atol=1e-5)
     np.testing.assert_allclose(tta_distances, plain_distances, atol=1e-4)
+
+
+def _with_gate(model_dir, tmp_path, gate: float):
+    """A copy of the model whose manifest carries a TTA gate (``tta.gate``), as ``training.tta_gate`` writes it."""
+    copy = tmp_path / "model"
+    shutil.copytree(model_dir, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["tta"] = {"gate": gate, "chosen_by": "test"}
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    return copy
+
+
+def test_tta_where_unsure_reads_every_view_only_below_the_gate(model_dir, sample_folder, tmp_path):
+    """Rule G's setting: images whose one-view top probability is below the gate get full TTA's probabilities,
+    the others keep one view's; the domain distances are one view's for every image; the counters say how many
+    images were read again."""
+    plain = load_classifier(model_dir, "litert")
+    full = load_classifier(model_dir, "litert", tta=1)
+    batch = _sample_batch(sample_folder, plain.manifest, n=16)
+    one_probs, _, one_distances = plain.scored(batch)
+    full_probs, _, _ = full.scored(batch)
+    top = one_probs.max(axis=1)
+    gate = float(np.median(top))  # about half the images on either side
+    gated = load_classifier(_with_gate(model_dir, tmp_path, gate), "litert", tta=2)
+    probs, _, distances = gated.scored(batch)
+    unsure = top < gate
+    assert 0 < unsure.sum() < len(batch)
+    np.testing.assert_allclose(probs[unsure], full_probs[unsure], atol=1e-4)
+    np.testing.assert_allclose(probs[~unsure], one_probs[~unsure], atol=1e-6)
+    np.testing.assert_allclose(distances, one_distances, atol=1e-4)
+    assert (gated.images, gated.reread) == (len(batch), int(unsure.sum()))
+
+
+def test_tta_where_unsure_at_the_extremes_is_one_view_or_full_tta(model_dir, sample_folder, tmp_path):
+    plain = load_classifier(model_dir, "litert")
+    batch = _sample_batch(sample_folder, plain.manifest, n=6)
+    never = load_classifier(_with_gate(model_dir, tmp_path / "a", 1e-6), "litert", tta=2)
+    always = load_classifier(_with_gate(model_dir, tmp_path / "b", 1.0), "litert", tta=2)
+    np.testing.assert_allclose(never.predict(batch), plain.predict(batch), atol=1e-6)
+    assert never.reread == 0
+    np.testing.assert_allclose(always.predict(batch), load_classifier(model_dir, "litert", tta=1).predict(batch), atol=1e-4)
+    assert always.reread == len(batch)
+
+
+def test_tta_where_unsure_needs_a_chosen_gate(model_dir, tmp_path):
+    """A model without a gate (before 2.4.3) is served with one view under setting 2: nothing chose a gate for it."""
+    from pipeline.classifier import UnsureTTA
+
+    manifest = json.loads((model_dir / "manifest.json").read_text())
+    served = load_classifier(model_dir, "litert", tta=2)
+    assert isinstance(served, UnsureTTA) == ("gate" in (manifest.get("tta") or {}))
+    assert isinstance(load_classifier(_with_gate(model_dir, tmp_path, 0.9), "litert", tta=2), UnsureTTA)
+    with pytest.raises(ValueError, match="tta"):
+        load_classifier(model_dir, "litert", tta=3)
+    with pytest.raises(ValueError, match="gate"):
+        UnsureTTA(load_classifier(model_dir, "litert"), 0.0)

@@ -31,7 +31,10 @@ def test_bad_values_fail_with_the_variable_name(name, value):
         Settings.from_env({"HEMATOVISION_" + name: value})
 
 
-def test_tta_is_a_switch():
+def test_tta_is_a_three_way_setting():
     assert Settings.from_env({"HEMATOVISION_TTA": "1"}).tta == 1
+    assert Settings.from_env({"HEMATOVISION_TTA": "2"}).tta == 2  # the 8 views only where one view is unsure
+    with pytest.raises(ValueError, match="TTA"):
+        Settings.from_env({"HEMATOVISION_TTA": "3"})
     with pytest.raises(ValueError, match="TTA"):
         Settings.from_env({"HEMATOVISION_TTA": "8"})
