@@ -197,6 +197,7 @@ class LiteRTClassifier(CalibratedOutputs):
         from ai_edge_litert.interpreter import Interpreter
 
         self.manifest = manifest
+        self.backend = "LiteRT int8" if backend == "litert-int8" else "LiteRT fp32"
         self.domain = load_domain(model_dir, manifest, backend) if with_domain else None
         self._interpreter = Interpreter(model_path=str(Path(model_dir) / filename), num_threads=threads or os.cpu_count())
         self._input = self._interpreter.get_input_details()[0]["index"]
@@ -222,6 +223,7 @@ class KerasClassifier(CalibratedOutputs):
         if threads:
             _limit_tensorflow_threads(threads)
         self.manifest = manifest
+        self.backend = "Keras"
         self.domain = load_domain(model_dir, manifest) if with_domain else None
         self._model = keras.models.load_model(str(Path(model_dir) / filename), compile=False)
 
@@ -345,6 +347,24 @@ class UnsureTTA(DihedralTTA):
             some = None if stains is None else [stains[i] for i in unsure]
             probs[unsure] = calibrated_softmax(mean.astype(np.float32), self.temperatures(calibration, some, k))
         return probs, features, distances
+
+
+def describe(classifier: Classifier) -> str:
+    """How a classifier reads images, in words for the report: the backend, how many networks, which views.
+
+    Why: the same model gives slightly different answers and costs under each setting (``HEMATOVISION_TTA``,
+    ``HEMATOVISION_ENSEMBLE``, ``HEMATOVISION_BACKEND``); a report is only reproducible if it says which."""
+    inner = classifier.inner if isinstance(classifier, DihedralTTA) else classifier
+    members = inner.members if isinstance(inner, LogitEnsemble) else [inner]
+    backend = getattr(members[0], "backend", "")
+    networks = "one network" if len(members) == 1 else f"mean of {len(members)} networks"
+    if isinstance(classifier, UnsureTTA):
+        views = f"8 rotations/flips where one view's top probability is below {classifier.gate:g}"
+    elif isinstance(classifier, DihedralTTA):
+        views = "8 rotations/flips of every image"
+    else:
+        views = "each image as given"
+    return ", ".join(part for part in (backend, networks, views) if part)
 
 
 def tta_gate(manifest: ModelManifest) -> float | None:

@@ -66,6 +66,8 @@ def report_pdf(job: dict, report: dict) -> bytes:
     line(f"Job {job['id']}" + (f"  ({job['name']})" if job.get("name") else ""), 10, True)
     line(f"Created {job.get('created_at') or '-'}   finished {job.get('finished_at') or '-'}   kind {report.get('kind', 'cells')}")
     line(f"Model {report['model']}   images {report['n_images']}, classified {report['n_classified']}, failed {report['n_failed']}")
+    if report.get("serving"):
+        line(f"Read as: {report['serving']}", 9)
     review = report.get("review") or {"n_reviewed": 0, "n_changed": 0}
     line(f"White cells counted {report['white_cell_total']}   low confidence (< {report['low_confidence_threshold']:g}) "
          f"{report['n_low_confidence']}   reviewed {review['n_reviewed']}, changed by review {review['n_changed']}")

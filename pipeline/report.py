@@ -91,6 +91,8 @@ class DifferentialReport:
     no_cell_found: list[str] = field(default_factory=list)
     #: is the job's data like the training laboratories' (``pipeline.domain``)
     domain_check: dict = field(default_factory=lambda: DomainCheck(UNAVAILABLE, None, ["not computed"]).to_dict())
+    #: how the images were read (networks, views; ``pipeline.classifier.describe``), "" where not recorded (before 2.4.3)
+    serving: str = ""
 
     def to_dict(self) -> dict:
         """Plain data (shallow: the low-confidence list is not deep-copied; a 2,000-image report is rebuilt per page view)."""
@@ -137,6 +139,7 @@ class DifferentialReport:
                              focus["blur_effect"]])
             for image in focus.get("blurriest", []):
                 writer.writerow(["domain_blurry_image", spreadsheet_safe(image["path"]), image["blur_effect"], "", "", ""])
+        writer.writerow(["model", spreadsheet_safe(self.model), spreadsheet_safe(self.serving), "", "", ""])
         return out.getvalue()
 
     def to_table(self) -> str:
@@ -150,6 +153,7 @@ class DifferentialReport:
             lines.append(f"erythroblasts  {self.erythroblasts['count']:>6}  ({self.erythroblasts['per_100_wbc']:.1f} per 100 WBC)")
         if self.platelets is not None:
             lines.append(f"platelets      {self.platelets['count']:>6}")
+        lines.append(f"model {self.model}" + (f" ({self.serving})" if self.serving else ""))
         lines.append(f"images {self.n_images}, failed {self.n_failed}, low confidence (<{self.low_confidence_threshold:g}) "
                      f"{self.n_low_confidence}, no white cell found {self.n_no_cell_found}")
         check = self.domain_check

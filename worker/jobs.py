@@ -15,6 +15,7 @@ from db import TransientDatabaseError, leases
 from db import repository as repo
 from db.models import BatchStatus, ErrorCode, JobStatus, utcnow
 from pipeline.batch import BatchLimits, classify_stream
+from pipeline.classifier import describe
 from pipeline.fields import FieldSettings, analyze_fields
 from pipeline.localize import LocaliserConfig
 from pipeline.parallel import prefetched
@@ -179,11 +180,11 @@ def summarize(ctx: WorkerContext, session, job_id: str) -> dict:
         report = build_fields_report(out.fields, out.cells, out.failed, manifest.classes, manifest.white_cells, manifest.label,
                                      ctx.settings.low_confidence, domain=ctx.classifier.domain, red_cells=out.red_cells,
                                      cell_diameter_px=ctx.settings.cell_diameter_px)
-        return {"job_id": job_id, **report}
+        return {"job_id": job_id, **report, "serving": describe(ctx.classifier)}
     outcomes = [CellPrediction(*row) for row in repo.all_outcomes(session, job_id)]
     report = build_report(outcomes, manifest.classes, manifest.white_cells, manifest.label, ctx.settings.low_confidence,
                           domain=ctx.classifier.domain)
-    return {"job_id": job_id, "kind": "cells", **report.to_dict()}
+    return {"job_id": job_id, "kind": "cells", **report.to_dict(), "serving": describe(ctx.classifier)}
 
 
 def finalize(ctx: WorkerContext, job_id: str) -> bool:

@@ -90,6 +90,13 @@ def test_submit_poll_results_report(env, sample_folder):
     assert counted == report["n_classified"] == 10
     csv_text = client.get(f"/api/v1/jobs/{job['id']}/report?format=csv").get_data(as_text=True)
     assert csv_text.startswith("section,cell_type") and "images_failed,2" in csv_text
+    from pipeline.classifier import describe
+
+    assert report["serving"] == describe(ctx.classifier)  # how the images were read (backend, networks, views)
+    import csv
+    import io
+
+    assert ["model", report["model"], report["serving"], "", "", ""] in list(csv.reader(io.StringIO(csv_text)))
 
 
 def test_zip_submission_keeps_relative_paths(env):

@@ -205,3 +205,16 @@ def test_tta_where_unsure_needs_a_chosen_gate(model_dir, tmp_path):
         load_classifier(model_dir, "litert", tta=3)
     with pytest.raises(ValueError, match="gate"):
         UnsureTTA(load_classifier(model_dir, "litert"), 0.0)
+
+
+def test_describe_says_which_backend_networks_and_views_read_the_images(model_dir, tmp_path):
+    from pipeline.classifier import describe
+
+    manifest = json.loads((model_dir / "manifest.json").read_text())
+    networks = 1 + len((manifest.get("ensemble") or {}).get("members") or [])
+    many = "one network" if networks == 1 else f"mean of {networks} networks"
+    assert describe(load_classifier(model_dir, "litert")) == f"LiteRT fp32, {many}, each image as given"
+    assert describe(load_classifier(model_dir, "litert", tta=1)) == f"LiteRT fp32, {many}, 8 rotations/flips of every image"
+    assert describe(load_classifier(model_dir, "litert", ensemble=False)) == "LiteRT fp32, one network, each image as given"
+    gated = load_classifier(_with_gate(model_dir, tmp_path, 0.6), "litert", tta=2)
+    assert describe(gated) == f"LiteRT fp32, {many}, 8 rotations/flips where one view's top probability is below 0.6"

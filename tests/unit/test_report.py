@@ -59,6 +59,16 @@ def test_csv_and_dict_round_trip():
     assert "neutrophil" in report.to_table()
 
 
+def test_the_report_says_how_the_images_were_read():
+    import dataclasses
+
+    report = dataclasses.replace(build_report(_preds(), CLASSES, WHITE, "m@1", low_confidence=0.5), serving="LiteRT fp32, one network")
+    assert DifferentialReport.from_dict(report.to_dict()).serving == "LiteRT fp32, one network"
+    assert ["model", "m@1", "LiteRT fp32, one network", "", "", ""] in list(csv.reader(io.StringIO(report.to_csv())))
+    assert "model m@1 (LiteRT fp32, one network)" in report.to_table()
+    assert DifferentialReport.from_dict({k: v for k, v in report.to_dict().items() if k != "serving"}).serving == ""  # older reports
+
+
 def test_empty_job_report_has_zero_counts():
     report = build_report([CellPrediction("x", None, None, "not an image")], CLASSES, WHITE, "m@1", 0.5)
     assert report.white_cell_total == 0 and all(r.percent == 0 for r in report.differential)
