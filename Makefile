@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 
-.PHONY: demo test install install-dev services browser-deps lint bench train evaluate lolo stress alarm temperature member2 ensemble lolo-ensemble lolo-pair clean
+.PHONY: demo test install install-dev services browser-deps lint bench train evaluate lolo stress alarm temperature member2 ensemble lolo-ensemble lolo-pair tta-gate clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -122,6 +122,14 @@ temperature: install-dev
 	$(PY) -m training.distance_temperature --lolo-root runs/lolo --limit 100 --json runs/lolo/distance_temperature.json
 	$(PY) -m training.distance_temperature --model $(MODEL) --data $(SPLITS)/kaggle_val $(SPLITS)/pbc_val --limit 100 \
 	  --shape-from-lolo runs/lolo --write --version $(ALARM_VERSION) --json $(MODEL)/eval/distance_temperature.json
+
+## tta-gate: rule G's gate for HEMATOVISION_TTA=2 (8 views only where one view is unsure), chosen on validation images
+## and written into the manifest; then the cost on the whole path, one view beside it (bench.tta)
+tta-gate: install-dev services
+	$(PY) -m training.splits --config $(CONFIG)
+	$(PY) -m training.tta_gate --model $(MODEL) --data $(SPLITS)/kaggle_val $(SPLITS)/pbc_val --json $(MODEL)/eval/tta_gate.json --write-manifest
+	rm -rf runs/val_both && mkdir -p runs/val_both && cp -rL $(SPLITS)/kaggle_val $(SPLITS)/pbc_val runs/val_both/
+	HEMATOVISION_MODEL_DIR=$(MODEL) $(PY) -m bench.tta --source runs/val_both --out bench/last_run_tta.txt
 
 ## alarm: refit the model's domain alarm without retraining (how 2.1.1 was made from 2.1), its stain, red-cell and focus checks,
 ## its field thresholds, then the int8 backend's own domain model (last: it keeps the pixel checks' references as fitted)

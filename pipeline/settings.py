@@ -53,7 +53,9 @@ class Settings:
     allowed_folder_root: str = ""  # server-side folders must lie under this; empty = feature off
     model_dir: str = field(default_factory=_default_model_dir)
     backend: str = "litert"  # litert (fp32) | litert-int8 | keras
-    tta: int = 0  # 1 = average the 8 rotations/flips of every image (8x the model's cost); 2 = only where one view is unsure (the manifest's gate)
+    # 0 = one view; 1 = the 8 rotations/flips of every image (8x the model's cost); 2 = the 8 only where one view is
+    # unsure (the manifest's gate, rule G; a model without a gate is read in one view)
+    tta: int = 2
     ensemble: int = 1  # 1 = every network the model ships (ensemble.members); 0 = the first alone (faster)
     queue: str = "hematovision"  # Celery queue shared by the API and its workers
     batch_size: int = 64  # images per model call

@@ -21,17 +21,24 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.classifier import load_classifier, model_crops, scaled_batch
+from pipeline.classifier import DihedralTTA, UnsureTTA, describe, load_classifier, model_crops, scaled_batch
 from pipeline.focus_check import blur_effect
 from pipeline.images import decode_image
+from pipeline.settings import Settings
 from pipeline.stain_check import red_cell_signature, stain_signature
 from training.data import IMAGE_SUFFIXES, kaggle_source
 from training.job_mixes import differential_jobs
 from training.metrics import confusion_matrix, macro_f1, per_class_prf, reliability
 
 BATCH = 64
-#: how a result names the TTA setting (``HEMATOVISION_TTA`` 0, 1, 2)
-TTA_LABELS = ("", "+tta", "+tta-where-unsure")
+
+
+def tta_label(classifier) -> str:
+    """How a result's ``backend`` names the views actually read: "" (one view), "+tta" (8), "+tta-where-unsure"
+    (8 below the gate); a model without a gate under setting 2 reads one view and is named so."""
+    if isinstance(classifier, UnsureTTA):
+        return "+tta-where-unsure"
+    return "+tta" if isinstance(classifier, DihedralTTA) else ""
 _PBC_PREFIX = re.compile(r"^([A-Z]+)_")
 
 
@@ -85,7 +92,7 @@ def classify_chunks(classifier, chunks: Iterable[list[np.ndarray]], features_out
     return np.concatenate(probs), np.array(found, bool), np.concatenate(scores) if scores else None
 
 
-def evaluate(model_dir: str, data_dir: str, backend: str = "litert", tta: int = 0, ensemble: bool = True) -> dict:
+def evaluate(model_dir: str, data_dir: str, backend: str = "litert", tta: int = Settings.tta, ensemble: bool = True) -> dict:
     classifier = load_classifier(model_dir, backend, tta, ensemble=ensemble)
     manifest = classifier.manifest
     samples, unknown = discover(Path(data_dir), manifest.classes)
@@ -107,7 +114,9 @@ def evaluate(model_dir: str, data_dir: str, backend: str = "litert", tta: int = 
     ece, bins = reliability(probs_all, y_true)
     result = {
         "model": manifest.label,
-        "backend": backend + TTA_LABELS[int(tta)] + ("" if ensemble else "+first-member"),
+        "backend": backend + tta_label(classifier) + ("" if ensemble else "+first-member"),
+        "serving": describe(classifier),
+        **({"reread": classifier.reread / max(1, classifier.images)} if isinstance(classifier, UnsureTTA) else {}),
         "data": str(data_dir),
         "n_images": int(len(y_true)),
         "accuracy": float((y_true == y_pred).mean()),
@@ -248,9 +257,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", required=True, help="folder with one subfolder per class")
     parser.add_argument("--json", help="write metrics here (plots beside it)")
     parser.add_argument("--backend", choices=("litert", "litert-int8", "keras"), default="litert")
-    parser.add_argument("--tta", type=int, nargs="?", const=1, default=0, choices=(0, 1, 2),
-                        help="HEMATOVISION_TTA: 1 (or no value) averages the 8 rotations/flips of every image, 2 only where "
-                             "one view is unsure (the manifest's gate)")
+    parser.add_argument("--tta", type=int, nargs="?", const=1, default=Settings.tta, choices=(0, 1, 2),
+                        help="HEMATOVISION_TTA, default as served (%(default)s): 0 one view, 1 (or no value) the 8 rotations/flips "
+                             "of every image, 2 the 8 only where one view is unsure (the manifest's gate; one view for a model "
+                             "without one)")
     parser.add_argument("--first-member", action="store_true",
                         help="serve an ensemble model's first network alone (HEMATOVISION_ENSEMBLE=0)")
     args = parser.parse_args(argv)

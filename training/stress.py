@@ -32,7 +32,8 @@ import numpy as np
 
 from pipeline.classifier import Classifier, UnsureTTA, load_classifier
 from pipeline.images import ImageRejected, decode_image
-from training.evaluate import BATCH, TTA_LABELS, classify_chunks, discover, domain_summary
+from pipeline.settings import Settings
+from training.evaluate import BATCH, classify_chunks, discover, domain_summary, tta_label
 from training.metrics import confusion_matrix, macro_f1, per_class_prf, reliability
 from training.shifts import FAMILIES, Shift
 from training.stress_means import describe
@@ -158,7 +159,7 @@ def load_images(samples: list[tuple[Path, int]]) -> tuple[list[np.ndarray], list
 
 
 def run(model_dirs: list[str], data_dir: str, backend: str = "litert", limit: int | None = None, seed: int = 0,
-        families: list[str] | None = None, log=print, per_image: dict | None = None, tta: int = 0) -> dict:
+        families: list[str] | None = None, log=print, per_image: dict | None = None, tta: int = Settings.tta) -> dict:
     """Every condition for every model; the first model's classes define the labels (``tta``: the 8-view setting).
 
     ``per_image`` (optional) receives ``"<model index>/<family>/<strength>/<field>"`` -> array for every condition.
@@ -176,7 +177,7 @@ def run(model_dirs: list[str], data_dir: str, backend: str = "litert", limit: in
     images, keys, y_true, unreadable = load_images(samples)
     y = np.array(y_true)
     result = {
-        "data": str(data_dir), "backend": backend + TTA_LABELS[int(tta)], "limit_per_class": limit, "seed": seed, "n_images": len(images),
+        "data": str(data_dir), "backend": backend + tta_label(classifiers[0]), "limit_per_class": limit, "seed": seed, "n_images": len(images),
         "images_per_class": {classes[c]: n for c, n in sorted(Counter(y_true).items())},
         "unknown_class_folders": unknown, "unreadable": unreadable,
         "families": {f: [name for name, _ in FAMILIES[f]] for f in (families or FAMILIES)},
@@ -286,8 +287,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--families", help=f"comma-separated subset of: {', '.join(FAMILIES)}")
     parser.add_argument("--backend", choices=("litert", "litert-int8", "keras"), default="litert")
-    parser.add_argument("--tta", type=int, nargs="?", const=1, default=0, choices=(0, 1, 2),
-                        help="serve with test-time augmentation: 1 (or no value) 8 views of every image, 2 only where unsure")
+    parser.add_argument("--tta", type=int, nargs="?", const=1, default=Settings.tta, choices=(0, 1, 2),
+                        help="HEMATOVISION_TTA, default as served (%(default)s): 0 one view, 1 (or no value) 8 views of every "
+                             "image, 2 the 8 only where one view is unsure")
     args = parser.parse_args(argv)
     families = args.families.split(",") if args.families else None
     models = [args.model] + ([args.compare] if args.compare else [])

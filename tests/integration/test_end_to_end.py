@@ -81,6 +81,10 @@ def test_cli_analyze_runs_the_embedded_default(tmp_path, sample_folder, model_di
     rows = (out / "results.csv").read_text().strip().splitlines()
     assert len(rows) == n + 1
     assert (out / "report.csv").read_text().startswith("section,")
+    # read as served by default (2.4.3): the 8 views where one view is unsure, for a model that carries a gate
+    gate = (json.loads((model_dir / "manifest.json").read_text()).get("tta") or {}).get("gate")
+    assert report["serving"].startswith("LiteRT fp32") and (f"below {gate:g}" in report["serving"]) == (gate is not None)
+    assert f"model {report['model']} ({report['serving']})" in proc.stdout
 
 
 def test_cli_analyze_flags_an_out_of_focus_job_by_its_focus_and_not_the_sharp_samples(tmp_path, sample_folder, model_dir):
