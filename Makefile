@@ -125,9 +125,11 @@ temperature: install-dev
 
 ## tta-gate: rule G's gate for HEMATOVISION_TTA=2 (8 views only where one view is unsure), chosen on validation images
 ## and written into the manifest; then the cost on the whole path, one view beside it (bench.tta)
+TTA_VERSION ?= 2.4.3
 tta-gate: install-dev services
 	$(PY) -m training.splits --config $(CONFIG)
-	$(PY) -m training.tta_gate --model $(MODEL) --data $(SPLITS)/kaggle_val $(SPLITS)/pbc_val --json $(MODEL)/eval/tta_gate.json --write-manifest
+	$(PY) -m training.tta_gate --model $(MODEL) --data $(SPLITS)/kaggle_val $(SPLITS)/pbc_val --json $(MODEL)/eval/tta_gate.json \
+	  --write-manifest --version $(TTA_VERSION)
 	rm -rf runs/val_both && mkdir -p runs/val_both && cp -rL $(SPLITS)/kaggle_val $(SPLITS)/pbc_val runs/val_both/
 	HEMATOVISION_MODEL_DIR=$(MODEL) $(PY) -m bench.tta --source runs/val_both --out bench/last_run_tta.txt
 

@@ -24,9 +24,10 @@ from pipeline.settings import Settings
 REPO = Path(__file__).resolve().parent.parent
 
 
-#: where the benchmark creates (and drops) its own database, and the Redis database it uses as broker
-ADMIN_PG = os.environ.get("HEMATOVISION_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/test")
-BENCH_REDIS = os.environ.get("HEMATOVISION_BENCH_REDIS", "redis://127.0.0.1:6379/14")
+#: where the benchmark creates (and drops) its own database, and the Redis database it uses as broker (defaults of
+#: ``HEMATOVISION_BENCH_PG`` and ``HEMATOVISION_BENCH_REDIS``, read when a stack starts so tests can point elsewhere)
+ADMIN_PG = "postgresql://postgres@127.0.0.1:5432/test"
+BENCH_REDIS = "redis://127.0.0.1:6379/14"
 
 
 @contextmanager
@@ -36,10 +37,11 @@ def bench_settings(base: Settings, tmp: Path, stack: str = "redis-postgres") -> 
     else the embedded default (SQLite). The database schema is migrated."""
     from db.migrate import upgrade
 
+    admin = os.environ.get("HEMATOVISION_BENCH_PG", ADMIN_PG)
     pg_name, overrides = None, {}
     if stack == "redis-postgres":
-        pg_name, url = _pg_database(ADMIN_PG)
-        overrides = {"database_url": url, "broker_url": BENCH_REDIS}
+        pg_name, url = _pg_database(admin)
+        overrides = {"database_url": url, "broker_url": os.environ.get("HEMATOVISION_BENCH_REDIS", BENCH_REDIS)}
     try:
         settings = Settings(**{**base.__dict__, "var_dir": str(tmp / "var"), "storage_root": str(tmp / "storage"),
                                "allowed_folder_root": str(tmp / "allowed"), "queue": f"hv-bench-{os.getpid()}",
@@ -48,7 +50,7 @@ def bench_settings(base: Settings, tmp: Path, stack: str = "redis-postgres") -> 
         yield settings
     finally:
         if pg_name:
-            _pg_drop(ADMIN_PG, pg_name)
+            _pg_drop(admin, pg_name)
 
 
 def _pg_database(admin_url: str) -> tuple[str, str]:

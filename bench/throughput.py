@@ -37,7 +37,7 @@ from bench import database, load, profile
 from bench.report import Report
 from bench.stack import bench_settings, running_api, running_workers, timed_job, wait_for
 from pipeline.batch import BatchLimits, apply_thread_budget, classify_stream, prepare_batches
-from pipeline.classifier import load_classifier
+from pipeline.classifier import describe, load_classifier
 from pipeline.manifest import ModelManifest
 from pipeline.preprocess import scale_for_mobilenet
 from pipeline.settings import Settings
@@ -157,7 +157,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with contextlib.ExitStack() as stack:
             paths = collect_images(args.images, tmp / "allowed" / "images", args.source)
-            manifest = load_classifier(base.model_dir, "litert").manifest
+            served = load_classifier(base.model_dir, base.backend, base.tta, ensemble=bool(base.ensemble))
+            manifest = served.manifest
             size = manifest.input_size
             prep_paths = paths[: max(SWEEP[-1], base.batch_size * 4)]
             prep_rate, scaled = time_decode(prep_paths, manifest, base)
@@ -179,8 +180,9 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     text = report.render(f"machine: {platform.machine()}, {os.cpu_count()} cores, {platform.processor() or platform.platform()}; "
-                         f"model {Path(base.model_dir).name} ({size}x{size}); batch size {base.batch_size}; stack {args.stack}; "
-                         f"{args.images} images per job")
+                         f"model {Path(base.model_dir).name} ({size}x{size}); workers read {describe(served)} "
+                         f"(the classifier-alone figures: one view); batch size {base.batch_size}; stack {args.stack}; "
+                         f"{args.images} images per job{getattr(args, 'compare_serving', '')}")
     print(text)
     if args.out:
         args.out.write_text(text + "\n")
@@ -191,7 +193,7 @@ def time_stream(paths: list[Path], settings: Settings) -> float:
     """The worker's own loop in this process: read, decode, prepare on the pool, classify one batch ahead
     (``classify_stream`` with the worker's thread budget), without database, broker or API."""
     apply_thread_budget(settings.thread_budget)
-    classifier = load_classifier(settings.model_dir, settings.backend, threads=settings.thread_budget,
+    classifier = load_classifier(settings.model_dir, settings.backend, settings.tta, threads=settings.thread_budget,
                                  ensemble=bool(settings.ensemble))
     limits = BatchLimits(settings.batch_size, settings.batch_pixels, settings.max_image_pixels)
     items = [(i, p.read_bytes) for i, p in enumerate(paths)]
@@ -308,8 +310,10 @@ def _compare_model_figures(report: Report, client, settings: Settings, paths: li
                            tmp: Path, args) -> None:
     """Another model's preparation, classifier alone and whole path, beside the shipped model's in the same run."""
     other = Settings(**{**settings.__dict__, "model_dir": args.compare_model})
-    manifest = load_classifier(other.model_dir, "litert").manifest
+    served = load_classifier(other.model_dir, other.backend, other.tta, ensemble=bool(other.ensemble))
+    manifest = served.manifest
     name = f"model {manifest.label} ({manifest.input_size}x{manifest.input_size})"
+    args.compare_serving = f"; the compared model's workers read {describe(served)}"
     prep_paths = paths[: max(SWEEP[-1], other.batch_size * 4)]
     prep_rate, scaled = time_decode(prep_paths, manifest, other)
     report.add("compare", f"read + decode + preprocess alone (1 thread), {name}", prep_rate)

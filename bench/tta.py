@@ -47,6 +47,8 @@ def run(source: Path, n: int | None, stack: str, order: tuple[int, ...] = ORDER)
     tmp = Path(tempfile.mkdtemp(prefix="hv-bench-tta-"))
     try:
         found = sorted(p for p in source.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+        if not found:
+            raise SystemExit(f"error: no .jpg/.jpeg/.png images under {source}")
         n = n or len(found)
         paths = collect_images(n, tmp / "allowed" / "images", source)
         warm = tmp / "allowed" / "warm"
@@ -68,6 +70,8 @@ def run(source: Path, n: int | None, stack: str, order: tuple[int, ...] = ORDER)
 
 def render(rates: dict[int, list[float]], n: int, source: Path, model_dir: str, stack: str) -> str:
     manifest = ModelManifest.load(model_dir)
+    if 0 not in rates:
+        raise ValueError("the table's ratios need one-view runs (setting 0)")
     one = sum(rates[0]) / len(rates[0])
     lines = [f"machine: {platform.machine()}, {os.cpu_count()} cores; model {manifest.label}, TTA gate {tta_gate(manifest)}; "
              f"stack {stack}; {n} images from {source}",
@@ -75,7 +79,9 @@ def render(rates: dict[int, list[float]], n: int, source: Path, model_dir: str, 
     for tta in sorted(rates, key=ORDER.index):
         runs = ", ".join(f"{r:,.1f}" for r in rates[tta])
         lines.append(f"| {NAMES[tta]} | {runs} | {sum(rates[tta]) / len(rates[tta]) / one:.2f} |")
-    if 2 in rates:
+    if 2 in rates and tta_gate(manifest) is None:
+        lines.append("the model carries no gate: setting 2 read one view, so its ratio says nothing about rule G")
+    elif 2 in rates:
         ratio = sum(rates[2]) / len(rates[2]) / one
         lines.append(f"rule G (g3): where unsure / one view = {ratio:.2f} (needs >= 0.85): {'met' if ratio >= 0.85 else 'MISSED'}")
     return "\n".join(lines)

@@ -329,6 +329,15 @@ class UnsureTTA(DihedralTTA):
         """Not defined: which images take the other views depends on calibrated probabilities; use ``scored``."""
         raise NotImplementedError("UnsureTTA answers through scored(); its logits depend on each image's confidence")
 
+    def _other_views(self, unsure: np.ndarray, chunk: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """The 7 further views' logits and features (view-major, as ``views`` orders them) of the ``unsure`` images,
+        through the networks ``chunk`` images at a time: a batch's re-read never asks a network for more images
+        than the batch itself (7 x 64 views in one call would grow each interpreter's memory for good)."""
+        views = self.views(unsure)[len(unsure):]
+        parts = [self.inner.outputs(np.ascontiguousarray(views[i : i + chunk])) for i in range(0, len(views), chunk)]
+        features = None if parts[0][1] is None else np.concatenate([f for _, f in parts])
+        return np.concatenate([lg for lg, _ in parts]), features
+
     def scored(self, batch: np.ndarray, stains: Sequence[Signature | None] | None = None,
                ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
         logits, features = self.inner.outputs(batch)
@@ -339,7 +348,7 @@ class UnsureTTA(DihedralTTA):
         self.reread += len(unsure)
         if len(unsure):
             k = len(unsure)
-            more_logits, more_features = self.inner.outputs(np.ascontiguousarray(self.views(batch[unsure])[k:]))
+            more_logits, more_features = self._other_views(batch[unsure], len(batch))
             mean = (logits[unsure].astype(np.float64) + more_logits.reshape(7, k, -1).sum(axis=0)) / 8
             calibration = None
             if self.domain is not None and features is not None and more_features is not None:
@@ -415,7 +424,7 @@ def _member(model_dir: str | Path, manifest: ModelManifest, backend: str, member
                          "set HEMATOVISION_ENSEMBLE=0 to serve the first network alone")
     if backend == "keras":
         return KerasClassifier(model_dir, manifest, threads, filename=filename, with_domain=False)
-    return LiteRTClassifier(model_dir, manifest, filename, threads, with_domain=False)
+    return LiteRTClassifier(model_dir, manifest, filename, threads, with_domain=False, backend=backend)
 
 
 def load_classifier(model_dir: str | Path, backend: str = "litert", tta: int = 0, threads: int | None = None,
@@ -429,14 +438,14 @@ def load_classifier(model_dir: str | Path, backend: str = "litert", tta: int = 0
     """
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose one of {sorted(BACKENDS)}")
+    if int(tta) not in (0, 1, 2):
+        raise ValueError(f"tta must be 0 (one view), 1 (8 views) or 2 (8 views where unsure), not {tta!r}")
     manifest = ModelManifest.load(model_dir)
     classifier: Classifier = BACKENDS[backend](model_dir, manifest, threads=threads)
     members = ensemble_members(manifest)
     if ensemble and members:
         classifier = LogitEnsemble([classifier] + [_member(model_dir, manifest, backend, m, threads) for m in members],
                                    manifest.extra["ensemble"]["temperature"])
-    if int(tta) not in (0, 1, 2):
-        raise ValueError(f"tta must be 0 (one view), 1 (8 views) or 2 (8 views where unsure), not {tta!r}")
     if int(tta) == 2:
         gate = tta_gate(manifest)
         return UnsureTTA(classifier, gate) if gate is not None else classifier

@@ -257,14 +257,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", required=True, help="folder with one subfolder per class")
     parser.add_argument("--json", help="write metrics here (plots beside it)")
     parser.add_argument("--backend", choices=("litert", "litert-int8", "keras"), default="litert")
-    parser.add_argument("--tta", type=int, nargs="?", const=1, default=Settings.tta, choices=(0, 1, 2),
-                        help="HEMATOVISION_TTA, default as served (%(default)s): 0 one view, 1 (or no value) the 8 rotations/flips "
+    parser.add_argument("--tta", type=int, nargs="?", const=1, choices=(0, 1, 2),
+                        help="as served by default (HEMATOVISION_TTA, else 2): 0 one view, 1 (or no value) the 8 rotations/flips "
                              "of every image, 2 the 8 only where one view is unsure (the manifest's gate; one view for a model "
                              "without one)")
     parser.add_argument("--first-member", action="store_true",
                         help="serve an ensemble model's first network alone (HEMATOVISION_ENSEMBLE=0)")
     args = parser.parse_args(argv)
-    result = evaluate(args.model, args.data, args.backend, args.tta, not args.first_member)
+    result = evaluate(args.model, args.data, args.backend, Settings.from_env().tta if args.tta is None else args.tta, not args.first_member)
     print_summary(result)
     if args.json:
         out = Path(args.json)

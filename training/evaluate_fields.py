@@ -27,6 +27,7 @@ import numpy as np
 from pipeline.classifier import load_classifier, prepare_batch
 from pipeline.fields import CROP_SCALE, crop_around
 from pipeline.localize import Detection, LocaliserConfig, localise
+from pipeline.settings import Settings
 from pipeline.tiling import iou
 
 
@@ -68,7 +69,7 @@ def run(data: Path, model_dir: str, subset: str, out: Path | None, overlays: int
     with open(data / "labels.csv") as fh:
         for row in csv.DictReader(fh):
             labels[row["image"]] = row["wbc_category"].strip().lower()
-    classifier = load_classifier(model_dir, "litert")
+    classifier = load_classifier(model_dir, "litert", Settings.from_env().tta)  # the views a field job reads (HEMATOVISION_TTA)
     variants = crop_variants(config.cell_diameter_px)
     tp = fp = fn = 0
     errors, seconds = [], 0.0

@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.classifier import Classifier, UnsureTTA, load_classifier
+from pipeline.classifier import describe as describe_serving
 from pipeline.images import ImageRejected, decode_image
 from pipeline.settings import Settings
 from training.evaluate import BATCH, classify_chunks, discover, domain_summary, tta_label
@@ -181,7 +182,8 @@ def run(model_dirs: list[str], data_dir: str, backend: str = "litert", limit: in
         "images_per_class": {classes[c]: n for c, n in sorted(Counter(y_true).items())},
         "unknown_class_folders": unknown, "unreadable": unreadable,
         "families": {f: [name for name, _ in FAMILIES[f]] for f in (families or FAMILIES)},
-        "models": [{"model": clf.manifest.label, "model_dir": str(d), "preprocessing": clf.manifest.preprocessing, "results": {}}
+        "models": [{"model": clf.manifest.label, "model_dir": str(d), "preprocessing": clf.manifest.preprocessing,
+                    "serving": describe_serving(clf), "results": {}}
                    for clf, d in zip(classifiers, model_dirs, strict=True)],
     }
     log(header(result))
@@ -287,8 +289,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--families", help=f"comma-separated subset of: {', '.join(FAMILIES)}")
     parser.add_argument("--backend", choices=("litert", "litert-int8", "keras"), default="litert")
-    parser.add_argument("--tta", type=int, nargs="?", const=1, default=Settings.tta, choices=(0, 1, 2),
-                        help="HEMATOVISION_TTA, default as served (%(default)s): 0 one view, 1 (or no value) 8 views of every "
+    parser.add_argument("--tta", type=int, nargs="?", const=1, choices=(0, 1, 2),
+                        help="as served by default (HEMATOVISION_TTA, else 2): 0 one view, 1 (or no value) 8 views of every "
                              "image, 2 the 8 only where one view is unsure")
     args = parser.parse_args(argv)
     families = args.families.split(",") if args.families else None
@@ -296,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
     per_image: dict | None = {} if args.scores else None
     try:
         result = run(models, args.data, args.backend, args.limit, args.seed, families, lambda line: print(line, flush=True),
-                     per_image, args.tta)
+                     per_image, Settings.from_env().tta if args.tta is None else args.tta)
     except (ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -180,7 +180,8 @@ def summarize(ctx: WorkerContext, session, job_id: str) -> dict:
         report = build_fields_report(out.fields, out.cells, out.failed, manifest.classes, manifest.white_cells, manifest.label,
                                      ctx.settings.low_confidence, domain=ctx.classifier.domain, red_cells=out.red_cells,
                                      cell_diameter_px=ctx.settings.cell_diameter_px)
-        return {"job_id": job_id, **report, "serving": describe(ctx.classifier)}
+        serving = describe(ctx.classifier)
+        return {"job_id": job_id, **report, "serving": serving, "slides": [{**s, "serving": serving} for s in report["slides"]]}
     outcomes = [CellPrediction(*row) for row in repo.all_outcomes(session, job_id)]
     report = build_report(outcomes, manifest.classes, manifest.white_cells, manifest.label, ctx.settings.low_confidence,
                           domain=ctx.classifier.domain)

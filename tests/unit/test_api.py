@@ -93,6 +93,8 @@ def test_submit_poll_results_report(env, sample_folder):
     from pipeline.classifier import describe
 
     assert report["serving"] == describe(ctx.classifier)  # how the images were read (backend, networks, views)
+    gate = (ctx.classifier.manifest.extra.get("tta") or {}).get("gate")
+    assert report["serving"].startswith("LiteRT fp32, ") and (gate is None or f"top probability is below {gate:g}" in report["serving"])
     import csv
     import io
 

@@ -183,14 +183,38 @@ def test_tta_where_unsure_reads_every_view_only_below_the_gate(model_dir, sample
 
 
 def test_tta_where_unsure_at_the_extremes_is_one_view_or_full_tta(model_dir, sample_folder, tmp_path):
+    """Gate 1.0 re-reads every image short of certainty (a float32 top probability of exactly 1.0 is not below it)."""
     plain = load_classifier(model_dir, "litert")
     batch = _sample_batch(sample_folder, plain.manifest, n=6)
     never = load_classifier(_with_gate(model_dir, tmp_path / "a", 1e-6), "litert", tta=2)
     always = load_classifier(_with_gate(model_dir, tmp_path / "b", 1.0), "litert", tta=2)
     np.testing.assert_allclose(never.predict(batch), plain.predict(batch), atol=1e-6)
     assert never.reread == 0
-    np.testing.assert_allclose(always.predict(batch), load_classifier(model_dir, "litert", tta=1).predict(batch), atol=1e-4)
-    assert always.reread == len(batch)
+    short_of_certain = plain.predict(batch).max(axis=1) < 1.0
+    assert short_of_certain.any()
+    full = load_classifier(model_dir, "litert", tta=1).predict(batch)
+    np.testing.assert_allclose(always.predict(batch)[short_of_certain], full[short_of_certain], atol=1e-4)
+    assert always.reread == int(short_of_certain.sum())
+
+
+def test_tta_where_unsure_never_asks_a_network_for_more_images_than_the_batch(model_dir, sample_folder, tmp_path):
+    """The 7 further views of a batch's unsure images go through the networks in chunks of the batch's size: one call
+    of 7 x 64 views would grow each interpreter's memory for good."""
+    gated = load_classifier(_with_gate(model_dir, tmp_path, 1.0), "litert", tta=2)
+    batch = _sample_batch(sample_folder, gated.manifest, n=3)
+    sizes: list[int] = []
+    outputs = gated.inner.outputs
+
+    def spy(images):
+        sizes.append(len(images))
+        return outputs(images)
+
+    gated.inner.outputs = spy
+    probs = gated.predict(batch)
+    assert max(sizes) == 3 and sum(sizes) == 3 + 7 * gated.reread and gated.reread > 0
+    full = load_classifier(model_dir, "litert", tta=1).predict(batch)
+    unsure = load_classifier(model_dir, "litert").predict(batch).max(axis=1) < 1.0
+    np.testing.assert_allclose(probs[unsure], full[unsure], atol=1e-4)
 
 
 def test_tta_where_unsure_needs_a_chosen_gate(model_dir, tmp_path):

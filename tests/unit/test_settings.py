@@ -32,6 +32,7 @@ def test_bad_values_fail_with_the_variable_name(name, value):
 
 
 def test_tta_is_a_three_way_setting():
+    assert Settings().tta == 2  # from 2.4.3: the 8 views where one view is unsure (rule G)
     assert Settings.from_env({"HEMATOVISION_TTA": "1"}).tta == 1
     assert Settings.from_env({"HEMATOVISION_TTA": "2"}).tta == 2  # the 8 views only where one view is unsure
     with pytest.raises(ValueError, match="TTA"):

@@ -50,3 +50,29 @@ def test_the_gate_is_written_to_the_manifest_with_its_history(model_dir, tmp_pat
     assert manifest["tta"] == {"gate": 0.9, "chosen_by": "validation folders"}
     assert manifest["version"] == "9.9.9" and "gate 0.9" in manifest["history"][-1]
     assert ModelManifest.load(copy).version == "9.9.9"
+
+
+@pytest.mark.litert
+def test_the_study_gives_exactly_what_the_served_setting_answers(model_dir, sample_folder, tmp_path):
+    """Rule G chose the gate from ``view_probabilities``; serving answers through ``UnsureTTA.scored``: the same images,
+    the same gate, the same probabilities and the same images re-read."""
+    import shutil
+
+    from pipeline.classifier import DihedralTTA, UnsureTTA, load_classifier
+    from training.evaluate import classify_chunks, decoded_chunks
+    from training.tta_gate import view_probabilities
+
+    paths = sorted(sample_folder.rglob("*.jp*g"))[:24]
+    tta = load_classifier(model_dir, "litert", tta=1)
+    assert isinstance(tta, DihedralTTA)
+    one, full, found = view_probabilities(tta, paths)
+    gate = float(np.median(one.max(axis=1)))
+    expected, unsure = gated(one, full, gate)
+    copy = tmp_path / "model"
+    shutil.copytree(model_dir, copy)
+    write_gate(str(copy), gate, "test")
+    served = load_classifier(copy, "litert", tta=2)
+    assert isinstance(served, UnsureTTA)
+    probs, served_found, _ = classify_chunks(served, decoded_chunks(paths))
+    np.testing.assert_allclose(probs, expected, atol=1e-5)
+    assert served.reread == int(unsure.sum()) > 0 and (served_found == found).all()
