@@ -169,8 +169,7 @@ def main(argv: list[str] | None = None) -> int:
             args.stream_paths = paths[: min(len(paths), 640)]
             reference = _classifier_figures(report, base, scaled, args)
             settings = stack.enter_context(bench_settings(base, tmp, args.stack))
-            classes = load_classifier(base.model_dir, "litert").manifest.classes
-            _database_figures(report, settings, classes, args)
+            _database_figures(report, settings, manifest.classes, args)
             with running_api(settings, tmp / "api.log") as client:
                 _latency_idle(report, client, args)
                 _whole_path_figures(report, client, settings, paths, reference, tmp, args)

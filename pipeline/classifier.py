@@ -168,9 +168,16 @@ class CalibratedOutputs:
     def scored(self, batch: np.ndarray, stains: Sequence[Signature | None] | None = None,
                ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
         logits, features = self.outputs(batch)
+        probs, distances = self.calibrated(logits, features, stains)
+        return probs, features, distances
+
+    def calibrated(self, logits: np.ndarray, features: np.ndarray | None, stains: Sequence[Signature | None] | None = None,
+                   ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Calibrated probabilities of ``logits`` whose distance-aware temperature reads ``features``, and those
+        features' distances (None without a domain model or features): the one place every setting calibrates."""
         domain = getattr(self, "domain", None)
         distances = domain.score(features) if domain is not None and features is not None else None
-        return calibrated_softmax(logits, self.temperatures(distances, stains, len(logits))), features, distances
+        return calibrated_softmax(logits, self.temperatures(distances, stains, len(logits))), distances
 
     def temperatures(self, distances: np.ndarray | None, stains: Sequence[Signature | None] | None = None,
                      n: int | None = None) -> float | np.ndarray:
@@ -297,10 +304,10 @@ class DihedralTTA(CalibratedOutputs):
     def scored(self, batch: np.ndarray, stains: Sequence[Signature | None] | None = None,
                ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
         mean, views = self._views_outputs(batch)
-        if views is None or self.domain is None:
-            return calibrated_softmax(mean, self.temperatures(None, stains, len(mean))), None if views is None else views[0], None
-        calibration = self.domain.score(views.mean(axis=0))
-        return calibrated_softmax(mean, self.temperatures(calibration, stains, len(mean))), views[0], self.domain.score(views[0])
+        if views is None:
+            return self.calibrated(mean, None, stains)[0], None, None
+        probs, _ = self.calibrated(mean, views.mean(axis=0), stains)
+        return probs, views[0], None if self.domain is None else self.domain.score(views[0])
 
 class UnsureTTA(DihedralTTA):
     """Test-time augmentation only where the model is unsure (``HEMATOVISION_TTA=2``, rule G in the model card).
@@ -341,8 +348,7 @@ class UnsureTTA(DihedralTTA):
     def scored(self, batch: np.ndarray, stains: Sequence[Signature | None] | None = None,
                ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
         logits, features = self.inner.outputs(batch)
-        distances = self.domain.score(features) if self.domain is not None and features is not None else None
-        probs = calibrated_softmax(logits, self.temperatures(distances, stains, len(logits)))
+        probs, distances = self.calibrated(logits, features, stains)
         unsure = np.flatnonzero(probs.max(axis=1) < self.gate)
         self.images += len(batch)
         self.reread += len(unsure)
@@ -350,11 +356,11 @@ class UnsureTTA(DihedralTTA):
             k = len(unsure)
             more_logits, more_features = self._other_views(batch[unsure], len(batch))
             mean = (logits[unsure].astype(np.float64) + more_logits.reshape(7, k, -1).sum(axis=0)) / 8
-            calibration = None
-            if self.domain is not None and features is not None and more_features is not None:
-                calibration = self.domain.score(((features[unsure] + more_features.reshape(7, k, -1).sum(axis=0)) / 8).astype(np.float32))
+            mean_features = None
+            if features is not None and more_features is not None:
+                mean_features = ((features[unsure] + more_features.reshape(7, k, -1).sum(axis=0)) / 8).astype(np.float32)
             some = None if stains is None else [stains[i] for i in unsure]
-            probs[unsure] = calibrated_softmax(mean.astype(np.float32), self.temperatures(calibration, some, k))
+            probs[unsure] = self.calibrated(mean.astype(np.float32), mean_features, some)[0]
         return probs, features, distances
 
 

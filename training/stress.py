@@ -194,9 +194,9 @@ def run(model_dirs: list[str], data_dir: str, backend: str = "litert", limit: in
         shifted = condition.apply(images, keys, seed)
         for index, (clf, out) in enumerate(zip(classifiers, result["models"], strict=True)):
             kept: dict | None = {} if per_image is not None else None
-            before = (getattr(clf, "images", 0), getattr(clf, "reread", 0))
+            before = (clf.images, clf.reread) if isinstance(clf, UnsureTTA) else None
             metrics = measure(clf, shifted, y, kept)
-            if isinstance(clf, UnsureTTA):  # what the gate cost under this shift: the share of images re-read in 8 views
+            if before is not None:  # what the gate cost under this shift: the share of images re-read in 8 views
                 metrics["reread"] = (clf.reread - before[1]) / max(1, clf.images - before[0])
             if per_image is not None and kept:
                 per_image.update({f"{index}/{condition.family}/{condition.strength}/{k}": v for k, v in kept.items()})

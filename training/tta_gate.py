@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.classifier import DihedralTTA, calibrated_softmax, load_classifier, model_crops, scaled_batch
+from pipeline.classifier import DihedralTTA, load_classifier, model_crops, scaled_batch
 from pipeline.manifest import ModelManifest
 from pipeline.stain_check import stain_signature
 from training.evaluate import decoded_chunks, discover
@@ -43,12 +43,8 @@ def view_probabilities(tta: DihedralTTA, paths: list[Path]) -> tuple[np.ndarray,
         crops = model_crops(images, manifest)
         stains = [stain_signature(c.pixels) if manifest.checks_stain else None for c in crops]
         logits, features = tta.views_outputs(scaled_batch(crops))
-        n = logits.shape[1]
-        own = mean = None
-        if tta.domain is not None and features is not None:
-            own, mean = tta.domain.score(features[0]), tta.domain.score(features.mean(axis=0))
-        one.append(calibrated_softmax(logits[0], tta.temperatures(own, stains, n)))
-        full.append(calibrated_softmax(logits.mean(axis=0), tta.temperatures(mean, stains, n)))
+        one.append(tta.calibrated(logits[0], None if features is None else features[0], stains)[0])
+        full.append(tta.calibrated(logits.mean(axis=0), None if features is None else features.mean(axis=0), stains)[0])
         found.extend(c.found for c in crops)
     return np.concatenate(one), np.concatenate(full), np.array(found, bool)
 
