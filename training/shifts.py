@@ -20,7 +20,7 @@ from functools import partial
 import cv2
 import numpy as np
 
-from pipeline.cellcrop import background_color
+from pipeline.cellcrop import background_color, cell_crop
 
 Shift = Callable[[np.ndarray, np.random.Generator], np.ndarray]
 
@@ -189,6 +189,42 @@ def tight_yellow_small(bgr: np.ndarray, rng: np.random.Generator, fraction: floa
     return cv2.resize(image, (120, 120), interpolation=cv2.INTER_AREA)
 
 
+#: where the clean image has no stained object to centre on, a cell-filled crop takes the central square of this
+#: fraction of the short side (``tight_crop``'s middle strength)
+UNFOUND_CELL_FRACTION = 0.5
+
+
+def cell_filled(bgr: np.ndarray, rng: np.random.Generator, margin: float) -> np.ndarray:
+    """A square of ``margin`` times the cell's own size, centred on the cell, at native resolution.
+
+    Why beside ``tight_crop``: a laboratory whose software crops each cell tightly centres the crop on the
+    cell. ``tight_crop``'s central square does not, and in the Kaggle images, whose cells were shifted when
+    the copies were made, it often cuts into or misses the cell (Kaggle validation, central half: a cell found
+    in 83.5 % of images, 73 % accurate; the same model on crops of 1.2 times the cell centred on it: 99.8 %
+    and 95 %, model card, "Tight crops centred on the cell"). This family measures tightness alone. The cell is where the serving recipe finds it in the clean image
+    (``pipeline.cellcrop.cell_crop``; its stained object's bounding box is the cell's size); the square is
+    moved inwards where it would leave the image and cut to the image where it is larger. Without a
+    stained object it falls back to the central square of ``UNFOUND_CELL_FRACTION``.
+    """
+    h, w = bgr.shape[:2]
+    found = cell_crop(bgr, 32)
+    if not found.found or not found.cell_box_px:
+        return tight_crop(bgr, rng, UNFOUND_CELL_FRACTION)
+    side = max(8, min(h, w, round(margin * found.cell_box_px)))
+    cx, cy = found.center
+    x0 = int(np.clip(round(cx - side / 2), 0, w - side))
+    y0 = int(np.clip(round(cy - side / 2), 0, h - side))
+    return bgr[y0 : y0 + side, x0 : x0 + side].copy()
+
+
+def cell_filled_yellow_small(bgr: np.ndarray, rng: np.random.Generator, margin: float) -> np.ndarray:
+    """``tight_yellow_small``'s habits on a cell-centred crop: ``cell_filled`` of ``margin``, a yellow cast of
+    strength 0.75, saved at 120x120 pixels (the rapid-stain laboratory of "Trustworthy differentials on other
+    laboratories' slides": "crops 120 px with the cell filling them")."""
+    image = colour_cast(cell_filled(bgr, rng, margin), rng, _YELLOW_GAINS, 0.75)
+    return cv2.resize(image, (120, 120), interpolation=cv2.INTER_AREA)
+
+
 def _family(fn: Callable[..., np.ndarray], name_format: str, values: list, keyword: str) -> list[tuple[str, Shift]]:
     return [(name_format.format(v), partial(fn, **{keyword: v})) for v in values]
 
@@ -210,4 +246,6 @@ FAMILIES: dict[str, list[tuple[str, Shift]]] = {
     "blur": _family(gaussian_blur, "sigma{:g}", [1.0, 2.0, 4.0], "sigma"),
     "jpeg": _family(jpeg, "q{:d}", [90, 50, 20], "quality"),
     "tight_yellow": _family(tight_yellow_small, "{:.0%}", [0.8, 0.65, 0.5], "fraction"),
+    "cell_filled": _family(cell_filled, "cell x{:g}", [2.0, 1.5, 1.2], "margin"),
+    "cell_filled_yellow": _family(cell_filled_yellow_small, "cell x{:g}", [1.5, 1.2], "margin"),
 }

@@ -177,6 +177,36 @@ def test_registry_strengths_are_named_uniquely_and_every_shift_is_deterministic(
             assert first.shape != field.shape or not np.array_equal(first, field), (family, name)
 
 
+@pytest.mark.parametrize("centre", [(90, 100), (40, 120)])  # off-centre; near the left edge (the square moves inwards)
+def test_cell_filled_is_a_native_resolution_square_around_the_cell_not_the_image_centre(centre):
+    img = blob((240, 320), centre=centre, radius=30)
+    out = shifts.cell_filled(img, rng(), 1.5)
+    side = out.shape[0]
+    assert out.shape == (side, side, 3) and 1.4 * 60 <= side <= 1.6 * 62  # 1.5 x the disc's 61 px box
+    diameter, cx, cy = blob_geometry(out)
+    assert diameter == pytest.approx(60, abs=3)  # the whole cell is in, at native size
+    if centre[0] - side / 2 >= 0:
+        assert (cx, cy) == (pytest.approx(side / 2, abs=1.5), pytest.approx(side / 2, abs=1.5))
+    else:  # moved inwards: the square starts at the image's left edge, still centred vertically
+        assert cx == pytest.approx(centre[0], abs=1.5) and cy == pytest.approx(side / 2, abs=1.5)
+    dark = cv2.cvtColor(shifts.tight_crop(img, rng(), 0.5), cv2.COLOR_BGR2GRAY) < 150
+    assert dark.sum() < 0.8 * np.pi * 30**2  # the central square of the same image cuts into or misses the cell
+
+
+def test_cell_filled_without_a_cell_takes_the_central_square():
+    empty = blob((240, 320), radius=0)
+    np.testing.assert_array_equal(shifts.cell_filled(empty, rng(), 1.2), shifts.tight_crop(empty, rng(), shifts.UNFOUND_CELL_FRACTION))
+
+
+def test_cell_filled_yellow_small_crops_around_the_cell_casts_and_saves_at_120_px():
+    out = shifts.cell_filled_yellow_small(blob((240, 320), centre=(90, 100), radius=30), rng(), 1.5)
+    assert out.shape == (120, 120, 3) and out.dtype == np.uint8
+    diameter, cx, cy = blob_geometry(out)
+    assert (cx, cy) == (pytest.approx(60, abs=2), pytest.approx(60, abs=2)) and diameter == pytest.approx(120 / 1.5, abs=6)
+    b, g, r = (float(v) for v in out[2, 2])
+    assert b < g < r  # yellow: blue absorbed most
+
+
 def test_tight_yellow_small_crops_casts_and_saves_at_120_px(field):
     out = shifts.tight_yellow_small(field, rng(), 0.5)
     assert out.shape == (120, 120, 3) and out.dtype == np.uint8
