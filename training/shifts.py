@@ -201,10 +201,12 @@ def cell_filled(bgr: np.ndarray, rng: np.random.Generator, margin: float) -> np.
     cell. ``tight_crop``'s central square does not, and in the Kaggle images, whose cells were shifted when
     the copies were made, it often cuts into or misses the cell (Kaggle validation, central half: a cell found
     in 83.5 % of images, 73 % accurate; the same model on crops of 1.2 times the cell centred on it: 99.8 %
-    and 95 %, model card, "Tight crops centred on the cell"). This family measures tightness alone. The cell is where the serving recipe finds it in the clean image
-    (``pipeline.cellcrop.cell_crop``; its stained object's bounding box is the cell's size); the square is
-    moved inwards where it would leave the image and cut to the image where it is larger. Without a
-    stained object it falls back to the central square of ``UNFOUND_CELL_FRACTION``.
+    and 95 %, model card, "Tight crops centred on the cell"). This family measures tightness alone.
+
+    The cell is where the serving recipe finds it in the clean image (``pipeline.cellcrop.cell_crop``; its
+    stained object's bounding box is the cell's size); the square is moved inwards where it would leave
+    the image and cut to the image where it is larger. Without a stained object it falls back to the
+    central square of ``UNFOUND_CELL_FRACTION``.
     """
     h, w = bgr.shape[:2]
     found = cell_crop(bgr, 32)

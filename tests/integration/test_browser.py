@@ -104,6 +104,9 @@ def test_upload_report_review_signoff_pdf_in_a_real_browser(stack, browser_page,
     for row in report["differential"]:  # bar lengths are proportional to the percentages
         assert widths[row["cell_type"]] == pytest.approx(widths[top["cell_type"]] * row["percent"] / top["percent"], abs=1.0)
     assert no_horizontal_scroll(page)
+    assert report["serving"] and page.inner_text("#serving") == f"Images read by {report['serving']}."
+    tiles = [t.bounding_box()["height"] for t in page.locator("#summary > div").all()]
+    assert max(tiles) < 1.5 * min(tiles), tiles  # no tile's text stretches the row
     shot(page, "report")
 
     page.click("text=Review cells (least confident first)")

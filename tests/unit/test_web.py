@@ -6,6 +6,7 @@ import io
 import re
 
 import pytest
+from markupsafe import escape
 from werkzeug.datastructures import FileStorage, MultiDict
 from werkzeug.test import encode_multipart
 
@@ -49,6 +50,8 @@ def test_upload_form_lands_on_the_job_page_and_shows_progress_then_the_report(en
     html = client.get(job_page).get_data(as_text=True)
     report = client.get(f"/api/v1/jobs/{job_id}/report").get_json()
     assert "<svg" in html and "Analysing" not in html and "fewer than 100" in html
+    assert report["serving"] and f'<p class="meta" id="serving">Images read by {escape(report["serving"])}.</p>' in html
+    assert f'<dd class="small" id="model-name">{escape(report["model"])}</dd>' in html  # the tile names the model alone
     for row in report["differential"]:  # table and chart say what the API says
         assert re.search(rf'data-cell-type="{row["cell_type"]}" data-count="{row["count"]}" data-percent="{row["percent"]:.1f}"', html)
         assert re.search(rf'<tr data-cell-type="{row["cell_type"]}".*?<td class="num count">{row["count"]}</td>', html, re.S)
