@@ -3,7 +3,8 @@
 The backend is a setting (``HEMATOVISION_BACKEND``): LiteRT for fast CPU
 serving without TensorFlow, Keras/TensorFlow for GPU placement and training
 parity. Both read the same ``manifest.json`` and apply the same calibrated
-softmax to the model's logits.
+softmax to the model's logits (``pipeline.temperature``): ``CalibratedOutputs``
+is the one place that does so, for one view, the 8 views and the network pair.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
@@ -21,77 +21,10 @@ from pipeline.cellcrop import CellCrop
 from pipeline.domain import DomainModel
 from pipeline.manifest import ModelManifest
 from pipeline.preprocess import model_crop, scale_for_mobilenet
+from pipeline.temperature import DistanceTemperature, StainTemperature, calibrated_softmax
 
 if TYPE_CHECKING:
     from pipeline.stain_check import Signature
-
-
-def calibrated_softmax(logits: np.ndarray, temperature: float | np.ndarray) -> np.ndarray:
-    """Softmax of ``logits / temperature``; ``temperature`` is one number or one per row (image)."""
-    t = np.asarray(temperature, dtype=np.float64)
-    z = logits.astype(np.float64) / (t[:, None] if t.ndim == 1 else t)
-    z -= z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
-
-
-@dataclass(frozen=True)
-class DistanceTemperature:
-    """A temperature that grows with the image's distance to the training data (``pipeline.domain``).
-
-    Why: one temperature fitted on in-domain validation images leaves the model
-    as sure of an image from another laboratory as of its own (the issue's
-    "probabilities stay confident when wrong"). The distance the domain alarm
-    already computes says how unfamiliar each image is; beyond ``reference``
-    (an in-domain quantile of that distance) the temperature rises as
-    ``(distance / reference) ** power``, so unfamiliar images get honest, lower
-    confidence and land among the low-confidence cells for review. Images at
-    or below ``reference`` keep the fitted temperature exactly. The answer
-    (argmax) never changes. Fitted by ``training.distance_temperature``.
-    """
-
-    reference: float
-    power: float
-
-    def temperatures(self, base: float, distances: np.ndarray) -> np.ndarray:
-        ratio = np.maximum(1.0, np.asarray(distances, dtype=np.float64) / self.reference)
-        return base * ratio**self.power
-
-    @classmethod
-    def from_manifest(cls, manifest: ModelManifest) -> DistanceTemperature | None:
-        """The manifest's rule (``temperature_distance``), None for models that carry none (before 2.1.2)."""
-        rule = manifest.extra.get("temperature_distance")
-        return cls(float(rule["reference"]), float(rule["power"])) if rule else None
-
-
-@dataclass(frozen=True)
-class StainTemperature:
-    """A second temperature factor that grows with the image's red-cell stain distance (``pipeline.stain_check``).
-
-    Why: the distance-aware temperature reads the network's features, and from
-    2.3 the network is trained (MixStyle) to ignore stain, so an image stained
-    unlike both training laboratories keeps near-home confidence. The stain
-    check already measures, per image, how far its red cells' stain lies from
-    the nearest training laboratory; beyond ``reference`` (an in-domain
-    quantile of that distance) the temperature is multiplied by
-    ``(distance / reference) ** power``. Images without a measured stain (a
-    tight crop with too few red cells) keep a factor of 1. The argmax never
-    changes. Chosen by ``training.stain_temperature`` (rule TS, model card).
-    """
-
-    reference: float
-    power: float
-
-    def factors(self, stain_distances: np.ndarray) -> np.ndarray:
-        d = np.asarray(stain_distances, dtype=np.float64)
-        ratio = np.where(np.isfinite(d), np.maximum(1.0, np.nan_to_num(d, nan=0.0) / self.reference), 1.0)
-        return ratio**self.power
-
-    @classmethod
-    def from_manifest(cls, manifest: ModelManifest) -> StainTemperature | None:
-        """The manifest's rule (``temperature_stain``), None for models that carry none (before 2.3.2)."""
-        rule = manifest.extra.get("temperature_stain")
-        return cls(float(rule["reference"]), float(rule["power"])) if rule else None
 
 
 class Classifier(Protocol):

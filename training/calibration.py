@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.classifier import calibrated_softmax
+from pipeline.temperature import calibrated_softmax
 from training.metrics import fit_temperature, reliability
 
 #: augmented copies of every validation image used for the temperature

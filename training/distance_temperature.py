@@ -4,7 +4,7 @@ Why: the shipped temperature is one number fitted on in-domain validation
 images, so on another laboratory's slides the model stays as sure of itself
 as at home (leave-one-laboratory-out ECE 10-38 %, target <= 8 %). The domain
 alarm already measures, per image, how far the features lie from the training
-data. ``pipeline.classifier.DistanceTemperature`` raises the temperature with
+data. ``pipeline.temperature.DistanceTemperature`` raises the temperature with
 that distance beyond an in-domain reference; this module chooses its two
 numbers (reference quantile and power), never on the test split, with
 in-domain validation ECE kept <= 3 %.
@@ -40,7 +40,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.classifier import Classifier, DistanceTemperature, StainTemperature, load_classifier
+from pipeline.classifier import Classifier, load_classifier
+from pipeline.temperature import DistanceTemperature, StainTemperature
 from training.evaluate import BATCH, discover
 from training.stress import balanced_subsample, conditions, load_images
 from training.temperature_shape import brief, clean_rows, ece_limit, ece_of, fit_rule, fit_shape, held_out_halves, lolo_rule, score, shaped_rule

@@ -18,10 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.classifier import calibrated_softmax
 from pipeline.domain import FALSE_ALARM, JOB_SIZE, DomainModel, fit_domain_model
 from pipeline.manifest import sha256_of
 from pipeline.preprocess import scale_for_mobilenet
+from pipeline.temperature import calibrated_softmax
 from training.calibration import augmented_copies, choose_temperature, shift_aware_temperature
 from training.config import CLASS_NAMES, WHITE_CELLS, TrainConfig
 from training.data import Sample

@@ -29,8 +29,9 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from pipeline.classifier import calibrated_softmax, prepare_cells
+from pipeline.classifier import prepare_cells
 from pipeline.manifest import ModelManifest
+from pipeline.temperature import calibrated_softmax
 from training.evaluate import decoded_chunks, discover
 from training.job_mixes import JOB_SIZE, differential_jobs, random_jobs, skewed_jobs
 from training.lolo import HELD_OUT, folders_of

@@ -5,7 +5,7 @@ the network's pooled features, and from 2.3 the network is trained (MixStyle)
 to ignore stain, so another laboratory's stain leaves it nearly as sure of
 itself as at home. The stain check of 2.3.1 measures, per image, how far the
 red cells' stain lies from the nearest training laboratory;
-``pipeline.classifier.StainTemperature`` multiplies the temperature by
+``pipeline.temperature.StainTemperature`` multiplies the temperature by
 ``max(1, s / reference) ** power`` of that distance. This module chooses the
 two numbers on real cross-laboratory shift, as the feature shape was chosen:
 
@@ -36,9 +36,10 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.classifier import DistanceTemperature, StainTemperature, calibrated_softmax, load_classifier
+from pipeline.classifier import load_classifier
 from pipeline.manifest import ModelManifest
 from pipeline.stain_check import StainReference, fit_stain_reference
+from pipeline.temperature import DistanceTemperature, StainTemperature, calibrated_softmax
 from training.distance_temperature import collect_cached, write_manifest_rule
 from training.metrics import reliability
 from training.temperature_shape import IN_DOMAIN_ECE_LIMIT, clean_rows, nll

@@ -14,7 +14,7 @@ import zlib
 
 import numpy as np
 
-from pipeline.classifier import DistanceTemperature, calibrated_softmax
+from pipeline.temperature import DistanceTemperature, calibrated_softmax
 from training.metrics import reliability
 
 #: reference distances tried: these quantiles of the clean validation images' distances

@@ -13,10 +13,11 @@ import numpy as np
 import pytest
 
 from pipeline.batch import classify_batch
-from pipeline.classifier import calibrated_softmax, load_classifier, prepare_batch, prepare_cells
+from pipeline.classifier import load_classifier, prepare_batch, prepare_cells
 from pipeline.images import decode_image
 from pipeline.manifest import ModelManifest
 from pipeline.preprocess import RECIPES, model_crop, scale_for_mobilenet
+from pipeline.temperature import calibrated_softmax
 from tests.conftest import jpeg_bytes
 
 pytestmark = pytest.mark.litert

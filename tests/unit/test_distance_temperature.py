@@ -8,8 +8,9 @@ import shutil
 import numpy as np
 import pytest
 
-from pipeline.classifier import DistanceTemperature, calibrated_softmax, load_classifier, predict_scored, prepare_batch
+from pipeline.classifier import load_classifier, predict_scored, prepare_batch
 from pipeline.images import decode_image
+from pipeline.temperature import DistanceTemperature, calibrated_softmax
 from training.distance_temperature import write_rule
 from training.metrics import fit_temperature, reliability
 from training.temperature_shape import fit_rule, score

@@ -12,10 +12,11 @@ import shutil
 import numpy as np
 import pytest
 
-from pipeline.classifier import LogitEnsemble, calibrated_softmax, ensemble_members, load_classifier, prepare_batch
+from pipeline.classifier import LogitEnsemble, ensemble_members, load_classifier, prepare_batch
 from pipeline.images import decode_image
 from pipeline.manifest import ModelManifest, sha256_of
 from pipeline.settings import Settings
+from pipeline.temperature import calibrated_softmax
 from training.ensemble_study import scored, verdict
 
 pytestmark = pytest.mark.litert

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from pipeline.classifier import calibrated_softmax
+from pipeline.temperature import calibrated_softmax
 from training.metrics import confusion_matrix, fit_temperature, macro_f1, per_class_prf, reliability
 
 

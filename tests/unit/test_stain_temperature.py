@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 
 from pipeline.batch import BatchLimits, classify_stream
-from pipeline.classifier import DistanceTemperature, StainTemperature, load_classifier, model_crops, predict_scored, scaled_batch
+from pipeline.classifier import load_classifier, model_crops, predict_scored, scaled_batch
 from pipeline.images import decode_image
 from pipeline.stain_check import StainReference, stain_signature
+from pipeline.temperature import DistanceTemperature, StainTemperature
 from training.stain_temperature import Pair, Rows, figures, fit_stain_shape, stain_rule, write_rule
 
 
