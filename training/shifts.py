@@ -194,6 +194,34 @@ def tight_yellow_small(bgr: np.ndarray, rng: np.random.Generator, fraction: floa
 UNFOUND_CELL_FRACTION = 0.5
 
 
+def _cell_centre_and_size(bgr: np.ndarray) -> tuple[tuple[float, float], float] | None:
+    """Where the serving recipe finds the cell in a clean image, and its stained object's box side, or None."""
+    found = cell_crop(bgr, 32)
+    return (found.center, found.cell_box_px) if found.found and found.cell_box_px else None
+
+
+def _window_at(centre: tuple[float, float], width: int, height: int, w: int, h: int) -> tuple[int, int]:
+    """Top-left corner of a ``width`` x ``height`` window centred on ``centre``, moved inwards to stay in the image."""
+    x0 = int(np.clip(round(centre[0] - width / 2), 0, w - width))
+    y0 = int(np.clip(round(centre[1] - height / 2), 0, h - height))
+    return x0, y0
+
+
+def cell_magnified(bgr: np.ndarray, rng: np.random.Generator, factor: float) -> np.ndarray:
+    """``scale_content``'s magnification by ``factor`` (> 1), about the cell instead of the image centre.
+
+    Why: a camera at higher magnification that centres its cells (a CellaVision, the fifth source of "Trustworthy
+    differentials on other laboratories' slides") shows the cell larger with fewer red cells around it. About the
+    image centre, Kaggle's off-centre cells are cut or pushed out, so ``scale``'s ×2 row measures that too. The
+    cell is found as in ``cell_filled``; without one the magnification is about the image centre.
+    """
+    h, w = bgr.shape[:2]
+    cell = _cell_centre_and_size(bgr)
+    ch, cw = max(1, round(h / factor)), max(1, round(w / factor))
+    x0, y0 = _window_at(cell[0] if cell else (w / 2, h / 2), cw, ch, w, h)
+    return cv2.resize(bgr[y0 : y0 + ch, x0 : x0 + cw], (w, h), interpolation=cv2.INTER_LINEAR)
+
+
 def cell_filled(bgr: np.ndarray, rng: np.random.Generator, margin: float) -> np.ndarray:
     """A square of ``margin`` times the cell's own size, centred on the cell, at native resolution.
 
@@ -209,13 +237,11 @@ def cell_filled(bgr: np.ndarray, rng: np.random.Generator, margin: float) -> np.
     central square of ``UNFOUND_CELL_FRACTION``.
     """
     h, w = bgr.shape[:2]
-    found = cell_crop(bgr, 32)
-    if not found.found or not found.cell_box_px:
+    cell = _cell_centre_and_size(bgr)
+    if cell is None:
         return tight_crop(bgr, rng, UNFOUND_CELL_FRACTION)
-    side = max(8, min(h, w, round(margin * found.cell_box_px)))
-    cx, cy = found.center
-    x0 = int(np.clip(round(cx - side / 2), 0, w - side))
-    y0 = int(np.clip(round(cy - side / 2), 0, h - side))
+    side = max(8, min(h, w, round(margin * cell[1])))
+    x0, y0 = _window_at(cell[0], side, side, w, h)
     return bgr[y0 : y0 + side, x0 : x0 + side].copy()
 
 
@@ -248,6 +274,7 @@ FAMILIES: dict[str, list[tuple[str, Shift]]] = {
     "blur": _family(gaussian_blur, "sigma{:g}", [1.0, 2.0, 4.0], "sigma"),
     "jpeg": _family(jpeg, "q{:d}", [90, 50, 20], "quality"),
     "tight_yellow": _family(tight_yellow_small, "{:.0%}", [0.8, 0.65, 0.5], "fraction"),
+    "cell_magnified": _family(cell_magnified, "x{:g}", [1.5, 2.0], "factor"),
     "cell_filled": _family(cell_filled, "cell x{:g}", [2.0, 1.5, 1.2], "margin"),
     "cell_filled_yellow": _family(cell_filled_yellow_small, "cell x{:g}", [1.5, 1.2], "margin"),
 }

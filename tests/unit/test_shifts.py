@@ -193,6 +193,17 @@ def test_cell_filled_is_a_native_resolution_square_around_the_cell_not_the_image
     assert dark.sum() < 0.8 * np.pi * 30**2  # the central square of the same image cuts into or misses the cell
 
 
+def test_cell_magnified_enlarges_about_the_cell_where_scale_pushes_it_out():
+    img = blob((240, 320), centre=(80, 70), radius=20)
+    out = shifts.cell_magnified(img, rng(), 2.0)
+    assert out.shape == img.shape
+    diameter, cx, cy = blob_geometry(out)
+    assert diameter == pytest.approx(80, abs=4)  # twice the disc
+    assert (cx, cy) == (pytest.approx(160, abs=2), pytest.approx(120, abs=2))  # the cell is now in the middle
+    about_centre = cv2.cvtColor(shifts.scale_content(img, rng(), 2.0), cv2.COLOR_BGR2GRAY) < 150
+    assert about_centre.sum() < 0.5 * np.pi * 40**2  # the image-centred magnification cuts the same cell
+
+
 def test_cell_filled_without_a_cell_takes_the_central_square():
     empty = blob((240, 320), radius=0)
     np.testing.assert_array_equal(shifts.cell_filled(empty, rng(), 1.2), shifts.tight_crop(empty, rng(), shifts.UNFOUND_CELL_FRACTION))
