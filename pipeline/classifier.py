@@ -192,6 +192,19 @@ def _int8(model_dir: str | Path, manifest: ModelManifest, threads: int | None = 
 BACKENDS = {"litert": LiteRTClassifier, "litert-int8": _int8, "keras": KerasClassifier}
 
 
+#: which features' distance the temperature of a TTA answer reads (manifest ``tta.temperature_distance``): the
+#: 8 views' mean features (every model up to 2.4.3) or the image as given (the identity view, which the alarm reads)
+VIEWS_MEAN, AS_GIVEN = "views-mean", "as-given"
+
+
+def tta_temperature_distance(manifest: ModelManifest) -> str:
+    """The manifest's ``tta.temperature_distance``, ``VIEWS_MEAN`` where it names none (rule G2, model card)."""
+    value = (manifest.extra.get("tta") or {}).get("temperature_distance", VIEWS_MEAN)
+    if value not in (VIEWS_MEAN, AS_GIVEN):
+        raise ValueError(f"tta.temperature_distance is {VIEWS_MEAN!r} or {AS_GIVEN!r}, not {value!r}")
+    return value
+
+
 class DihedralTTA(CalibratedOutputs):
     """Test-time augmentation: the mean logits of the 8 rotations/flips of each image, calibrated by the distance
     of the views' mean features; the domain check reads the distance of the image as given (the identity view).
@@ -205,12 +218,19 @@ class DihedralTTA(CalibratedOutputs):
     22 % instead of 92 %; ``training.stress --tta``, model card). The temperature keeps the mean's distance:
     the averaged logits are already softer than one view's, and with the identity view's larger distance on top
     the suite's ECE rose (wide context x2 5.4 -> 7.7 %), so TTA's probabilities are those measured before.
+    A manifest may say otherwise (``tta.temperature_distance`` = ``AS_GIVEN``, rule G2): then the temperature
+    reads the image as given too.
     """
 
     def __init__(self, inner: Classifier) -> None:
         self.inner = inner
         self.manifest = inner.manifest
         self.domain = inner.domain
+        self.as_given = tta_temperature_distance(inner.manifest) == AS_GIVEN
+
+    def temperature_features(self, as_given: np.ndarray, views_mean: np.ndarray) -> np.ndarray:
+        """The features whose distance calibrates a TTA answer, by the manifest's ``tta.temperature_distance``."""
+        return as_given if self.as_given else views_mean
 
     @staticmethod
     def views(batch: np.ndarray) -> np.ndarray:
@@ -239,7 +259,7 @@ class DihedralTTA(CalibratedOutputs):
         mean, views = self._views_outputs(batch)
         if views is None:
             return self.calibrated(mean, None, stains)[0], None, None
-        probs, _ = self.calibrated(mean, views.mean(axis=0), stains)
+        probs, _ = self.calibrated(mean, self.temperature_features(views[0], views.mean(axis=0)), stains)
         return probs, views[0], None if self.domain is None else self.domain.score(views[0])
 
 class UnsureTTA(DihedralTTA):
@@ -252,7 +272,7 @@ class UnsureTTA(DihedralTTA):
     ``gate`` (the manifest's ``tta.gate``, chosen on validation images) are read
     in the other 7 views too, and their answer and probabilities are exactly
     full TTA's (the 8 views' mean logits, the temperature from the distance of
-    the views' mean features). The domain check reads the image as given, as
+    the features ``DihedralTTA.temperature_features`` names). The domain check reads the image as given, as
     under every setting. ``images`` and ``reread`` count what was read, for the
     cost figures.
     """
@@ -289,11 +309,12 @@ class UnsureTTA(DihedralTTA):
             k = len(unsure)
             more_logits, more_features = self._other_views(batch[unsure], len(batch))
             mean = (logits[unsure].astype(np.float64) + more_logits.reshape(7, k, -1).sum(axis=0)) / 8
-            mean_features = None
+            read_by = None
             if features is not None and more_features is not None:
                 mean_features = ((features[unsure] + more_features.reshape(7, k, -1).sum(axis=0)) / 8).astype(np.float32)
+                read_by = self.temperature_features(features[unsure], mean_features)
             some = None if stains is None else [stains[i] for i in unsure]
-            probs[unsure] = self.calibrated(mean.astype(np.float32), mean_features, some)[0]
+            probs[unsure] = self.calibrated(mean.astype(np.float32), read_by, some)[0]
         return probs, features, distances
 
 

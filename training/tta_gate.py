@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.classifier import DihedralTTA, load_classifier, model_crops, scaled_batch
+from pipeline.classifier import AS_GIVEN, VIEWS_MEAN, DihedralTTA, load_classifier, model_crops, scaled_batch
 from pipeline.manifest import ModelManifest
 from pipeline.stain_check import stain_signature
 from training.evaluate import decoded_chunks, discover
@@ -32,19 +32,23 @@ GRID = (0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
 RECOVER = 0.8
 
 
-def view_probabilities(tta: DihedralTTA, paths: list[Path]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def view_probabilities(tta: DihedralTTA, paths: list[Path], temperature_distance: str | None = None,
+                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One view's and full TTA's calibrated probabilities (N, classes) for ``paths``, and whether a cell was found.
 
     The formulas are ``UnsureTTA.scored``'s: one view is calibrated by its own distance, the 8-view mean by the
-    distance of the views' mean features, both with the image's stain factor."""
+    distance of the features the model's ``tta.temperature_distance`` names (or ``temperature_distance``: rule G2
+    compares both forms on one model), both with the image's stain factor."""
     manifest = tta.manifest
+    as_given = tta.as_given if temperature_distance is None else temperature_distance == AS_GIVEN
     one, full, found = [], [], []
     for images in decoded_chunks(paths):
         crops = model_crops(images, manifest)
         stains = [stain_signature(c.pixels) if manifest.checks_stain else None for c in crops]
         logits, features = tta.views_outputs(scaled_batch(crops))
         one.append(tta.calibrated(logits[0], None if features is None else features[0], stains)[0])
-        full.append(tta.calibrated(logits.mean(axis=0), None if features is None else features.mean(axis=0), stains)[0])
+        read_by = None if features is None else features[0] if as_given else features.mean(axis=0)
+        full.append(tta.calibrated(logits.mean(axis=0), read_by, stains)[0])
         found.extend(c.found for c in crops)
     return np.concatenate(one), np.concatenate(full), np.array(found, bool)
 
@@ -60,14 +64,18 @@ def figures(probs: np.ndarray, y: np.ndarray, found: np.ndarray) -> dict:
     return {"accuracy": float((predicted == y).mean()), "ece": float(reliability(probs, y)[0])}
 
 
-def study(model_dir: str, data_dirs: list[str], grid: tuple[float, ...] = GRID, log=print) -> dict:
+def study(model_dir: str, data_dirs: list[str], grid: tuple[float, ...] = GRID, log=print,
+          temperature_distance: str | None = None) -> dict:
+    """Rule G's figures for every gate of ``grid``; ``temperature_distance`` (``VIEWS_MEAN`` or ``AS_GIVEN``) reads
+    the TTA answers' temperature by that form instead of the model's own (rule G2 compares the two)."""
     tta = load_classifier(model_dir, "litert", tta=1)
     assert isinstance(tta, DihedralTTA)
+    form = temperature_distance or (AS_GIVEN if tta.as_given else VIEWS_MEAN)
     labs = {}
     for data_dir in data_dirs:
         samples, _ = discover(Path(data_dir), tta.manifest.classes)
         y = np.array([label for _, label in samples])
-        one, full, found = view_probabilities(tta, [p for p, _ in samples])
+        one, full, found = view_probabilities(tta, [p for p, _ in samples], form)
         lab = {"data": data_dir, "n_images": int(len(y)), "one_view": figures(one, y, found), "full_tta": figures(full, y, found),
                "gates": {}}
         for gate in grid:
@@ -75,7 +83,8 @@ def study(model_dir: str, data_dirs: list[str], grid: tuple[float, ...] = GRID, 
             lab["gates"][str(gate)] = {**figures(probs, y, found), "reread": float(unsure.mean())}
         labs[Path(data_dir).name] = lab
         log(f"{Path(data_dir).name}: one view {lab['one_view']['accuracy']:.4f}, full TTA {lab['full_tta']['accuracy']:.4f}")
-    return {"model": tta.manifest.label, "grid": list(grid), "recover": RECOVER, "labs": labs, **choose(labs, grid)}
+    return {"model": tta.manifest.label, "temperature_distance": form, "grid": list(grid), "recover": RECOVER, "labs": labs,
+            **choose(labs, grid)}
 
 
 def choose(labs: dict, grid: tuple[float, ...]) -> dict:
@@ -126,8 +135,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path)
     parser.add_argument("--write-manifest", action="store_true", help="record the chosen gate in the model's manifest")
     parser.add_argument("--version", help="with --write-manifest: the model's new version")
+    parser.add_argument("--temperature-distance", choices=(VIEWS_MEAN, AS_GIVEN),
+                        help="calibrate TTA answers by the distance of the views' mean features or of the image as given "
+                             "(default: the model's tta.temperature_distance; rule G2)")
     args = parser.parse_args(argv)
-    result = study(args.model, args.data)
+    result = study(args.model, args.data, temperature_distance=args.temperature_distance)
+    print(f"TTA answers calibrated by the distance of: {result['temperature_distance']}")
     print(table(result))
     print(f"chosen gate: {result['gate']}")
     if args.json:

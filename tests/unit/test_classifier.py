@@ -152,14 +152,39 @@ def test_dihedral_tta_scores_the_domain_on_the_image_as_given(model_dir, sample_
     np.testing.assert_allclose(tta_distances, plain_distances, atol=1e-4)
 
 
-def _with_gate(model_dir, tmp_path, gate: float):
-    """A copy of the model whose manifest carries a TTA gate (``tta.gate``), as ``training.tta_gate`` writes it."""
+def _with_gate(model_dir, tmp_path, gate: float, **tta):
+    """A copy of the model whose manifest carries a TTA gate (``tta.gate``), as ``training.tta_gate`` writes it, and
+    any further ``tta`` keys."""
     copy = tmp_path / "model"
     shutil.copytree(model_dir, copy)
     manifest = json.loads((copy / "manifest.json").read_text())
-    manifest["tta"] = {"gate": gate, "chosen_by": "test"}
+    manifest["tta"] = {"gate": gate, "chosen_by": "test", **tta}
     (copy / "manifest.json").write_text(json.dumps(manifest))
     return copy
+
+
+def test_tta_answers_read_the_temperature_of_the_image_as_given_where_the_manifest_says_so(model_dir, sample_folder, tmp_path):
+    """Rule G2's candidate (``tta.temperature_distance`` = "as-given"): the 8 views' mean logits are calibrated by
+    the distance of the identity view's features; the answers and the domain distances are those of the default
+    form, which reads the views' mean features."""
+    plain = load_classifier(model_dir, "litert")
+    batch = _sample_batch(sample_folder, plain.manifest, n=6)
+    default = load_classifier(model_dir, "litert", tta=1)
+    as_given = load_classifier(_with_gate(model_dir, tmp_path, 1.0, temperature_distance="as-given"), "litert", tta=1)
+    assert as_given.as_given and not default.as_given
+    probs, features, distances = as_given.scored(batch)
+    _, one_features, one_distances = plain.scored(batch)
+    expected = calibrated_softmax(default.logits(batch), as_given.temperatures(plain.domain.score(one_features)))
+    np.testing.assert_allclose(probs, expected, atol=1e-4)
+    default_probs, _, default_distances = default.scored(batch)
+    assert not np.allclose(probs, default_probs, atol=1e-4)  # the two forms differ...
+    assert (probs.argmax(axis=1) == default_probs.argmax(axis=1)).all()  # ...in confidence only
+    np.testing.assert_allclose(distances, default_distances, atol=1e-5)
+    gated = load_classifier(_with_gate(model_dir, tmp_path / "g", 1.0, temperature_distance="as-given"), "litert", tta=2)
+    short_of_certain = plain.predict(batch).max(axis=1) < 1.0
+    np.testing.assert_allclose(gated.predict(batch)[short_of_certain], probs[short_of_certain], atol=1e-4)
+    with pytest.raises(ValueError, match="temperature_distance"):
+        load_classifier(_with_gate(model_dir, tmp_path / "bad", 0.6, temperature_distance="median"), "litert", tta=2)
 
 
 def test_tta_where_unsure_reads_every_view_only_below_the_gate(model_dir, sample_folder, tmp_path):

@@ -53,9 +53,10 @@ def test_the_gate_is_written_to_the_manifest_with_its_history(model_dir, tmp_pat
 
 
 @pytest.mark.litert
-def test_the_study_gives_exactly_what_the_served_setting_answers(model_dir, sample_folder, tmp_path):
+@pytest.mark.parametrize("form", ["views-mean", "as-given"])
+def test_the_study_gives_exactly_what_the_served_setting_answers(model_dir, sample_folder, tmp_path, form):
     """Rule G chose the gate from ``view_probabilities``; serving answers through ``UnsureTTA.scored``: the same images,
-    the same gate, the same probabilities and the same images re-read."""
+    the same gate, the same probabilities and the same images re-read, under either temperature form (rule G2)."""
     import shutil
 
     from pipeline.classifier import DihedralTTA, UnsureTTA, load_classifier
@@ -64,13 +65,16 @@ def test_the_study_gives_exactly_what_the_served_setting_answers(model_dir, samp
 
     paths = sorted(sample_folder.rglob("*.jp*g"))[:24]
     tta = load_classifier(model_dir, "litert", tta=1)
-    assert isinstance(tta, DihedralTTA)
-    one, full, found = view_probabilities(tta, paths)
+    assert isinstance(tta, DihedralTTA) and not tta.as_given
+    one, full, found = view_probabilities(tta, paths, form)
     gate = float(np.median(one.max(axis=1)))
     expected, unsure = gated(one, full, gate)
     copy = tmp_path / "model"
     shutil.copytree(model_dir, copy)
     write_gate(str(copy), gate, "test")
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["tta"]["temperature_distance"] = form
+    (copy / "manifest.json").write_text(json.dumps(manifest))
     served = load_classifier(copy, "litert", tta=2)
     assert isinstance(served, UnsureTTA)
     probs, served_found, _ = classify_chunks(served, decoded_chunks(paths))
