@@ -249,8 +249,8 @@ class DihedralTTA(CalibratedOutputs):
         return logits.mean(axis=0), features
 
     def outputs(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        """The views' mean logits and the identity view's features (what the domain check reads). Not a matched
-        pair for the temperature: ``scored`` calibrates with the distance of the views' mean features."""
+        """The views' mean logits and the identity view's features (what the domain check reads). Not always a matched
+        pair for the temperature: ``scored`` calibrates with the features ``temperature_features`` names."""
         mean, views = self._views_outputs(batch)
         return mean, None if views is None else views[0]
 

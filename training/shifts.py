@@ -201,7 +201,10 @@ def _cell_centre_and_size(bgr: np.ndarray) -> tuple[tuple[float, float], float] 
 
 
 def _window_at(centre: tuple[float, float], width: int, height: int, w: int, h: int) -> tuple[int, int]:
-    """Top-left corner of a ``width`` x ``height`` window centred on ``centre``, moved inwards to stay in the image."""
+    """Top-left corner of a ``width`` x ``height`` window centred on ``centre``, moved inwards to stay in the image
+    (a window no larger than the image: ``np.clip`` would return a negative corner for a larger one)."""
+    if width > w or height > h:
+        raise ValueError(f"a {width}x{height} window does not fit a {w}x{h} image")
     x0 = int(np.clip(round(centre[0] - width / 2), 0, w - width))
     y0 = int(np.clip(round(centre[1] - height / 2), 0, h - height))
     return x0, y0
@@ -213,12 +216,16 @@ def cell_magnified(bgr: np.ndarray, rng: np.random.Generator, factor: float) -> 
     Why: a camera at higher magnification that centres its cells (a CellaVision, the fifth source of "Trustworthy
     differentials on other laboratories' slides") shows the cell larger with fewer red cells around it. About the
     image centre, Kaggle's off-centre cells are cut or pushed out, so ``scale``'s ×2 row measures that too. The
-    cell is found as in ``cell_filled``; without one the magnification is about the image centre.
+    cell is found as in ``cell_filled``; without one this is ``scale_content``'s magnification.
     """
-    h, w = bgr.shape[:2]
+    if factor <= 1.0:
+        raise ValueError(f"cell_magnified magnifies: factor > 1, not {factor}")
     cell = _cell_centre_and_size(bgr)
+    if cell is None:
+        return scale_content(bgr, rng, factor)
+    h, w = bgr.shape[:2]
     ch, cw = max(1, round(h / factor)), max(1, round(w / factor))
-    x0, y0 = _window_at(cell[0] if cell else (w / 2, h / 2), cw, ch, w, h)
+    x0, y0 = _window_at(cell[0], cw, ch, w, h)
     return cv2.resize(bgr[y0 : y0 + ch, x0 : x0 + cw], (w, h), interpolation=cv2.INTER_LINEAR)
 
 
@@ -231,16 +238,17 @@ def cell_filled(bgr: np.ndarray, rng: np.random.Generator, margin: float) -> np.
     in 83.5 % of images, 73 % accurate; the same model on crops of 1.2 times the cell centred on it: 99.8 %
     and 95 %, model card, "Tight crops centred on the cell"). This family measures tightness alone.
 
-    The cell is where the serving recipe finds it in the clean image (``pipeline.cellcrop.cell_crop``; its
-    stained object's bounding box is the cell's size); the square is moved inwards where it would leave
-    the image and cut to the image where it is larger. Without a stained object it falls back to the
+    The cell is where the serving recipe finds it in the clean image (``pipeline.cellcrop.cell_crop``; the
+    bounding box of its violet-stained object is the cell's size, so a neutrophil's or monocyte's pale cytoplasm
+    may reach past a tight square); the square is moved inwards where it would leave the image and cut to the
+    image's short side where it is larger. Without a stained object it falls back to the
     central square of ``UNFOUND_CELL_FRACTION``.
     """
     h, w = bgr.shape[:2]
     cell = _cell_centre_and_size(bgr)
     if cell is None:
         return tight_crop(bgr, rng, UNFOUND_CELL_FRACTION)
-    side = max(8, min(h, w, round(margin * cell[1])))
+    side = min(h, w, max(8, round(margin * cell[1])))
     x0, y0 = _window_at(cell[0], side, side, w, h)
     return bgr[y0 : y0 + side, x0 : x0 + side].copy()
 

@@ -114,12 +114,17 @@ def table(result: dict) -> str:
     return "\n".join(rows)
 
 
-def write_gate(model_dir: str, gate: float, source: str, version: str | None = None) -> None:
+def write_gate(model_dir: str, gate: float, source: str, version: str | None = None,
+               temperature_distance: str | None = None) -> None:
     """Record the chosen gate in the manifest (``tta.gate``), where it was chosen, a history line and (optionally)
-    the version; the networks and every file digest stay as they are."""
+    the version; the networks and every file digest stay as they are. The ``tta`` block's other keys stay; a
+    ``temperature_distance`` (the form the gate was chosen under) is recorded too, so serving reads the answers the
+    study chose from."""
     path = Path(model_dir) / "manifest.json"
     data = json.loads(path.read_text())
-    data["tta"] = {"gate": gate, "chosen_by": source}
+    data["tta"] = {**(data.get("tta") or {}), "gate": gate, "chosen_by": source}
+    if temperature_distance is not None:
+        data["tta"]["temperature_distance"] = temperature_distance
     if version:
         data["version"] = version
     data.setdefault("history", []).append(f"{data['version']}: test-time augmentation where unsure (HEMATOVISION_TTA=2), "
@@ -150,7 +155,8 @@ def main(argv: list[str] | None = None) -> int:
         if result["gate"] is None:
             print("no gate recovers enough of TTA's gain: nothing written", file=sys.stderr)
             return 1
-        write_gate(args.model, result["gate"], f"training.tta_gate on {', '.join(args.data)}", args.version)
+        write_gate(args.model, result["gate"], f"training.tta_gate on {', '.join(args.data)}", args.version,
+                   result["temperature_distance"])
     return 0
 
 

@@ -202,6 +202,17 @@ def test_cell_magnified_enlarges_about_the_cell_where_scale_pushes_it_out():
     assert (cx, cy) == (pytest.approx(160, abs=2), pytest.approx(120, abs=2))  # the cell is now in the middle
     about_centre = cv2.cvtColor(shifts.scale_content(img, rng(), 2.0), cv2.COLOR_BGR2GRAY) < 150
     assert about_centre.sum() < 0.5 * np.pi * 40**2  # the image-centred magnification cuts the same cell
+    empty = blob((240, 320), radius=0)  # no cell: scale's own magnification
+    np.testing.assert_array_equal(shifts.cell_magnified(empty, rng(), 1.5), shifts.scale_content(empty, rng(), 1.5))
+
+
+def test_cell_filled_larger_than_the_image_is_cut_to_its_short_side_and_magnifying_needs_a_factor_above_one():
+    img = blob((240, 320), centre=(90, 100), radius=30)
+    out = shifts.cell_filled(img, rng(), 5.0)  # 5 x the 61 px box: wider than the image is high
+    assert out.shape == (240, 240, 3)
+    np.testing.assert_array_equal(out, img[:, :240])  # centred on x = 90, moved inwards to the left edge
+    with pytest.raises(ValueError, match="factor > 1"):
+        shifts.cell_magnified(img, rng(), 0.5)
 
 
 def test_cell_filled_without_a_cell_takes_the_central_square():

@@ -50,6 +50,10 @@ def test_the_gate_is_written_to_the_manifest_with_its_history(model_dir, tmp_pat
     assert manifest["tta"] == {"gate": 0.9, "chosen_by": "validation folders"}
     assert manifest["version"] == "9.9.9" and "gate 0.9" in manifest["history"][-1]
     assert ModelManifest.load(copy).version == "9.9.9"
+    write_gate(str(copy), 0.7, "again", temperature_distance="as-given")  # the form it was chosen under is kept...
+    write_gate(str(copy), 0.8, "once more")  # ...when the gate is chosen again
+    assert json.loads((copy / "manifest.json").read_text())["tta"] == {"gate": 0.8, "chosen_by": "once more",
+                                                                     "temperature_distance": "as-given"}
 
 
 @pytest.mark.litert
@@ -71,10 +75,7 @@ def test_the_study_gives_exactly_what_the_served_setting_answers(model_dir, samp
     expected, unsure = gated(one, full, gate)
     copy = tmp_path / "model"
     shutil.copytree(model_dir, copy)
-    write_gate(str(copy), gate, "test")
-    manifest = json.loads((copy / "manifest.json").read_text())
-    manifest["tta"]["temperature_distance"] = form
-    (copy / "manifest.json").write_text(json.dumps(manifest))
+    write_gate(str(copy), gate, "test", temperature_distance=form)
     served = load_classifier(copy, "litert", tta=2)
     assert isinstance(served, UnsureTTA)
     probs, served_found, _ = classify_chunks(served, decoded_chunks(paths))
