@@ -83,3 +83,16 @@ def test_pairs_are_assembled_per_direction_from_each_roots_network(model_dir, sa
         assert pair.manifest.temperature == result["directions"][lab]["temperature_fit"]["temperature"]
     with pytest.raises(FileNotFoundError, match="no exported model"):
         assemble_pairs([roots[0], tmp_path / "missing"], tmp_path / "other")
+
+    from pipeline.classifier import UnsureTTA
+    from training.lolo_pair import serve_as_shipped
+
+    settings = serve_as_shipped(out, (0.5, 1.1), 0.6, log=lambda _: None)
+    for lab in ("pbc", "kaggle"):
+        plain = load_classifier(out / "export" / f"lolo_{lab}", "litert")
+        rule = plain.manifest.extra["temperature_distance"]
+        assert rule["power"] == 1.1 and rule["reference"] == settings[lab]["temperature_distance"]["reference"] > 0
+        own = sorted((sample_folder / lab).rglob("*.jp*g"))
+        assert rule["own_laboratory_images"] == len(own)  # fewer than 100 per class: all of them, clean
+        assert isinstance(load_classifier(out / "export" / f"lolo_{lab}", "litert", tta=2), UnsureTTA)
+        assert plain.manifest.extra["tta"]["gate"] == 0.6
