@@ -226,11 +226,16 @@ class DihedralTTA(CalibratedOutputs):
         self.inner = inner
         self.manifest = inner.manifest
         self.domain = inner.domain
-        self.as_given = tta_temperature_distance(inner.manifest) == AS_GIVEN
+        self.temperature_distance = tta_temperature_distance(inner.manifest)
 
-    def temperature_features(self, as_given: np.ndarray, views_mean: np.ndarray) -> np.ndarray:
-        """The features whose distance calibrates a TTA answer, by the manifest's ``tta.temperature_distance``."""
-        return as_given if self.as_given else views_mean
+    @property
+    def as_given(self) -> bool:
+        return self.temperature_distance == AS_GIVEN
+
+    def temperature_features(self, as_given: np.ndarray, views_mean: np.ndarray, form: str | None = None) -> np.ndarray:
+        """The features whose distance calibrates a TTA answer: by the manifest's ``tta.temperature_distance``, or by
+        ``form`` where a study compares the two on one model (``training.tta_gate``, rule G2)."""
+        return as_given if (form or self.temperature_distance) == AS_GIVEN else views_mean
 
     @staticmethod
     def views(batch: np.ndarray) -> np.ndarray:

@@ -40,14 +40,13 @@ def view_probabilities(tta: DihedralTTA, paths: list[Path], temperature_distance
     distance of the features the model's ``tta.temperature_distance`` names (or ``temperature_distance``: rule G2
     compares both forms on one model), both with the image's stain factor."""
     manifest = tta.manifest
-    as_given = tta.as_given if temperature_distance is None else temperature_distance == AS_GIVEN
     one, full, found = [], [], []
     for images in decoded_chunks(paths):
         crops = model_crops(images, manifest)
         stains = [stain_signature(c.pixels) if manifest.checks_stain else None for c in crops]
         logits, features = tta.views_outputs(scaled_batch(crops))
         one.append(tta.calibrated(logits[0], None if features is None else features[0], stains)[0])
-        read_by = None if features is None else features[0] if as_given else features.mean(axis=0)
+        read_by = None if features is None else tta.temperature_features(features[0], features.mean(axis=0), temperature_distance)
         full.append(tta.calibrated(logits.mean(axis=0), read_by, stains)[0])
         found.extend(c.found for c in crops)
     return np.concatenate(one), np.concatenate(full), np.array(found, bool)
@@ -70,7 +69,7 @@ def study(model_dir: str, data_dirs: list[str], grid: tuple[float, ...] = GRID, 
     the TTA answers' temperature by that form instead of the model's own (rule G2 compares the two)."""
     tta = load_classifier(model_dir, "litert", tta=1)
     assert isinstance(tta, DihedralTTA)
-    form = temperature_distance or (AS_GIVEN if tta.as_given else VIEWS_MEAN)
+    form = temperature_distance or tta.temperature_distance
     labs = {}
     for data_dir in data_dirs:
         samples, _ = discover(Path(data_dir), tta.manifest.classes)
