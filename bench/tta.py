@@ -26,9 +26,9 @@ from pathlib import Path
 
 from bench.stack import bench_settings, running_api, running_workers, timed_job
 from bench.throughput import collect_images
-from pipeline.classifier import tta_gate
 from pipeline.manifest import ModelManifest
 from pipeline.settings import Settings
+from pipeline.views import tta_gate
 
 #: the order of the timed jobs: one view around the gated runs, full TTA last (it is the slowest)
 ORDER = (0, 2, 0, 2, 1)

@@ -1,18 +1,24 @@
 """Calibration: the softmax temperature of a model's logits, and the rules that raise it for unfamiliar images.
 
-Why a module of its own: the backends and the views (``pipeline.classifier``) decide how an image is read;
-this decides how sure the answer may say it is. Training studies (``training.calibration``,
+Why a module of its own: the backends (``pipeline.classifier``) and the views (``pipeline.views``) decide how
+an image is read; this decides how sure the answer may say it is. ``CalibratedOutputs`` is the step every
+backend, view setting and network pair inherits: the one place logits become probabilities. Training studies (``training.calibration``,
 ``training.distance_temperature``, ``training.stain_temperature``) fit these rules on the same functions
 serving applies, so a fitted figure is a served one. Pure NumPy.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from pipeline.manifest import ModelManifest
+
+if TYPE_CHECKING:
+    from pipeline.stain_check import Signature
 
 
 def calibrated_softmax(logits: np.ndarray, temperature: float | np.ndarray) -> np.ndarray:
@@ -81,3 +87,52 @@ class StainTemperature:
         """The manifest's rule (``temperature_stain``), None for models that carry none (before 2.3.2)."""
         rule = manifest.extra.get("temperature_stain")
         return cls(float(rule["reference"]), float(rule["power"])) if rule else None
+
+
+class CalibratedOutputs:
+    """Logits, calibrated probabilities and features from one ``outputs(batch)`` (shared by every backend)."""
+
+    manifest: ModelManifest
+
+    def outputs(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        raise NotImplementedError
+
+    def logits(self, batch: np.ndarray) -> np.ndarray:
+        return self.outputs(batch)[0]
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        return self.scored(batch)[0]
+
+    def predict_with_features(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        probs, features, _ = self.scored(batch)
+        return probs, features
+
+    def scored(self, batch: np.ndarray, stains: Sequence[Signature | None] | None = None,
+               ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+        logits, features = self.outputs(batch)
+        probs, distances = self.calibrated(logits, features, stains)
+        return probs, features, distances
+
+    def calibrated(self, logits: np.ndarray, features: np.ndarray | None, stains: Sequence[Signature | None] | None = None,
+                   ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Calibrated probabilities of ``logits`` whose distance-aware temperature reads ``features``, and those
+        features' distances (None without a domain model or features): the one place every setting calibrates."""
+        domain = getattr(self, "domain", None)
+        distances = domain.score(features) if domain is not None and features is not None else None
+        return calibrated_softmax(logits, self.temperatures(distances, stains, len(logits))), distances
+
+    def temperatures(self, distances: np.ndarray | None, stains: Sequence[Signature | None] | None = None,
+                     n: int | None = None) -> float | np.ndarray:
+        """The manifest's temperature, per image where the model carries a distance rule and distances exist,
+        times the stain factor where the model carries a stain rule, a stain reference and ``stains``."""
+        temperature: float | np.ndarray = self.manifest.temperature
+        rule = DistanceTemperature.from_manifest(self.manifest)
+        if rule is not None and distances is not None:
+            temperature = rule.temperatures(self.manifest.temperature, distances)
+        stain_rule = StainTemperature.from_manifest(self.manifest)
+        domain = getattr(self, "domain", None)
+        if stain_rule is not None and stains is not None and domain is not None and domain.stain is not None:
+            if n is not None and len(stains) != n:
+                raise ValueError(f"{len(stains)} stain signatures for a batch of {n} images")
+            temperature = temperature * stain_rule.factors(domain.stain.image_distances(stains))
+        return temperature

@@ -27,10 +27,10 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.classifier import CalibratedOutputs, LogitEnsemble, load_classifier
+from pipeline.classifier import LogitEnsemble, load_classifier
 from pipeline.manifest import ModelManifest, sha256_of
 from pipeline.preprocess import scale_for_mobilenet
-from pipeline.temperature import calibrated_softmax
+from pipeline.temperature import CalibratedOutputs, calibrated_softmax
 from training.metrics import fit_temperature, reliability
 
 #: network files of an exported model and the name each takes as member N (``{n}``)

@@ -23,8 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.classifier import CalibratedOutputs, load_classifier, model_crops, scaled_batch
-from pipeline.temperature import calibrated_softmax
+from pipeline.classifier import load_classifier, model_crops, scaled_batch
+from pipeline.temperature import CalibratedOutputs, calibrated_softmax
 from training.evaluate import discover
 from training.lolo import HELD_OUT, folders_of
 from training.metrics import fit_temperature, nll, reliability

@@ -21,11 +21,12 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.classifier import DihedralTTA, UnsureTTA, describe, load_classifier, model_crops, scaled_batch
+from pipeline.classifier import describe, load_classifier, model_crops, scaled_batch
 from pipeline.focus_check import blur_effect
 from pipeline.images import decode_image
 from pipeline.settings import Settings
 from pipeline.stain_check import red_cell_signature, stain_signature
+from pipeline.views import DihedralTTA, UnsureTTA
 from training.data import IMAGE_SUFFIXES, kaggle_source
 from training.job_mixes import differential_jobs
 from training.metrics import confusion_matrix, macro_f1, per_class_prf, reliability

@@ -30,10 +30,11 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.classifier import Classifier, UnsureTTA, load_classifier
+from pipeline.classifier import Classifier, load_classifier
 from pipeline.classifier import describe as describe_serving
 from pipeline.images import ImageRejected, decode_image
 from pipeline.settings import Settings
+from pipeline.views import UnsureTTA
 from training.evaluate import BATCH, classify_chunks, discover, domain_summary, tta_label
 from training.metrics import confusion_matrix, macro_f1, per_class_prf, reliability
 from training.shifts import FAMILIES, Shift

@@ -3,7 +3,7 @@
 ``python -m training.tta_gate --model MODEL_DIR --data KAGGLE_VAL PBC_VAL [--json OUT] [--write-manifest]``
 
 Every validation image is read once in all 8 dihedral views (one model call
-per batch); from those outputs, exactly as ``pipeline.classifier.UnsureTTA``
+per batch); from those outputs, exactly as ``pipeline.views.UnsureTTA``
 serves them, the study derives one view's answers, full TTA's, and for each
 gate of the grid the gated answers: accuracy (an image without a white cell
 counts as wrong), ECE, and the share of images re-read. The gate is the
@@ -22,9 +22,10 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.classifier import AS_GIVEN, VIEWS_MEAN, DihedralTTA, load_classifier, model_crops, scaled_batch
+from pipeline.classifier import load_classifier, model_crops, scaled_batch
 from pipeline.manifest import ModelManifest
 from pipeline.stain_check import stain_signature
+from pipeline.views import AS_GIVEN, VIEWS_MEAN, DihedralTTA
 from training.evaluate import decoded_chunks, discover
 from training.metrics import reliability
 

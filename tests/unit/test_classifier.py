@@ -245,7 +245,7 @@ def test_tta_where_unsure_never_asks_a_network_for_more_images_than_the_batch(mo
 
 def test_tta_where_unsure_needs_a_chosen_gate(model_dir, tmp_path):
     """A model without a gate (before 2.4.3) is served with one view under setting 2: nothing chose a gate for it."""
-    from pipeline.classifier import UnsureTTA
+    from pipeline.views import UnsureTTA
 
     manifest = json.loads((model_dir / "manifest.json").read_text())
     served = load_classifier(model_dir, "litert", tta=2)

@@ -84,7 +84,7 @@ def test_pairs_are_assembled_per_direction_from_each_roots_network(model_dir, sa
     with pytest.raises(FileNotFoundError, match="no exported model"):
         assemble_pairs([roots[0], tmp_path / "missing"], tmp_path / "other")
 
-    from pipeline.classifier import UnsureTTA
+    from pipeline.views import UnsureTTA
     from training.lolo_pair import serve_as_shipped
 
     settings = serve_as_shipped(out, (0.5, 1.1), 0.6, log=lambda _: None)

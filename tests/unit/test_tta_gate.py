@@ -63,7 +63,8 @@ def test_the_study_gives_exactly_what_the_served_setting_answers(model_dir, samp
     the same gate, the same probabilities and the same images re-read, under either temperature form (rule G2)."""
     import shutil
 
-    from pipeline.classifier import DihedralTTA, UnsureTTA, load_classifier
+    from pipeline.classifier import load_classifier
+    from pipeline.views import DihedralTTA, UnsureTTA
     from training.evaluate import classify_chunks, decoded_chunks
     from training.tta_gate import view_probabilities
 
